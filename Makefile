@@ -1,0 +1,37 @@
+# The two commands: `make demo` and `make test`. Both set themselves up (scripts/bootstrap.sh).
+VENV  := .venv
+KILN  := $(VENV)/bin/kiln
+DEMO_OUT := build/demo
+
+.PHONY: help bootstrap test lint demo schema bench clean
+
+help:
+	@echo "make demo   - set up, then validate, plan and render the example recipes"
+	@echo "make test   - set up, then run ruff and the whole test suite"
+	@echo "make schema - regenerate schemas/recipe.schema.json"
+	@echo "make bench  - run the benchmarks in bench/"
+
+bootstrap:
+	@scripts/bootstrap.sh
+
+lint: bootstrap
+	$(VENV)/bin/ruff check .
+
+test: bootstrap
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/python -m pytest
+
+demo: bootstrap
+	$(KILN) validate
+	$(KILN) plan
+	$(KILN) render -o $(DEMO_OUT)
+	@echo "rendered build files are under $(DEMO_OUT)/ (one directory per target)"
+
+schema: bootstrap
+	$(KILN) schema -o schemas/recipe.schema.json
+
+bench: bootstrap
+	$(VENV)/bin/python bench/plan_scale.py
+
+clean:
+	rm -rf build .kiln .pytest_cache .ruff_cache

@@ -1,0 +1,301 @@
+"""The ``kiln`` command: a thin layer that parses arguments, calls the modules and reports.
+
+Exit codes: 0 ok; 1 invalid input (recipes, arguments' values); 2 usage; 3 missing tool or
+service; 4 a build, verification or publish failed. ``--json`` prints one JSON document on stdout
+and nothing else there; human messages and progress go to stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import textwrap
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from . import __version__
+from .errors import ExitCode, InvalidInput, KilnError, Problem
+from .workspace import Workspace
+
+EPILOG = """\
+exit codes: 0 ok, 1 invalid input, 2 usage error, 3 missing tool or service, 4 build/publish failed
+docs: README.md (quickstart, recipe reference), docs/architecture.md"""
+
+
+def _examples(*lines: str) -> str:
+    return "examples:\n" + "\n".join(f"  {line}" for line in lines) + "\n\n" + EPILOG
+
+
+class Progress:
+    """Progress on stderr for people; silent when stderr is not a terminal or with --quiet."""
+
+    def __init__(self, enabled: bool):
+        self.enabled = enabled and sys.stderr.isatty()
+
+    def step(self, done: int, total: int, what: str) -> None:
+        if self.enabled:
+            sys.stderr.write(f"\r\x1b[K[{done}/{total}] {what}")
+            if done == total:
+                sys.stderr.write("\n")
+            sys.stderr.flush()
+
+
+def _workspace(args: argparse.Namespace) -> Workspace:
+    return Workspace(Path(args.root).resolve()) if args.root else Workspace.discover()
+
+
+def _recipe_paths(args: argparse.Namespace, workspace: Workspace) -> list[Path]:
+    """RECIPE arguments may be files, directories or recipe names; none means every recipe."""
+    if not args.recipes:
+        return [workspace.recipes_dir]
+    paths: list[Path] = []
+    by_name: dict[str, Path] | None = None
+    for given in args.recipes:
+        path = Path(given)
+        if path.exists():
+            paths.append(path)
+            continue
+        if by_name is None:
+            by_name = _recipe_names(workspace)
+        if given in by_name:
+            paths.append(by_name[given])
+        else:
+            raise InvalidInput(
+                Problem(f"{given}: no such file, directory or recipe name in {workspace.recipes_dir}")
+            )
+    return paths
+
+
+def _recipe_names(workspace: Workspace) -> dict[str, Path]:
+    from .recipes import discover
+    from .yamlsource import load_file
+
+    names: dict[str, Path] = {}
+    for path in discover([workspace.recipes_dir]):
+        try:
+            data = load_file(path).data
+        except InvalidInput:
+            continue
+        if isinstance(data, dict) and isinstance(data.get("name"), str):
+            names.setdefault(data["name"], path)
+    return names
+
+
+def _load_targets(args: argparse.Namespace) -> tuple[Workspace, list[Any]]:
+    from .targets import load_targets, select
+
+    workspace = _workspace(args)
+    targets, problems = load_targets(_recipe_paths(args, workspace), workspace)
+    if problems:
+        raise InvalidInput(problems)
+    try:
+        targets = select(targets, arch=getattr(args, "arch", None))
+    except ValueError as exc:
+        raise InvalidInput(Problem(f"--arch: {exc}")) from None
+    return workspace, targets
+
+
+def _ledger_path(args: argparse.Namespace, workspace: Workspace) -> Path:
+    if args.ledger:
+        return Path(args.ledger)
+    env = os.environ.get("KILN_LEDGER")
+    return Path(env) if env else workspace.root / ".kiln" / "ledger.sqlite"
+
+
+def _emit(args: argparse.Namespace, data: Any, text: str) -> None:
+    if args.json:
+        json.dump(data, sys.stdout, indent=2, sort_keys=True)
+        sys.stdout.write("\n")
+    elif text:
+        print(text)
+
+
+# --- commands ----------------------------------------------------------------------------------------
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    from .recipes import RecipeLoader, discover
+    from .targets import expand
+
+    workspace = _workspace(args)
+    files = discover(_recipe_paths(args, workspace))
+    loaded, problems = RecipeLoader(workspace).load_many(files)
+    targets = []
+    if loaded:
+        try:
+            targets = expand(loaded, workspace)
+        except InvalidInput as exc:
+            problems.extend(exc.problems)
+    ok = not problems
+    summary = f"{len(files)} recipe files, {len(loaded)} valid, {len(targets)} targets"
+    _emit(
+        args,
+        {
+            "ok": ok,
+            "files": len(files),
+            "recipes": len(loaded),
+            "targets": len(targets),
+            "problems": [p.as_json() for p in problems],
+        },
+        "\n".join([*(str(p) for p in problems), ("ok: " if ok else "invalid: ") + summary]),
+    )
+    return ExitCode.OK if ok else ExitCode.INVALID_INPUT
+
+
+def cmd_schema(args: argparse.Namespace) -> int:
+    from .recipe import recipe_json_schema
+
+    text = json.dumps(recipe_json_schema(), indent=2, sort_keys=True) + "\n"
+    if args.output:
+        Path(args.output).write_text(text, encoding="utf-8")
+    else:
+        sys.stdout.write(text)
+    return ExitCode.OK
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    from .ledger import Ledger
+    from .plan import make_plan, plan_table
+
+    workspace, targets = _load_targets(args)
+    with Ledger(_ledger_path(args, workspace)) as ledger:
+        entries = make_plan(targets, ledger.states())
+    _emit(args, {"targets": [e.as_json() for e in entries]}, plan_table(entries))
+    return ExitCode.OK
+
+
+def cmd_render(args: argparse.Namespace) -> int:
+    from .render import render_target, write_rendered
+
+    workspace, targets = _load_targets(args)
+    out_dir = Path(args.output)
+    progress = Progress(not args.quiet and not args.json)
+    report = []
+    for index, target in enumerate(targets, 1):
+        files = render_target(target, workspace.templates_dir)
+        target_dir = out_dir / target.slug
+        manifest = {**target.summary(), "inputs": list(target.inputs), "files": sorted(f.path for f in files)}
+        write_rendered(files, target_dir)
+        (target_dir / "target.json").write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+        report.append({"id": target.id, "digest": target.digest, "dir": str(target_dir)})
+        progress.step(index, len(targets), target.id)
+    lines = [f"{r['id']}  ->  {r['dir']}" for r in report]
+    _emit(args, {"rendered": report}, "\n".join([*lines, f"rendered {len(report)} targets into {out_dir}"]))
+    return ExitCode.OK
+
+
+# --- parser ------------------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="kiln",
+        description=textwrap.dedent(
+            """\
+            Kiln builds guest images, IPA ramdisks, ppc64le RPM rebuilds and CUDA containers from
+            YAML recipes, per architecture, and records what it built in a ledger."""
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=_examples("kiln validate", "kiln plan --json", "kiln render debian-12 --arch ppc64le -o out/"),
+    )
+    parser.add_argument("--version", action="version", version=f"kiln {__version__}")
+    parser.add_argument(
+        "--root",
+        metavar="DIR",
+        help="workspace root (default: nearest dir with recipes/ and templates/, or $KILN_ROOT)",
+    )
+    parser.add_argument(
+        "--ledger", metavar="PATH", help="sqlite ledger (default: $KILN_LEDGER or ROOT/.kiln/ledger.sqlite)"
+    )
+    parser.add_argument("-q", "--quiet", action="store_true", help="no progress output")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    def add(
+        name: str,
+        func: Callable[[argparse.Namespace], int],
+        help_: str,
+        examples: list[str],
+        recipes: bool = True,
+        json_flag: bool = True,
+    ) -> argparse.ArgumentParser:
+        p = sub.add_parser(
+            name,
+            help=help_,
+            description=help_,
+            epilog=_examples(*examples),
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
+        p.set_defaults(func=func)
+        if recipes:
+            p.add_argument(
+                "recipes",
+                nargs="*",
+                metavar="RECIPE",
+                help="recipe files, directories or recipe names (default: every recipe)",
+            )
+        if json_flag:
+            p.add_argument("--json", action="store_true", help="print one JSON document on stdout")
+        return p
+
+    add(
+        "validate",
+        cmd_validate,
+        "Check recipes: schema, file references, capability rules.",
+        [
+            "kiln validate",
+            "kiln validate recipes/guest/debian-12.yaml",
+            "kiln validate --json recipes/ | jq .problems",
+        ],
+    )
+    p = add(
+        "schema",
+        cmd_schema,
+        "Print the recipe JSON Schema (for editors and CI linters).",
+        ["kiln schema > schemas/recipe.schema.json", "kiln schema -o schemas/recipe.schema.json"],
+        recipes=False,
+        json_flag=False,
+    )
+    p.add_argument("-o", "--output", metavar="FILE", help="write to FILE instead of stdout")
+    p = add(
+        "plan",
+        cmd_plan,
+        "List every target with its input digest and ledger state.",
+        ["kiln plan", "kiln plan --arch ppc64le --json", "kiln plan debian-12"],
+    )
+    p.add_argument(
+        "--arch", metavar="ARCH", help="only this architecture (any spelling: ppc64el, amd64, ...)"
+    )
+    p = add(
+        "render",
+        cmd_render,
+        "Render build files (Packer, DIB, Dockerfile, rpm macros) per target.",
+        ["kiln render debian-12 -o out/", "kiln render recipes/ --arch ppc64le -o out/ --json"],
+    )
+    p.add_argument("--arch", metavar="ARCH", help="only this architecture (any spelling)")
+    p.add_argument(
+        "-o", "--output", metavar="DIR", required=True, help="directory; one subdirectory per target"
+    )
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args))
+    except KilnError as exc:
+        if getattr(args, "json", False) and isinstance(exc, InvalidInput):
+            json.dump({"ok": False, "problems": [p.as_json() for p in exc.problems]}, sys.stdout, indent=2)
+            sys.stdout.write("\n")
+        print(f"kiln {args.command}: error: {exc}" if "\n" not in str(exc) else str(exc), file=sys.stderr)
+        return int(exc.exit_code)
+    except KeyboardInterrupt:
+        print("kiln: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,393 @@
+"""Loading recipe files: ``extends``, shared defaults, validation, and errors that point at file:line.
+
+Order of precedence, weakest first: ``recipes/defaults.yaml`` (the section for the recipe's kind),
+then the ``extends`` chain (base first), then the recipe file itself. Mappings merge key by key;
+lists and scalars replace. File paths in a recipe are relative to the recipe file being loaded.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Union, get_args, get_origin
+
+from pydantic import BaseModel, TypeAdapter, ValidationError
+
+from .errors import InvalidInput, KeyPath, Problem
+from .recipe import KINDS, RECIPE_MODELS, TEMPLATE_SYNTAX, RecipeBase
+from .workspace import PathRefused, Workspace
+from .yamlsource import LocatedDoc, deep_merge, display_path, load_file, subdoc
+
+MAX_EXTENDS_DEPTH = 8
+DEFAULTS_FILE = "defaults.yaml"
+
+
+@dataclass(frozen=True)
+class LoadedRecipe:
+    recipe: RecipeBase
+    path: Path  # absolute path of the recipe file
+    rel_path: str  # workspace-relative, for digests and reports
+    doc: LocatedDoc = field(repr=False)  # merged document, to locate later problems
+    # Build settings per variant (None: no variants), already validated.
+    variant_builds: dict[str | None, BaseModel] = field(repr=False, default_factory=dict)
+
+    @property
+    def name(self) -> str:
+        return self.recipe.name
+
+    def problem(self, path: KeyPath, message: str) -> Problem:
+        return self.doc.problem(path, message)
+
+
+def is_recipe_file(path: Path) -> bool:
+    return path.suffix in (".yaml", ".yml") and path.name != DEFAULTS_FILE and not path.name.startswith("_")
+
+
+def discover(paths: Iterable[Path]) -> list[Path]:
+    """Recipe files named directly, or found below directories (sorted, defaults and _partials skipped)."""
+    found: list[Path] = []
+    for path in paths:
+        if path.is_dir():
+            found.extend(sorted(p for p in path.rglob("*") if p.is_file() and is_recipe_file(p)))
+        elif path.exists():
+            found.append(path)
+        else:
+            raise InvalidInput(Problem(f"no such recipe file or directory: {path}"))
+    return found
+
+
+class RecipeLoader:
+    """Loads recipes of one workspace; caches the defaults file and ``extends`` bases."""
+
+    def __init__(self, workspace: Workspace):
+        self.workspace = workspace
+        self._defaults: LocatedDoc | None = None
+        self._bases: dict[Path, LocatedDoc] = {}
+
+    # -- public ---------------------------------------------------------------------------------
+
+    def load_many(self, paths: Iterable[Path]) -> tuple[list[LoadedRecipe], list[Problem]]:
+        """Load every recipe, collecting problems across files instead of stopping at the first."""
+        loaded: list[LoadedRecipe] = []
+        problems: list[Problem] = []
+        seen: dict[str, LoadedRecipe] = {}
+        for path in paths:
+            try:
+                recipe = self.load(path)
+            except InvalidInput as exc:
+                problems.extend(exc.problems)
+                continue
+            first = seen.get(recipe.name)
+            if first is not None:
+                problems.append(
+                    recipe.problem(("name",), f"recipe name {recipe.name!r} is also used by {first.rel_path}")
+                )
+                continue
+            seen[recipe.name] = recipe
+            loaded.append(recipe)
+        return loaded, problems
+
+    def load(self, path: Path) -> LoadedRecipe:
+        path = path.resolve()
+        doc = self._load_with_bases(path, chain=())
+        if not isinstance(doc.data, dict):
+            raise InvalidInput(doc.problem((), "a recipe must be a mapping of keys to values"))
+        kind = doc.data.get("kind")
+        if kind is None:
+            raise InvalidInput(doc.problem((), f"kind: required key is missing (one of {', '.join(KINDS)})"))
+        if kind not in RECIPE_MODELS:
+            raise InvalidInput(doc.problem(("kind",), _one_of_message(str(kind), KINDS)))
+        defaults = self._defaults_for(str(kind))
+        if defaults is not None:
+            doc = deep_merge(defaults, doc)
+        _refuse_template_syntax(doc)
+        model = RECIPE_MODELS[str(kind)]
+        context = {"workspace": self.workspace, "base_dir": path.parent}
+        try:
+            recipe = model.model_validate(doc.data, context=context)
+        except ValidationError as exc:
+            raise InvalidInput(problems_from_validation(exc, doc, model)) from None
+        variant_builds = self._variant_builds(recipe, doc, context)
+        return LoadedRecipe(
+            recipe=recipe,
+            path=path,
+            rel_path=self.workspace.relative_or_abs(path),
+            doc=doc,
+            variant_builds=variant_builds,
+        )
+
+    # -- pieces ---------------------------------------------------------------------------------
+
+    def _load_with_bases(self, path: Path, chain: tuple[Path, ...]) -> LocatedDoc:
+        doc = load_file(path)
+        if not isinstance(doc.data, dict) or "extends" not in doc.data:
+            return doc
+        reference = doc.data["extends"]
+        if not isinstance(reference, str):
+            raise InvalidInput(doc.problem(("extends",), "must be a path to a base recipe file"))
+        try:
+            base_path = self.workspace.resolve_reference(reference, path.parent)
+        except PathRefused as exc:
+            raise InvalidInput(doc.problem(("extends",), str(exc))) from None
+        if base_path in chain or base_path == path:
+            raise InvalidInput(doc.problem(("extends",), f"extends itself through {display_path(base_path)}"))
+        if len(chain) >= MAX_EXTENDS_DEPTH:
+            raise InvalidInput(doc.problem(("extends",), f"more than {MAX_EXTENDS_DEPTH} levels of extends"))
+        base = self._bases.get(base_path)
+        if base is None:
+            base = self._load_with_bases(base_path, (*chain, path))
+            if not isinstance(base.data, dict):
+                raise InvalidInput(base.problem((), "a base recipe must be a mapping"))
+            self._bases[base_path] = base
+        own = LocatedDoc(data={k: v for k, v in doc.data.items() if k != "extends"}, file=doc.file)
+        own.locations = {p: loc for p, loc in doc.locations.items() if p[:1] != ("extends",)}
+        return deep_merge(base, own)
+
+    def _defaults_for(self, kind: str) -> LocatedDoc | None:
+        if self._defaults is None:
+            path = self.workspace.recipes_dir / DEFAULTS_FILE
+            self._defaults = load_file(path) if path.is_file() else LocatedDoc(data={}, file=str(path))
+            data = self._defaults.data
+            if not isinstance(data, dict):
+                raise InvalidInput(self._defaults.problem((), "defaults must map a kind to its default keys"))
+            for key in data:
+                if key not in KINDS:
+                    raise InvalidInput(self._defaults.problem((key,), _one_of_message(key, KINDS)))
+        if kind not in self._defaults.data:
+            return None
+        section = subdoc(self._defaults, (kind,))
+        if not isinstance(section.data, dict):
+            raise InvalidInput(self._defaults.problem((kind,), "must be a mapping of default keys"))
+        return section
+
+    def _variant_builds(
+        self, recipe: RecipeBase, doc: LocatedDoc, context: dict[str, Any]
+    ) -> dict[str | None, BaseModel]:
+        build = recipe.build  # type: ignore[attr-defined]
+        variants = recipe.matrix.variants
+        if not variants:
+            return {None: build}
+        build_field = type(recipe).model_fields["build"]
+        adapter: TypeAdapter[Any] = TypeAdapter(build_field.annotation)
+        raw_build = doc.data.get("build", {})
+        out: dict[str | None, BaseModel] = {}
+        problems: list[Problem] = []
+        for name, overrides in variants.items():
+            merged = _merge_plain(raw_build, overrides)
+            try:
+                out[name] = adapter.validate_python(merged, context=context)
+            except ValidationError as exc:
+                # Point each error at the variant's key when the variant set it, else at build.
+                variant_prefix: KeyPath = ("matrix", "variants", name)
+                for problem in problems_from_validation(exc, doc, type(build), root=("build",)):
+                    inner = problem.key_path[1:]
+                    if _has_path(overrides, inner):
+                        path = (*variant_prefix, *inner)
+                        problems.append(Problem(problem.message, doc.locate(path), path))
+                    else:
+                        problems.append(problem)
+        if problems:
+            raise InvalidInput(problems)
+        return out
+
+
+def _merge_plain(base: Any, override: Any) -> Any:
+    if isinstance(base, dict) and isinstance(override, dict):
+        out = dict(base)
+        for key, value in override.items():
+            out[key] = _merge_plain(base[key], value) if key in base else value
+        return out
+    return override
+
+
+def _has_path(data: Any, path: KeyPath) -> bool:
+    for part in path[:1]:  # the variant sets a top-level build key, or it does not
+        return isinstance(data, dict) and part in data
+    return False
+
+
+def _walk_strings(value: Any, path: KeyPath) -> Iterator[tuple[KeyPath, str]]:
+    if isinstance(value, str):
+        yield path, value
+    elif isinstance(value, dict):
+        for key, child in value.items():
+            yield (*path, key), str(key)
+            yield from _walk_strings(child, (*path, key))
+    elif isinstance(value, list):
+        for index, child in enumerate(value):
+            yield from _walk_strings(child, (*path, index))
+
+
+def _refuse_template_syntax(doc: LocatedDoc) -> None:
+    problems = [
+        doc.problem(path, "template syntax ('{{', '{%', '{#') is not allowed in recipe values")
+        for path, text in _walk_strings(doc.data, ())
+        if TEMPLATE_SYNTAX.search(text)
+    ]
+    if problems:
+        raise InvalidInput(problems)
+
+
+# --- turning pydantic errors into located problems -------------------------------------------------
+
+_PATTERN_HINTS = {
+    r"^[a-z0-9][a-z0-9-]{0,62}$": "must be lowercase letters, digits and '-', at most 63 characters",
+    r"^[a-z0-9][a-z0-9.-]{0,31}$": "must be a release name or version: lowercase letters, digits, '.', '-'",
+    r"^https?://[^\s]+$": "must be an http:// or https:// URL",
+    r"^[0-9]+\.[0-9]+$": "must be a version like '11.8'",
+    r"^[A-Z_][A-Z0-9_]{0,63}$": "must be an environment variable name (A-Z, 0-9, _)",
+}
+
+_COMPARISONS = {"greater_than_equal": ">=", "greater_than": ">", "less_than_equal": "<=", "less_than": "<"}
+
+_TYPE_MESSAGES = {
+    "missing": "required key is missing",
+    "string_type": "must be a string",
+    "int_type": "must be an integer",
+    "int_parsing": "must be an integer",
+    "int_from_float": "must be a whole number",
+    "bool_type": "must be true or false",
+    "bool_parsing": "must be true or false",
+    "list_type": "must be a list",
+    "dict_type": "must be a mapping",
+    "model_type": "must be a mapping",
+    "model_attributes_type": "must be a mapping",
+}
+
+
+def problems_from_validation(
+    exc: ValidationError, doc: LocatedDoc, model: type[BaseModel], root: KeyPath = ()
+) -> list[Problem]:
+    problems = []
+    for error in exc.errors(include_url=False):
+        key_path, message = _describe(error, doc, model, root)
+        problems.append(Problem(message, doc.locate(key_path), key_path))
+    return problems
+
+
+def _describe(error: Any, doc: LocatedDoc, model: type[BaseModel], root: KeyPath) -> tuple[KeyPath, str]:
+    loc = _strip_union_tags(tuple(error["loc"]), doc.data, root)
+    kind = error["type"]
+    ctx = error.get("ctx") or {}
+    got = error.get("input")
+    if kind == "extra_forbidden":
+        known = _field_names_at(model, loc[len(root) : -1])
+        return (*root, *loc[len(root) :]), _unknown_key_message(str(loc[-1]), known)
+    if kind in ("union_tag_invalid", "union_tag_not_found"):
+        tags = ctx.get("expected_tags", "").replace("'", "")
+        key = (*loc, ctx.get("discriminator", "").strip("'"))
+        if kind == "union_tag_not_found":
+            return key, f"required key is missing (one of {tags})"
+        return key, f"must be one of {tags} (got {ctx.get('tag')!r})"
+    if kind == "literal_error":
+        expected = ctx.get("expected", "").replace("'", "").replace(" or ", ", ")
+        return loc, f"must be one of {expected} (got {got!r})"
+    if kind == "string_pattern_mismatch":
+        pattern = ctx.get("pattern", "")
+        hint = _PATTERN_HINTS.get(pattern, f"must match {pattern}")
+        return loc, f"{hint} (got {got!r})"
+    if kind == "too_short":
+        minimum = ctx.get("min_length", 1)
+        return loc, "must not be empty" if minimum == 1 else f"must have at least {minimum} items"
+    if kind in _COMPARISONS:
+        op = {"greater_than_equal": ">=", "greater_than": ">", "less_than_equal": "<=", "less_than": "<"}[
+            kind
+        ]
+        bound = next(iter(ctx.values()), "?")
+        return loc, f"must be {op} {bound} (got {got!r})"
+    if kind == "value_error":
+        return loc, str(ctx.get("error", error["msg"]))
+    if kind in _TYPE_MESSAGES:
+        suffix = "" if kind == "missing" else f" (got {_short(got)})"
+        return loc, _TYPE_MESSAGES[kind] + suffix
+    return loc, str(error["msg"])
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _strip_union_tags(loc: KeyPath, data: Any, root: KeyPath) -> KeyPath:
+    """Drop the discriminator values pydantic inserts into locations (``build.dib.elements``) and
+    the ``[key]`` markers of dict-key errors, so the path matches what the user wrote."""
+    out: list[str | int] = []
+    current: Any = data
+    for part in root:
+        current = current.get(part) if isinstance(current, dict) else None
+    for index, part in enumerate(loc):
+        if part == "[key]":
+            continue
+        if (
+            isinstance(current, dict)
+            and isinstance(part, str)
+            and part not in current
+            and index < len(loc) - 1
+            and part in {v for v in current.values() if isinstance(v, str)}
+        ):
+            continue  # a tag, not a key
+        out.append(part)
+        if isinstance(current, dict):
+            current = current.get(part) if isinstance(part, str) else None
+        elif isinstance(current, list) and isinstance(part, int) and part < len(current):
+            current = current[part]
+        else:
+            current = None
+    return tuple(out)
+
+
+def _field_names_at(model: type[BaseModel], path: KeyPath) -> list[str]:
+    """The keys a mapping at ``path`` below ``model`` may have (for "did you mean")."""
+    annotations: list[Any] = [model]
+    for part in path:
+        next_annotations: list[Any] = []
+        for annotation in annotations:
+            for candidate in _unwrap(annotation):
+                if isinstance(part, int) and get_origin(candidate) is list:
+                    next_annotations.extend(get_args(candidate)[:1])
+                elif get_origin(candidate) is dict:
+                    next_annotations.extend(get_args(candidate)[1:2])
+                elif (
+                    isinstance(candidate, type)
+                    and issubclass(candidate, BaseModel)
+                    and isinstance(part, str)
+                    and part in candidate.model_fields
+                ):
+                    next_annotations.append(candidate.model_fields[part].annotation)
+        annotations = next_annotations
+    names: list[str] = []
+    for annotation in annotations:
+        for candidate in _unwrap(annotation):
+            if isinstance(candidate, type) and issubclass(candidate, BaseModel):
+                names.extend(n for n in candidate.model_fields if n not in names)
+    return names
+
+
+def _unwrap(annotation: Any) -> list[Any]:
+    """Annotated[X, ...] -> X; Union[A, B] -> A, B (recursively)."""
+    origin = get_origin(annotation)
+    if origin is not None and getattr(origin, "__name__", "") == "Annotated":
+        return _unwrap(get_args(annotation)[0])
+    if hasattr(annotation, "__metadata__"):
+        return _unwrap(annotation.__origin__)
+    if origin is Union or type(annotation).__name__ == "UnionType":
+        return [c for arg in get_args(annotation) for c in _unwrap(arg)]
+    return [annotation]
+
+
+def _unknown_key_message(key: str, known: list[str]) -> str:
+    close = difflib.get_close_matches(key, known, n=1, cutoff=0.6)
+    if close:
+        return f"unknown key (did you mean {close[0]!r}?)"
+    if known:
+        return f"unknown key (expected one of: {', '.join(known)})"
+    return "unknown key"
+
+
+def _one_of_message(value: str, choices: Iterable[str]) -> str:
+    choices = list(choices)
+    close = difflib.get_close_matches(value, choices, n=1, cutoff=0.6)
+    hint = f"; did you mean {close[0]!r}?" if close else ""
+    return f"must be one of {', '.join(choices)} (got {value!r}){hint}"

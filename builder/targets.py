@@ -1,0 +1,336 @@
+"""Expansion of recipes into Targets (recipe x arch x release x variant) and their input digests.
+
+A Target is fully resolved data: everything a backend needs, nothing it must look up. Its digest
+covers the resolved build settings plus the bytes of every template, Kiln element and referenced file
+it uses, and the digests of the targets it builds on. Paths in the digest are workspace-relative and
+no mtimes are read, so the digest is the same on every machine and checkout; it does not change
+when a recipe's comments or key order change, and does when any input's bytes do.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel
+
+from .arch import Arch
+from .capabilities import refusals
+from .errors import InvalidInput, Problem
+from .recipe import file_refs
+from .recipes import LoadedRecipe
+from .render import kiln_elements, outputs_for, template_closure
+from .workspace import Workspace
+
+DIGEST_VERSION = 1
+
+# The distro element DIB starts from, per distro.
+DIB_DISTRO_ELEMENTS = {
+    "debian": "debian-minimal",
+    "ubuntu": "ubuntu-minimal",
+    "centos": "centos",
+    "rocky": "rocky-container",
+    "almalinux": "almalinux-container",
+    "fedora": "fedora",
+}
+
+
+@dataclass(frozen=True)
+class Target:
+    recipe: str
+    kind: str
+    arch: Arch
+    release: str
+    variant: str | None
+    recipe_file: str  # workspace-relative
+    build: dict[str, Any]  # resolved build settings, JSON-ready
+    verify: dict[str, Any]
+    publish: dict[str, Any]
+    dib_elements: tuple[str, ...]
+    inputs: tuple[str, ...]  # workspace-relative files whose bytes the digest covers
+    depends_on: tuple[str, ...]  # ids of targets this one builds on
+    digest: str
+    build_model: BaseModel = field(compare=False, repr=False)
+
+    @property
+    def id(self) -> str:
+        variant = f"+{self.variant}" if self.variant else ""
+        return f"{self.recipe}:{self.release}{variant}:{self.arch.value}"
+
+    @property
+    def slug(self) -> str:
+        """Directory- and job-name-safe id (names never contain '_', so this is unambiguous)."""
+        variant = f"_{self.variant}" if self.variant else ""
+        return f"{self.recipe}_{self.release}{variant}_{self.arch.value}"
+
+    @property
+    def image_name(self) -> str:
+        glance = (self.publish.get("glance") or {}) if isinstance(self.publish, dict) else {}
+        if glance.get("image_name"):
+            return str(glance["image_name"])
+        parts = [self.recipe, self.release, *([self.variant] if self.variant else []), self.arch.value]
+        return " ".join(parts)
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "recipe": self.recipe,
+            "kind": self.kind,
+            "arch": self.arch.value,
+            "release": self.release,
+            "variant": self.variant,
+            "recipe_file": self.recipe_file,
+            "digest": self.digest,
+            "depends_on": list(self.depends_on),
+        }
+
+
+class FileHasher:
+    """sha256 of workspace files, each read once per run (templates are shared by many targets)."""
+
+    def __init__(self, workspace: Workspace):
+        self.workspace = workspace
+        self._cache: dict[str, str] = {}
+
+    def file(self, rel: str) -> str:
+        cached = self._cache.get(rel)
+        if cached is None:
+            path = self.workspace.root / rel
+            digest = hashlib.sha256(path.read_bytes())
+            # The executable bit matters to DIB (phase scripts); git keeps it, so it is stable.
+            digest.update(b"x" if os.access(path, os.X_OK) else b"-")
+            cached = self._cache[rel] = digest.hexdigest()
+        return cached
+
+    def tree(self, rel_dir: str) -> list[str]:
+        """Every file below a directory, sorted, as workspace-relative paths."""
+        root = self.workspace.root / rel_dir
+        files = sorted(
+            p.relative_to(self.workspace.root).as_posix()
+            for p in root.rglob("*")
+            if p.is_file() and "__pycache__" not in p.parts
+        )
+        return files
+
+
+@dataclass
+class _Pending:
+    loaded: LoadedRecipe
+    arch: Arch
+    release: str
+    variant: str | None
+    build_model: BaseModel
+    inputs: list[str]
+    base: tuple[str, str | None] | None  # (recipe, variant) this target builds on
+    partial: dict[str, Any]
+
+
+def expand(recipes: Iterable[LoadedRecipe], workspace: Workspace) -> list[Target]:
+    """Every target of the given recipes, with dependencies resolved and digests computed.
+
+    Raises InvalidInput listing every impossible target (capability rules), unknown dependency or
+    dependency cycle, each located in its recipe file.
+    """
+    hasher = FileHasher(workspace)
+    pending: list[_Pending] = []
+    problems: list[Problem] = []
+    for loaded in recipes:
+        pending.extend(_expand_one(loaded, workspace, hasher, problems))
+    if problems:
+        raise InvalidInput(problems)
+    return _finish(pending, hasher)
+
+
+def _expand_one(
+    loaded: LoadedRecipe, workspace: Workspace, hasher: FileHasher, problems: list[Problem]
+) -> list[_Pending]:
+    recipe = loaded.recipe
+    kind = recipe.kind
+    out: list[_Pending] = []
+    templates_rel = workspace.templates_dir.relative_to(workspace.root).as_posix()
+    for variant, variant_build in loaded.variant_builds.items():
+        releases = recipe.matrix.releases or [variant_build.release]  # type: ignore[attr-defined]
+        for release in releases:
+            build = variant_build
+            if release != build.release:  # type: ignore[attr-defined]
+                build = build.model_copy(update={"release": release})
+            for arch in recipe.arches:
+                refused = refusals(kind, arch, build)
+                for refusal in refused:
+                    problems.append(
+                        loaded.problem(
+                            ("build", *refusal.key),
+                            f"cannot build for {arch.value} (target {recipe.name}:{release}:{arch.value}): "
+                            f"{refusal.reason}",
+                        )
+                    )
+                if refused:
+                    continue
+                templates = template_closure(
+                    workspace.templates_dir, [o.template for o in outputs_for(kind, build, arch)]
+                )
+                inputs = [f"{templates_rel}/{name}" for name in templates]
+                elements = _elements_for(kind, build, arch)
+                for element in elements:
+                    element_dir = workspace.elements_dir / element
+                    if element_dir.is_dir():
+                        inputs.extend(hasher.tree(workspace.relative(element_dir)))
+                inputs.extend(file_refs(build))
+                base = getattr(build, "base", None)
+                out.append(
+                    _Pending(
+                        loaded=loaded,
+                        arch=arch,
+                        release=release,
+                        variant=variant,
+                        build_model=build,
+                        inputs=sorted(set(inputs)),
+                        base=(base.recipe, base.variant) if base is not None else None,
+                        partial={"dib_elements": tuple(elements)},
+                    )
+                )
+    return out
+
+
+def _elements_for(kind: str, build: Any, arch: Arch) -> list[str]:
+    if kind == "guest-image" and build.builder == "dib":
+        return [DIB_DISTRO_ELEMENTS[build.distro], *build.elements, *kiln_elements(kind, build, arch)]
+    if kind == "ipa-ramdisk":
+        return [DIB_DISTRO_ELEMENTS[build.distro], *build.elements, *kiln_elements(kind, build, arch)]
+    return []
+
+
+def _finish(pending: list[_Pending], hasher: FileHasher) -> list[Target]:
+    by_key: dict[tuple[str, str | None, str, Arch], _Pending] = {
+        (p.loaded.name, p.variant, p.release, p.arch): p for p in pending
+    }
+    by_recipe: dict[tuple[str, str | None, Arch], list[_Pending]] = {}
+    for p in pending:
+        by_recipe.setdefault((p.loaded.name, p.variant, p.arch), []).append(p)
+
+    problems: list[Problem] = []
+    deps: dict[int, _Pending | None] = {}
+    for p in pending:
+        deps[id(p)] = None
+        if p.base is None:
+            continue
+        base_recipe, base_variant = p.base
+        match = by_key.get((base_recipe, base_variant, p.release, p.arch))
+        if match is None:
+            candidates = by_recipe.get((base_recipe, base_variant, p.arch), [])
+            match = candidates[0] if len(candidates) == 1 else None
+        if match is None:
+            problems.append(
+                p.loaded.problem(
+                    ("build", "base", "recipe"),
+                    f"no target of recipe {base_recipe!r}"
+                    f"{f' variant {base_variant!r}' if base_variant else ''} for {p.arch.value} "
+                    f"(release {p.release}) to build on",
+                )
+            )
+            continue
+        if match.loaded.recipe.kind != "guest-image":
+            problems.append(
+                p.loaded.problem(("build", "base", "recipe"), f"{base_recipe!r} is not a guest image")
+            )
+            continue
+        deps[id(p)] = match
+    if problems:
+        raise InvalidInput(problems)
+
+    done: dict[int, Target] = {}
+    visiting: set[int] = set()
+
+    def resolve(p: _Pending) -> Target:
+        key = id(p)
+        if key in done:
+            return done[key]
+        if key in visiting:
+            raise InvalidInput(p.loaded.problem(("build", "base"), "dependency cycle between recipes"))
+        visiting.add(key)
+        base = deps[key]
+        base_target = resolve(base) if base is not None else None
+        visiting.discard(key)
+        target = _make_target(p, hasher, base_target)
+        done[key] = target
+        return target
+
+    return [resolve(p) for p in pending]
+
+
+def _make_target(p: _Pending, hasher: FileHasher, base: Target | None) -> Target:
+    recipe = p.loaded.recipe
+    build_json = p.build_model.model_dump(mode="json")
+    input_digests = {rel: hasher.file(rel) for rel in p.inputs}
+    depends = {base.id: base.digest} if base is not None else {}
+    payload = {
+        "v": DIGEST_VERSION,
+        "recipe": recipe.name,
+        "kind": recipe.kind,
+        "arch": p.arch.value,
+        "release": p.release,
+        "variant": p.variant,
+        "build": build_json,
+        "elements": list(p.partial["dib_elements"]),
+        "inputs": input_digests,
+        "depends": depends,
+    }
+    digest = hashlib.sha256(json.dumps(payload, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+    return Target(
+        recipe=recipe.name,
+        kind=recipe.kind,
+        arch=p.arch,
+        release=p.release,
+        variant=p.variant,
+        recipe_file=p.loaded.rel_path,
+        build=build_json,
+        verify=recipe.verify.model_dump(mode="json"),  # type: ignore[attr-defined]
+        publish=recipe.publish.model_dump(mode="json"),  # type: ignore[attr-defined]
+        dib_elements=p.partial["dib_elements"],
+        inputs=tuple(p.inputs),
+        depends_on=tuple(depends),
+        digest=digest,
+        build_model=p.build_model,
+    )
+
+
+def select(targets: list[Target], arch: str | None = None, recipe: str | None = None) -> list[Target]:
+    """Targets filtered by ``--arch`` (any spelling) and recipe name."""
+    wanted_arch = Arch.parse(arch) if arch else None
+    return [
+        t
+        for t in targets
+        if (wanted_arch is None or t.arch == wanted_arch) and (recipe is None or t.recipe == recipe)
+    ]
+
+
+def load_targets(paths: list[Path], workspace: Workspace) -> tuple[list[Target], list[Problem]]:
+    """Load recipes below ``paths`` and expand them; problems from every file are collected.
+
+    Recipes that a requested recipe builds on (``build.base``) are loaded from the workspace too, so
+    that dependencies resolve, but only the requested recipes' targets are returned.
+    """
+    from .recipes import RecipeLoader, discover
+
+    loader = RecipeLoader(workspace)
+    loaded, problems = loader.load_many(discover(paths))
+    requested = {r.name for r in loaded}
+    wanted_bases = {
+        base.recipe
+        for r in loaded
+        for build in r.variant_builds.values()
+        if (base := getattr(build, "base", None)) is not None
+    } - requested
+    if wanted_bases and workspace.recipes_dir.is_dir():
+        everything, _ = loader.load_many(discover([workspace.recipes_dir]))
+        loaded += [r for r in everything if r.name in wanted_bases]
+    try:
+        targets = expand(loaded, workspace)
+    except InvalidInput as exc:
+        return [], [*problems, *exc.problems]
+    return [t for t in targets if t.recipe in requested], problems

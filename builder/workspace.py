@@ -1,0 +1,79 @@
+"""Where recipes, templates, elements and referenced files live, and which paths are allowed.
+
+A workspace is one directory tree (normally this repository's checkout). Every file a recipe
+references must resolve, symlinks followed, to a file inside that tree: absolute paths,
+``../`` escapes and symlinks that point outside are refused. Paths inside Kiln (digests, rendered
+files) are always relative to the workspace root, so they are the same on every machine.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+
+# The checkout this package was imported from: builder/ sits at its top level.
+PACKAGE_ROOT = Path(__file__).resolve().parent.parent
+
+
+class PathRefused(ValueError):
+    """A referenced path that is absolute, escapes the workspace or does not exist."""
+
+
+@dataclass(frozen=True)
+class Workspace:
+    root: Path
+
+    @classmethod
+    def discover(cls, start: Path | None = None) -> Workspace:
+        """``$KILN_ROOT``, else the nearest ancestor of ``start`` (default: cwd) holding both
+        ``recipes/`` and ``templates/``, else the checkout Kiln itself runs from."""
+        env = os.environ.get("KILN_ROOT")
+        if env:
+            return cls(Path(env).resolve())
+        here = (start or Path.cwd()).resolve()
+        for candidate in (here, *here.parents):
+            if (candidate / "recipes").is_dir() and (candidate / "templates").is_dir():
+                return cls(candidate)
+        return cls(PACKAGE_ROOT)
+
+    @property
+    def recipes_dir(self) -> Path:
+        return self.root / "recipes"
+
+    @property
+    def templates_dir(self) -> Path:
+        return self.root / "templates"
+
+    @property
+    def elements_dir(self) -> Path:
+        return self.root / "elements"
+
+    def relative(self, path: Path) -> str:
+        """Workspace-relative POSIX spelling of a path inside the workspace."""
+        return path.resolve().relative_to(self.root.resolve()).as_posix()
+
+    def resolve_reference(self, reference: str, base_dir: Path, *, want_dir: bool = False) -> Path:
+        """Resolve a path written in a recipe (relative to the recipe's directory) safely."""
+        if not reference or "\x00" in reference:
+            raise PathRefused("empty path or NUL byte")
+        pure = PurePosixPath(reference)
+        if pure.is_absolute() or reference.startswith("~") or (len(reference) > 1 and reference[1] == ":"):
+            raise PathRefused(f"absolute path {reference!r} refused: paths are relative to the recipe file")
+        candidate = (base_dir / pure).resolve()
+        root = self.root.resolve()
+        if not candidate.is_relative_to(root):
+            raise PathRefused(f"{reference!r} resolves outside the workspace ({root}); refused")
+        if not candidate.exists():
+            raise PathRefused(f"{reference!r} does not exist (looked at {self.relative_or_abs(candidate)})")
+        if want_dir and not candidate.is_dir():
+            raise PathRefused(f"{reference!r} is not a directory")
+        if not want_dir and not candidate.is_file():
+            raise PathRefused(f"{reference!r} is not a regular file")
+        return candidate
+
+    def relative_or_abs(self, path: Path) -> str:
+        try:
+            return self.relative(path)
+        except ValueError:
+            return str(path)

@@ -1,0 +1,210 @@
+"""YAML loading that remembers where every key came from, and refuses hostile documents.
+
+PyYAML's ``safe_load`` forgets line numbers, silently keeps the last of two duplicate keys and
+expands aliases without limit (the "billion laughs" document). Kiln composes the node graph
+(linear in the size of the text, aliases stay shared) and builds plain data itself, counting every
+node it produces so that an alias bomb is refused after a bounded amount of work.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+import yaml.constructor
+
+from .errors import InvalidInput, KeyPath, Location, Problem
+
+# A recipe is a few hundred nodes; the biggest sane one a few thousand. Past this, something is
+# expanding aliases on purpose.
+MAX_NODES = 20_000
+MAX_DEPTH = 64
+MAX_FILE_BYTES = 1 << 20
+
+_Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+_scalar_constructor = yaml.constructor.SafeConstructor()
+_STR_TAG = "tag:yaml.org,2002:str"
+_MERGE_TAG = "tag:yaml.org,2002:merge"
+
+
+@dataclass
+class LocatedDoc:
+    """Plain data (dicts, lists, scalars) plus the location of every key path in it."""
+
+    data: Any
+    locations: dict[KeyPath, Location] = field(default_factory=dict)
+    file: str = "<string>"
+
+    def locate(self, path: KeyPath) -> Location | None:
+        """The location of ``path``, or of its nearest ancestor that has one."""
+        for end in range(len(path), -1, -1):
+            loc = self.locations.get(tuple(path[:end]))
+            if loc is not None:
+                return loc
+        return None
+
+    def problem(self, path: KeyPath, message: str) -> Problem:
+        return Problem(message, self.locate(path), tuple(path))
+
+
+def display_path(path: Path) -> str:
+    """A path as a user should see it: relative to the working directory when below it."""
+    try:
+        return str(path.resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(path)
+
+
+def load_file(path: Path) -> LocatedDoc:
+    shown = display_path(path)
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise InvalidInput(Problem(f"cannot read: {exc.strerror or exc}", Location(shown, 1, 1))) from exc
+    if len(raw) > MAX_FILE_BYTES:
+        raise InvalidInput(Problem(f"file is larger than {MAX_FILE_BYTES} bytes", Location(shown, 1, 1)))
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise InvalidInput(Problem(f"not UTF-8 text ({exc.reason})", Location(shown, 1, 1))) from exc
+    return load_text(text, shown)
+
+
+def load_text(text: str, file: str = "<string>") -> LocatedDoc:
+    try:
+        node = yaml.compose(text, Loader=_Loader)
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        loc = Location(file, mark.line + 1, mark.column + 1) if mark else Location(file, 1, 1)
+        raise InvalidInput(Problem(f"YAML syntax error: {exc.problem or exc}", loc)) from exc
+    except yaml.YAMLError as exc:
+        raise InvalidInput(Problem(f"YAML error: {exc}", Location(file, 1, 1))) from exc
+    doc = LocatedDoc(data=None, file=file)
+    if node is None:
+        doc.data = {}
+        doc.locations[()] = Location(file, 1, 1)
+        return doc
+    builder = _Builder(doc)
+    doc.locations[()] = Location(file, 1, 1)
+    doc.data = builder.build(node, (), 0)
+    return doc
+
+
+class _Builder:
+    def __init__(self, doc: LocatedDoc):
+        self.doc = doc
+        self.count = 0
+
+    def _loc(self, node: yaml.Node) -> Location:
+        return Location(self.doc.file, node.start_mark.line + 1, node.start_mark.column + 1)
+
+    def _refuse(self, node: yaml.Node, path: KeyPath, message: str) -> InvalidInput:
+        return InvalidInput(Problem(message, self._loc(node), path))
+
+    def build(self, node: yaml.Node, path: KeyPath, depth: int) -> Any:
+        self.count += 1
+        if self.count > MAX_NODES:
+            raise self._refuse(
+                node, path, f"document expands to more than {MAX_NODES} nodes (an alias bomb?); refused"
+            )
+        if depth > MAX_DEPTH:
+            raise self._refuse(node, path, f"nesting deeper than {MAX_DEPTH} levels; refused")
+        if isinstance(node, yaml.ScalarNode):
+            if node.tag == _STR_TAG:
+                return node.value
+            try:
+                return _scalar_constructor.construct_object(node, deep=True)
+            except yaml.constructor.ConstructorError as exc:
+                raise self._refuse(node, path, f"unsupported YAML value: {exc.problem}") from exc
+            finally:
+                _scalar_constructor.constructed_objects.clear()
+        if isinstance(node, yaml.SequenceNode):
+            items = []
+            for index, item in enumerate(node.value):
+                item_path = (*path, index)
+                self.doc.locations[item_path] = self._loc(item)
+                items.append(self.build(item, item_path, depth + 1))
+            return items
+        if isinstance(node, yaml.MappingNode):
+            return self._mapping(node, path, depth)
+        raise self._refuse(node, path, f"unsupported YAML node {type(node).__name__}")
+
+    def _mapping(
+        self, node: yaml.MappingNode, path: KeyPath, depth: int, merging: bool = False
+    ) -> dict[str, Any]:
+        result: dict[str, Any] = {}
+        merged_from: list[yaml.Node] = []
+        for key_node, value_node in node.value:
+            if key_node.tag == _MERGE_TAG:
+                merged_from.extend(
+                    value_node.value if isinstance(value_node, yaml.SequenceNode) else [value_node]
+                )
+                continue
+            if not isinstance(key_node, yaml.ScalarNode):
+                raise self._refuse(key_node, path, "mapping keys must be plain strings")
+            key = key_node.value
+            if key in result:
+                raise self._refuse(key_node, (*path, key), "duplicate key (the first one would be ignored)")
+            key_path = (*path, key)
+            if merging:  # a key set explicitly next to "<<" keeps its own location
+                self.doc.locations.setdefault(key_path, self._loc(key_node))
+            else:
+                self.doc.locations[key_path] = self._loc(key_node)
+            result[key] = self.build(value_node, key_path, depth + 1)
+        # YAML merge keys ("<<: *defaults"): explicit keys win over merged ones.
+        for source in merged_from:
+            if not isinstance(source, yaml.MappingNode):
+                raise self._refuse(source, path, "'<<' must merge a mapping or a list of mappings")
+            for key, value in self._mapping(source, path, depth + 1, merging=True).items():
+                result.setdefault(key, value)
+        return result
+
+
+def deep_merge(base: LocatedDoc, override: LocatedDoc) -> LocatedDoc:
+    """Merge ``override`` over ``base``: mappings merge key by key; lists and scalars replace.
+
+    Each key path of the result keeps the location of the document its value came from, so that an
+    error in an inherited default points into the defaults file.
+    """
+    data = _merge_values(base.data, override.data)
+    merged = LocatedDoc(data=data, file=override.file)
+    for path in _walk_paths(data, ()):
+        loc = override.locations.get(path) or base.locations.get(path)
+        if loc is not None:
+            merged.locations[path] = loc
+    return merged
+
+
+def _merge_values(base: Any, override: Any) -> Any:
+    if isinstance(base, Mapping) and isinstance(override, Mapping):
+        out = dict(base)
+        for key, value in override.items():
+            out[key] = _merge_values(base[key], value) if key in base else value
+        return out
+    return override
+
+
+def _walk_paths(value: Any, path: KeyPath) -> Iterator[KeyPath]:
+    yield path
+    if isinstance(value, Mapping):
+        for key, child in value.items():
+            yield from _walk_paths(child, (*path, key))
+    elif isinstance(value, list):
+        for index, child in enumerate(value):
+            yield from _walk_paths(child, (*path, index))
+
+
+def subdoc(doc: LocatedDoc, prefix: KeyPath) -> LocatedDoc:
+    """The part of ``doc`` below ``prefix``, with its locations re-rooted."""
+    value: Any = doc.data
+    for part in prefix:
+        value = value[part]
+    out = LocatedDoc(data=value, file=doc.file)
+    n = len(prefix)
+    for path, loc in doc.locations.items():
+        if path[:n] == prefix:
+            out.locations[path[n:]] = loc
+    return out

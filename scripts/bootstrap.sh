@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# Idempotent set-up for `make test` and `make demo` on a fresh Debian machine, as root:
+#   1. the Debian packages Kiln's tests and demo run (apt-get, only what is missing);
+#   2. a virtual environment in .venv with Kiln and its test tools (pip, only when pyproject changed).
+# A second run does nothing but check. Set KILN_SKIP_APT=1 to skip step 1 (non-Debian hosts).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+# packer: `packer validate` of rendered templates; openssh-client: ssh-keygen for Packer's
+# communicator; rpm: rpmbuild/rpmspec for the SRPM example; python3-venv: Debian's python3 needs it.
+APT_PACKAGES=(packer openssh-client rpm python3-venv)
+VENV=.venv
+STAMP=$VENV/.kiln-bootstrap
+
+say() { printf 'bootstrap: %s\n' "$*" >&2; }
+
+if [ "${KILN_SKIP_APT:-0}" != 1 ] && command -v dpkg-query >/dev/null; then
+    missing=()
+    for pkg in "${APT_PACKAGES[@]}"; do
+        dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q 'install ok installed' || missing+=("$pkg")
+    done
+    if [ ${#missing[@]} -gt 0 ]; then
+        [ "$(id -u)" = 0 ] || { say "need root to install: ${missing[*]}"; exit 3; }
+        say "installing Debian packages: ${missing[*]}"
+        export DEBIAN_FRONTEND=noninteractive
+        apt-get update -qq
+        apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+    fi
+fi
+
+python=${PYTHON:-python3}
+"$python" -c 'import sys; sys.exit(sys.version_info < (3, 11))' || {
+    say "Kiln needs Python >= 3.11 ($python is $("$python" --version 2>&1))"; exit 3; }
+
+want=$(cat pyproject.toml | sha256sum | cut -d' ' -f1)
+if [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$want" ] && [ -x "$VENV/bin/kiln" ]; then
+    exit 0
+fi
+[ -x "$VENV/bin/python" ] || { say "creating $VENV"; "$python" -m venv "$VENV"; }
+say "installing Kiln and its test tools into $VENV"
+"$VENV/bin/python" -m pip install -q --disable-pip-version-check --upgrade pip
+"$VENV/bin/python" -m pip install -q --disable-pip-version-check -e '.[test]'
+echo "$want" > "$STAMP"
