@@ -190,6 +190,23 @@ def cmd_render(args: argparse.Namespace) -> int:
 # --- parser ------------------------------------------------------------------------------------------
 
 
+def _add_common_options(parser: argparse.ArgumentParser, default: object) -> None:
+    """Options accepted before or after the command name (``kiln -q render`` = ``kiln render -q``)."""
+    parser.add_argument(
+        "--root",
+        metavar="DIR",
+        default=default,
+        help="workspace root (default: $KILN_ROOT, else the nearest dir with recipes/ and templates/)",
+    )
+    parser.add_argument(
+        "--ledger",
+        metavar="PATH",
+        default=default,
+        help="sqlite ledger (default: $KILN_LEDGER, else ROOT/.kiln/ledger.sqlite)",
+    )
+    parser.add_argument("-q", "--quiet", action="store_true", default=default, help="no progress output")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="kiln",
@@ -202,15 +219,9 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=_examples("kiln validate", "kiln plan --json", "kiln render debian-12 --arch ppc64le -o out/"),
     )
     parser.add_argument("--version", action="version", version=f"kiln {__version__}")
-    parser.add_argument(
-        "--root",
-        metavar="DIR",
-        help="workspace root (default: nearest dir with recipes/ and templates/, or $KILN_ROOT)",
-    )
-    parser.add_argument(
-        "--ledger", metavar="PATH", help="sqlite ledger (default: $KILN_LEDGER or ROOT/.kiln/ledger.sqlite)"
-    )
-    parser.add_argument("-q", "--quiet", action="store_true", help="no progress output")
+    _add_common_options(parser, None)
+    common = argparse.ArgumentParser(add_help=False)
+    _add_common_options(common, argparse.SUPPRESS)  # so a sub-command's absent flag keeps the global value
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     def add(
@@ -223,6 +234,7 @@ def build_parser() -> argparse.ArgumentParser:
     ) -> argparse.ArgumentParser:
         p = sub.add_parser(
             name,
+            parents=[common],
             help=help_,
             description=help_,
             epilog=_examples(*examples),

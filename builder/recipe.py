@@ -182,7 +182,10 @@ class IsoSource(StrictModel):
     path: FileRef | None = None
     checksum: Annotated[str, StringConstraints(pattern=r"^(none|(sha256|sha512):[0-9a-f]{64,128})$")]
     answer_file: FileRef | None = Field(None, description="preseed/kickstart served over Packer's HTTP.")
-    boot_command: list[ShortText] = Field(default_factory=list)
+    boot_command: list[ShortText] = Field(
+        default_factory=list,
+        description="Keys Packer types at boot; write @@HTTP@@ for the URL of Packer's HTTP server.",
+    )
 
     @model_validator(mode="after")
     def _exactly_one(self) -> IsoSource:
@@ -427,15 +430,30 @@ def _annotation_is_file_ref(annotation: Any) -> bool:
     return any(_annotation_is_file_ref(arg) for arg in getattr(annotation, "__args__", ()) or ())
 
 
+# Model class -> (field name, holds file references) per field; models do not change once defined.
+_FILE_REF_FIELDS: dict[type[BaseModel], tuple[tuple[str, bool], ...]] = {}
+
+
+def _file_ref_fields(model: type[BaseModel]) -> tuple[tuple[str, bool], ...]:
+    fields = _FILE_REF_FIELDS.get(model)
+    if fields is None:
+        fields = _FILE_REF_FIELDS[model] = tuple(
+            (
+                name,
+                _annotation_is_file_ref(info.annotation)
+                or any(isinstance(m, _IsFileRef) for m in info.metadata),
+            )
+            for name, info in model.model_fields.items()
+        )
+    return fields
+
+
 def file_refs(value: Any) -> list[str]:
     """Every workspace-relative file path referenced anywhere inside a validated model."""
     found: list[str] = []
     if isinstance(value, BaseModel):
-        for name, info in type(value).model_fields.items():
+        for name, marked in _file_ref_fields(type(value)):
             child = getattr(value, name)
-            marked = _annotation_is_file_ref(info.annotation) or any(
-                isinstance(m, _IsFileRef) for m in info.metadata
-            )
             found.extend(_strings(child) if marked else file_refs(child))
     elif isinstance(value, list | tuple):
         for item in value:

@@ -220,7 +220,24 @@ def _walk_strings(value: Any, path: KeyPath) -> Iterator[tuple[KeyPath, str]]:
             yield from _walk_strings(child, (*path, index))
 
 
+def _has_template_syntax(value: Any) -> bool:
+    """Whether any string or key below ``value`` has template syntax (a quick check, no paths)."""
+    if isinstance(value, str):
+        return TEMPLATE_SYNTAX.search(value) is not None
+    if isinstance(value, dict):
+        for key, child in value.items():
+            if TEMPLATE_SYNTAX.search(str(key)) or _has_template_syntax(child):
+                return True
+    elif isinstance(value, list):
+        for child in value:
+            if _has_template_syntax(child):
+                return True
+    return False
+
+
 def _refuse_template_syntax(doc: LocatedDoc) -> None:
+    if not _has_template_syntax(doc.data):
+        return
     problems = [
         doc.problem(path, "template syntax ('{{', '{%', '{#') is not allowed in recipe values")
         for path, text in _walk_strings(doc.data, ())

@@ -34,7 +34,15 @@ class Encoded(str):
     __slots__ = ()
 
 
+def _defined(value: Any) -> Any:
+    """Raise Jinja's own "X is undefined" error (naming X) instead of a vague type error."""
+    if isinstance(value, jinja2.Undefined):
+        value._fail_with_undefined_error()
+    return value
+
+
 def _text(value: Any) -> str:
+    _defined(value)
     if isinstance(value, bool):
         return "true" if value else "false"
     if not isinstance(value, str | int | float):
@@ -44,6 +52,7 @@ def _text(value: Any) -> str:
 
 def encode_hcl(value: Any) -> Encoded:
     """An HCL2 string literal; ``${`` and ``%{`` are escaped so values never interpolate."""
+    _defined(value)
     if isinstance(value, list | tuple):
         return Encoded("[" + ", ".join(encode_hcl(v) for v in value) + "]")
     if isinstance(value, bool | int | float) and not isinstance(value, str):
@@ -54,13 +63,29 @@ def encode_hcl(value: Any) -> Encoded:
 
 def encode_sh(value: Any) -> Encoded:
     """A single POSIX shell word."""
+    _defined(value)
     if isinstance(value, list | tuple):
         return Encoded(" ".join(shlex.quote(_text(v)) for v in value))
     return Encoded(shlex.quote(_text(value)))
 
 
 def encode_json(value: Any) -> Encoded:
+    _defined(value)
     return Encoded(json.dumps(value, ensure_ascii=False, sort_keys=True))
+
+
+# Packer's boot_command needs Go-template placeholders that recipes may not contain ("{{" is refused
+# in every recipe value). Recipes write this token instead; only this filter turns it into Go syntax.
+PACKER_HTTP_TOKEN = "@@HTTP@@"
+_PACKER_HTTP = "http://{{ .HTTPIP }}:{{ .HTTPPort }}"
+
+
+def encode_packer_keys(value: Any) -> Encoded:
+    """An HCL list of boot_command strings, with @@HTTP@@ as the URL of Packer's HTTP server."""
+    _defined(value)
+    items = [value] if isinstance(value, str) else list(value)
+    encoded = [encode_hcl(item).replace(PACKER_HTTP_TOKEN, _PACKER_HTTP) for item in items]
+    return Encoded("[" + ", ".join(encoded) + "]")
 
 
 def encode_dockerfile(value: Any) -> Encoded:
@@ -90,6 +115,7 @@ def encode_ident(value: Any) -> Encoded:
 
 FILTERS: dict[str, Callable[[Any], Encoded]] = {
     "hcl": encode_hcl,
+    "packer_keys": encode_packer_keys,
     "sh": encode_sh,
     "json": encode_json,
     "dockerfile": encode_dockerfile,

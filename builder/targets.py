@@ -96,6 +96,7 @@ class FileHasher:
     def __init__(self, workspace: Workspace):
         self.workspace = workspace
         self._cache: dict[str, str] = {}
+        self._elements: dict[str, list[str]] = {}
 
     def file(self, rel: str) -> str:
         cached = self._cache.get(rel)
@@ -116,6 +117,15 @@ class FileHasher:
             if p.is_file() and "__pycache__" not in p.parts
         )
         return files
+
+    def element(self, name: str) -> list[str]:
+        """The files of element ``name`` in elements/ (none for upstream DIB elements), once per run."""
+        cached = self._elements.get(name)
+        if cached is None:
+            element_dir = self.workspace.elements_dir / name
+            cached = self.tree(self.workspace.relative(element_dir)) if element_dir.is_dir() else []
+            self._elements[name] = cached
+        return cached
 
 
 @dataclass
@@ -159,6 +169,7 @@ def _expand_one(
             build = variant_build
             if release != build.release:  # type: ignore[attr-defined]
                 build = build.model_copy(update={"release": release})
+            refs = file_refs(build)
             for arch in recipe.arches:
                 refused = refusals(kind, arch, build)
                 for refusal in refused:
@@ -177,10 +188,8 @@ def _expand_one(
                 inputs = [f"{templates_rel}/{name}" for name in templates]
                 elements = _elements_for(kind, build, arch)
                 for element in elements:
-                    element_dir = workspace.elements_dir / element
-                    if element_dir.is_dir():
-                        inputs.extend(hasher.tree(workspace.relative(element_dir)))
-                inputs.extend(file_refs(build))
+                    inputs.extend(hasher.element(element))
+                inputs.extend(refs)
                 base = getattr(build, "base", None)
                 out.append(
                     _Pending(

@@ -49,9 +49,19 @@ class Workspace:
     def elements_dir(self) -> Path:
         return self.root / "elements"
 
+    def _resolved_root(self) -> Path:
+        """``root`` with symlinks resolved; resolved once per workspace when ``root`` is absolute."""
+        if not self.root.is_absolute():
+            return self.root.resolve()  # depends on the working directory: never cached
+        resolved = self.__dict__.get("_root_resolved")
+        if resolved is None:
+            resolved = self.root.resolve()
+            object.__setattr__(self, "_root_resolved", resolved)  # a cache, not a field
+        return resolved
+
     def relative(self, path: Path) -> str:
         """Workspace-relative POSIX spelling of a path inside the workspace."""
-        return path.resolve().relative_to(self.root.resolve()).as_posix()
+        return path.resolve().relative_to(self._resolved_root()).as_posix()
 
     def resolve_reference(self, reference: str, base_dir: Path, *, want_dir: bool = False) -> Path:
         """Resolve a path written in a recipe (relative to the recipe's directory) safely."""
@@ -61,7 +71,7 @@ class Workspace:
         if pure.is_absolute() or reference.startswith("~") or (len(reference) > 1 and reference[1] == ":"):
             raise PathRefused(f"absolute path {reference!r} refused: paths are relative to the recipe file")
         candidate = (base_dir / pure).resolve()
-        root = self.root.resolve()
+        root = self._resolved_root()
         if not candidate.is_relative_to(root):
             raise PathRefused(f"{reference!r} resolves outside the workspace ({root}); refused")
         if not candidate.exists():

@@ -8,8 +8,10 @@ node it produces so that an alias bomb is refused after a bounded amount of work
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -50,10 +52,15 @@ class LocatedDoc:
         return Problem(message, self.locate(path), tuple(path))
 
 
+@lru_cache(maxsize=8)
+def _resolved_cwd(cwd: str) -> Path:
+    return Path(cwd).resolve()
+
+
 def display_path(path: Path) -> str:
     """A path as a user should see it: relative to the working directory when below it."""
     try:
-        return str(path.resolve().relative_to(Path.cwd().resolve()))
+        return str(path.resolve().relative_to(_resolved_cwd(os.getcwd())))
     except ValueError:
         return str(path)
 
@@ -171,10 +178,12 @@ def deep_merge(base: LocatedDoc, override: LocatedDoc) -> LocatedDoc:
     """
     data = _merge_values(base.data, override.data)
     merged = LocatedDoc(data=data, file=override.file)
-    for path in _walk_paths(data, ()):
-        loc = override.locations.get(path) or base.locations.get(path)
+    locations = merged.locations
+    own, inherited = override.locations.get, base.locations.get
+    for path in _walk_paths(data, (), []):
+        loc = own(path) or inherited(path)
         if loc is not None:
-            merged.locations[path] = loc
+            locations[path] = loc
     return merged
 
 
@@ -187,14 +196,16 @@ def _merge_values(base: Any, override: Any) -> Any:
     return override
 
 
-def _walk_paths(value: Any, path: KeyPath) -> Iterator[KeyPath]:
-    yield path
+def _walk_paths(value: Any, path: KeyPath, out: list[KeyPath]) -> list[KeyPath]:
+    """``path`` and every key path below it, in document order, appended to ``out``."""
+    out.append(path)
     if isinstance(value, Mapping):
         for key, child in value.items():
-            yield from _walk_paths(child, (*path, key))
+            _walk_paths(child, (*path, key), out)
     elif isinstance(value, list):
         for index, child in enumerate(value):
-            yield from _walk_paths(child, (*path, index))
+            _walk_paths(child, (*path, index), out)
+    return out
 
 
 def subdoc(doc: LocatedDoc, prefix: KeyPath) -> LocatedDoc:

@@ -1,0 +1,158 @@
+"""The kiln command: exit codes, --json documents, help with examples, and the committed schema."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from builder.cli import build_parser, main
+from builder.ledger import Ledger
+from builder.targets import load_targets
+from builder.workspace import PACKAGE_ROOT, Workspace
+
+GOOD = (
+    "name: g\nkind: guest-image\narches: [x86_64, ppc64le]\n"
+    "build: {builder: dib, distro: debian, release: bookworm}\n"
+)
+
+
+def run(capsys, *argv: str) -> tuple[int, str, str]:
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_validate_ok_and_json(capsys, workspace, write):
+    write("recipes/g.yaml", GOOD)
+    code, out, _ = run(capsys, "--root", str(workspace.root), "validate")
+    assert code == 0 and out.strip() == "ok: 1 recipe files, 1 valid, 2 targets"
+    code, out, _ = run(capsys, "validate", "--json", "--root", str(workspace.root))
+    assert code == 0
+    assert json.loads(out) == {"ok": True, "files": 1, "recipes": 1, "targets": 2, "problems": []}
+
+
+def test_validate_invalid_recipe_exits_1_with_located_problems(capsys, workspace, write, monkeypatch):
+    monkeypatch.chdir(workspace.root)
+    write("recipes/g.yaml", GOOD.replace("bookworm", "Bookworm!"))
+    code, out, _ = run(capsys, "validate", "--json")
+    assert code == 1
+    doc = json.loads(out)
+    assert doc["ok"] is False
+    [problem] = doc["problems"]
+    assert problem["file"] == "recipes/g.yaml" and problem["line"] == 4 and problem["key"] == "build.release"
+
+
+def test_plan_json_reflects_the_ledger(capsys, workspace, write, tmp_path):
+    write("recipes/g.yaml", GOOD)
+    ledger_path = tmp_path / "ledger.sqlite"
+    targets, _ = load_targets([workspace.recipes_dir], workspace)
+    built = next(t for t in targets if t.arch.value == "ppc64le")
+    with Ledger(ledger_path) as ledger:
+        ledger.finish_build(ledger.start_build(built), "succeeded")
+    code, out, _ = run(capsys, "--root", str(workspace.root), "--ledger", str(ledger_path), "plan", "--json")
+    assert code == 0
+    states = {t["id"]: t["state"] for t in json.loads(out)["targets"]}
+    assert states == {"g:bookworm:x86_64": "never built", "g:bookworm:ppc64le": "up to date"}
+
+
+def test_plan_by_recipe_name_and_arch_spelling(capsys, workspace, write, tmp_path):
+    write("recipes/sub/g.yaml", GOOD)
+    code, out, _ = run(
+        capsys,
+        "--root",
+        str(workspace.root),
+        "--ledger",
+        str(tmp_path / "l.sqlite"),
+        "plan",
+        "g",
+        "--arch",
+        "ppc64el",
+        "--json",
+    )
+    assert code == 0
+    assert [t["id"] for t in json.loads(out)["targets"]] == ["g:bookworm:ppc64le"]
+
+
+def test_unknown_recipe_name_and_unknown_arch_exit_1(capsys, workspace, write, tmp_path):
+    write("recipes/g.yaml", GOOD)
+    root = ["--root", str(workspace.root), "--ledger", str(tmp_path / "l.sqlite")]
+    code, _, err = run(capsys, *root, "plan", "no-such-recipe")
+    assert code == 1 and "no-such-recipe: no such file, directory or recipe name" in err
+    code, _, err = run(capsys, *root, "plan", "--arch", "sparc")
+    assert code == 1 and "--arch: unknown architecture 'sparc'" in err
+
+
+def test_render_writes_one_directory_per_target_with_a_manifest(capsys, workspace, write, tmp_path):
+    write("recipes/g.yaml", GOOD)
+    out_dir = tmp_path / "out"
+    code, out, _ = run(capsys, "--root", str(workspace.root), "render", "-o", str(out_dir), "--json")
+    assert code == 0
+    rendered = json.loads(out)["rendered"]
+    assert {r["id"] for r in rendered} == {"g:bookworm:x86_64", "g:bookworm:ppc64le"}
+    manifest = json.loads((out_dir / "g_bookworm_ppc64le" / "target.json").read_text())
+    assert manifest["files"] == ["build.json", "dib.env"]
+    assert "templates/dib/environment.j2" in manifest["inputs"]
+
+
+def test_usage_error_exits_2(capsys):
+    with pytest.raises(SystemExit) as caught:
+        main(["render"])  # -o is required
+    assert caught.value.code == 2
+
+
+def test_help_of_every_command_has_examples_and_only_implemented_commands_exist():
+    parser = build_parser()
+    subparsers = next(a for a in parser._actions if a.dest == "command")
+    commands = set(subparsers.choices)  # type: ignore[union-attr]
+    assert commands == {"validate", "schema", "plan", "render"}
+    for name, sub in subparsers.choices.items():  # type: ignore[union-attr]
+        text = sub.format_help()
+        assert "examples:" in text and f"kiln {name}" in text, name
+        assert "exit codes:" in text
+
+
+def test_committed_schema_matches_kiln_schema(capsys):
+    code, out, _ = run(capsys, "schema")
+    assert code == 0
+    committed = (PACKAGE_ROOT / "schemas" / "recipe.schema.json").read_text()
+    assert out == committed, "schemas/recipe.schema.json is stale: run `make schema`"
+    schema = json.loads(out)
+    kinds = {
+        d["properties"]["kind"]["const"]
+        for d in schema["$defs"].values()
+        if "kind" in d.get("properties", {}) and "const" in d["properties"]["kind"]
+    }
+    assert kinds == {"guest-image", "ipa-ramdisk", "rpm-rebuild", "container"}
+
+
+def test_example_recipes_point_editors_at_the_schema():
+    for path in (PACKAGE_ROOT / "recipes").rglob("*.yaml"):
+        if path.name == "defaults.yaml":
+            continue
+        first = path.read_text().splitlines()[0]
+        assert first == "# yaml-language-server: $schema=../../schemas/recipe.schema.json", path
+
+
+def test_console_script_runs_as_a_module():
+    result = subprocess.run(
+        [sys.executable, "-m", "builder", "--root", str(PACKAGE_ROOT), "validate"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("ok: ")
+
+
+def test_workspace_discovery_finds_the_nearest_root(tmp_path, monkeypatch):
+    (tmp_path / "recipes").mkdir()
+    (tmp_path / "templates").mkdir()
+    deep = tmp_path / "recipes" / "guest"
+    deep.mkdir()
+    monkeypatch.delenv("KILN_ROOT", raising=False)
+    assert Workspace.discover(deep).root == tmp_path.resolve()
+    monkeypatch.setenv("KILN_ROOT", str(PACKAGE_ROOT))
+    assert Workspace.discover(deep).root == PACKAGE_ROOT
