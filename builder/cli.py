@@ -12,6 +12,7 @@ import json
 import os
 import sys
 import textwrap
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -187,6 +188,77 @@ def cmd_render(args: argparse.Namespace) -> int:
     return ExitCode.OK
 
 
+def cmd_publish(args: argparse.Namespace) -> int:
+    from .ledger import Ledger
+    from .manifest import read_manifest
+    from .publish import Publishing, publish_manifests
+
+    workspace, site = _site(args)
+    manifests = [read_manifest(Path(m)) for m in args.manifests]
+    quiet = args.quiet or args.json
+    publishing = Publishing(site, workspace.root, (lambda _: None) if quiet else _stderr_step("publish"))
+    with Ledger(_ledger_path(args, workspace)) as ledger:
+        publications = publish_manifests(manifests, publishing, ledger)
+    lines = [
+        f"{p.target} {p.artifact} -> {p.publisher} {p.location}{' (already there)' if p.noop else ''}"
+        for p in publications
+    ]
+    _emit(args, {"published": [p.as_json() for p in publications]}, "\n".join(lines) or "nothing to publish")
+    return ExitCode.OK
+
+
+def _stderr_step(prefix: str) -> Callable[[str], None]:
+    return lambda step: print(f"{prefix}: {step}", file=sys.stderr)
+
+
+def _site(args: argparse.Namespace) -> tuple[Workspace, Any]:
+    from .siteconfig import load_site
+
+    workspace = _workspace(args)
+    return workspace, load_site(Path(args.site) if args.site else None, workspace.root)
+
+
+def _local_site(args: argparse.Namespace) -> Any:
+    from .site.local import LocalSite
+
+    workspace, site = _site(args)
+    return LocalSite(site.state_dir(workspace.root), site.local)
+
+
+def cmd_site_up(args: argparse.Namespace) -> int:
+    local = _local_site(args)
+    quiet = args.quiet or args.json
+    started = time.monotonic()
+    urls = local.up(
+        on_step=(lambda _: None) if quiet else (lambda step: print(f"site: {step}", file=sys.stderr))
+    )
+    elapsed = time.monotonic() - started
+    lines = [f"{name:9} {url}" for name, url in urls.as_json().items()]
+    _emit(
+        args,
+        {"urls": urls.as_json(), "state_dir": str(local.state), "seconds": round(elapsed, 1)},
+        "\n".join([*lines, f"local site up in {elapsed:.1f}s (state: {local.state})"]),
+    )
+    return ExitCode.OK
+
+
+def cmd_site_down(args: argparse.Namespace) -> int:
+    stopped = _local_site(args).down()
+    _emit(args, {"stopped": stopped}, f"stopped: {', '.join(stopped) or 'nothing was running'}")
+    return ExitCode.OK
+
+
+def cmd_site_status(args: argparse.Namespace) -> int:
+    report = _local_site(args).status()
+    healthy = all(entry["healthy"] for entry in report.values())
+    lines = [
+        f"{name:16} {'healthy' if e['healthy'] else 'DOWN':8} pid {e['pid'] or '-'}"
+        for name, e in report.items()
+    ]
+    _emit(args, {"healthy": healthy, "services": report}, "\n".join(lines))
+    return ExitCode.OK if healthy else ExitCode.ENVIRONMENT
+
+
 # --- parser ------------------------------------------------------------------------------------------
 
 
@@ -203,6 +275,12 @@ def _add_common_options(parser: argparse.ArgumentParser, default: object) -> Non
         metavar="PATH",
         default=default,
         help="sqlite ledger (default: $KILN_LEDGER, else ROOT/.kiln/ledger.sqlite)",
+    )
+    parser.add_argument(
+        "--site",
+        metavar="FILE",
+        default=default,
+        help="site settings (default: $KILN_SITE, else ROOT/site.yaml, else the local site)",
     )
     parser.add_argument("-q", "--quiet", action="store_true", default=default, help="no progress output")
 
@@ -290,6 +368,41 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "-o", "--output", metavar="DIR", required=True, help="directory; one subdirectory per target"
     )
+    p = add(
+        "publish",
+        cmd_publish,
+        "Publish what a build produced (its manifest JSON) and record it in the ledger.",
+        [
+            "kiln publish build/debian-12_bookworm_x86_64/manifest.json",
+            "kiln publish out/*/manifest.json --json",
+        ],
+        recipes=False,
+    )
+    p.add_argument("manifests", nargs="+", metavar="MANIFEST", help="build manifest JSON files")
+    site = sub.add_parser(
+        "site",
+        parents=[common],
+        help="Start, stop or check the embedded local site (Glance, registry, repo, S3).",
+        description="The embedded local site: real services on 127.0.0.1, state under local.state_dir.",
+        epilog=_examples("kiln site up", "kiln site status --json", "kiln site down"),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    site_sub = site.add_subparsers(dest="site_command", metavar="ACTION", required=True)
+    for action, func, text in (
+        ("up", cmd_site_up, "Prepare and start every component, wait for health, print URLs."),
+        ("down", cmd_site_down, "Stop the processes this site started (and nothing else)."),
+        ("status", cmd_site_status, "Probe each service; exit 3 when one is down."),
+    ):
+        p = site_sub.add_parser(
+            action,
+            parents=[common],
+            help=text,
+            description=text,
+            epilog=_examples(f"kiln site {action}", f"kiln site {action} --json"),
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
+        p.set_defaults(func=func)
+        p.add_argument("--json", action="store_true", help="print one JSON document on stdout")
     return parser
 
 

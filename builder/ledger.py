@@ -170,6 +170,39 @@ class Ledger:
                 (artifact_id, publisher, location, time.time()),
             )
 
+    def artifact_ids_for(self, manifest: Any) -> dict[str, int]:
+        """Artifact name -> ledger id for a build manifest; a build made elsewhere (no build_id, or
+        one this ledger does not know) is imported as a succeeded build first."""
+        if manifest.build_id is not None:
+            rows = self._db.execute(
+                "SELECT a.name, a.id FROM artifacts a JOIN builds b ON a.build_id = b.id "
+                "WHERE b.id=? AND b.target_id=?",
+                (manifest.build_id, manifest.target),
+            ).fetchall()
+            if rows:
+                return {r[0]: int(r[1]) for r in rows}
+        now = time.time()
+        with self._tx() as db:
+            db.execute(
+                "INSERT INTO targets (id, recipe, kind, arch, last_digest, updated_at) VALUES (?,?,?,?,?,?) "
+                "ON CONFLICT(id) DO NOTHING",
+                (manifest.target, manifest.recipe, manifest.kind, manifest.arch, manifest.digest, now),
+            )
+            cursor = db.execute(
+                "INSERT INTO builds (target_id, digest, status, started_at, finished_at, error) "
+                "VALUES (?,?,'succeeded',?,?,?)",
+                (manifest.target, manifest.digest, now, now, "imported from a manifest"),
+            )
+            build_id = int(cursor.lastrowid or 0)
+            ids = {}
+            for a in manifest.artifacts:
+                row = db.execute(
+                    "INSERT INTO artifacts (build_id, name, path, sha256, size) VALUES (?,?,?,?,?)",
+                    (build_id, a.name, str(manifest.path_of(a)), a.sha256, a.size),
+                )
+                ids[a.name] = int(row.lastrowid or 0)
+            return ids
+
     # -- queries --------------------------------------------------------------------------------------
 
     def state(self, target_id: str, digest: str) -> TargetState:

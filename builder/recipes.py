@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Union, get_args, get_origin
 
-from pydantic import BaseModel, TypeAdapter, ValidationError
+from pydantic import BaseModel, ValidationError
 
 from .errors import InvalidInput, KeyPath, Problem
 from .recipe import KINDS, RECIPE_MODELS, TEMPLATE_SYNTAX, RecipeBase
@@ -96,7 +96,7 @@ class RecipeLoader:
             raise InvalidInput(doc.problem((), "a recipe must be a mapping of keys to values"))
         kind = doc.data.get("kind")
         if kind is None:
-            raise InvalidInput(doc.problem((), f"kind: required key is missing (one of {', '.join(KINDS)})"))
+            raise InvalidInput(doc.problem(("kind",), f"required key is missing (one of {', '.join(KINDS)})"))
         if kind not in RECIPE_MODELS:
             raise InvalidInput(doc.problem(("kind",), _one_of_message(str(kind), KINDS)))
         defaults = self._defaults_for(str(kind))
@@ -169,24 +169,24 @@ class RecipeLoader:
         variants = recipe.matrix.variants
         if not variants:
             return {None: build}
-        build_field = type(recipe).model_fields["build"]
-        adapter: TypeAdapter[Any] = TypeAdapter(build_field.annotation)
+        model = type(recipe)
         raw_build = doc.data.get("build", {})
         out: dict[str | None, BaseModel] = {}
         problems: list[Problem] = []
         for name, overrides in variants.items():
-            merged = _merge_plain(raw_build, overrides)
+            # Validate the whole recipe with the variant's build, so that discriminated unions and
+            # key paths behave exactly as for the recipe itself.
+            merged = {**doc.data, "build": _merge_plain(raw_build, overrides)}
             try:
-                out[name] = adapter.validate_python(merged, context=context)
+                out[name] = model.model_validate(merged, context=context).build  # type: ignore[attr-defined]
             except ValidationError as exc:
-                # Point each error at the variant's key when the variant set it, else at build.
                 variant_prefix: KeyPath = ("matrix", "variants", name)
-                for problem in problems_from_validation(exc, doc, type(build), root=("build",)):
+                for problem in problems_from_validation(exc, doc, model):
                     inner = problem.key_path[1:]
-                    if _has_path(overrides, inner):
+                    if problem.key_path[:1] == ("build",) and _has_path(overrides, inner):
                         path = (*variant_prefix, *inner)
-                        problems.append(Problem(problem.message, doc.locate(path), path))
-                    else:
+                        problem = Problem(problem.message, doc.locate(path), path)
+                    if problem not in problems:
                         problems.append(problem)
         if problems:
             raise InvalidInput(problems)
@@ -285,16 +285,19 @@ def problems_from_validation(
 
 
 def _describe(error: Any, doc: LocatedDoc, model: type[BaseModel], root: KeyPath) -> tuple[KeyPath, str]:
-    loc = _strip_union_tags(tuple(error["loc"]), doc.data, root)
     kind = error["type"]
+    loc = _strip_union_tags(tuple(error["loc"]), doc.data, root, last_may_be_tag=kind not in _KEY_ERRORS)
     ctx = error.get("ctx") or {}
     got = error.get("input")
     if kind == "extra_forbidden":
         known = _field_names_at(model, loc[len(root) : -1])
         return (*root, *loc[len(root) :]), _unknown_key_message(str(loc[-1]), known)
     if kind in ("union_tag_invalid", "union_tag_not_found"):
-        tags = ctx.get("expected_tags", "").replace("'", "")
-        key = (*loc, ctx.get("discriminator", "").strip("'"))
+        discriminator = ctx.get("discriminator", "").strip("'")
+        tags = ctx.get("expected_tags", "").replace("'", "") or ", ".join(
+            _tag_values(model, loc[len(root) :], discriminator)
+        )
+        key = (*loc, discriminator)
         if kind == "union_tag_not_found":
             return key, f"required key is missing (one of {tags})"
         return key, f"must be one of {tags} (got {ctx.get('tag')!r})"
@@ -309,9 +312,7 @@ def _describe(error: Any, doc: LocatedDoc, model: type[BaseModel], root: KeyPath
         minimum = ctx.get("min_length", 1)
         return loc, "must not be empty" if minimum == 1 else f"must have at least {minimum} items"
     if kind in _COMPARISONS:
-        op = {"greater_than_equal": ">=", "greater_than": ">", "less_than_equal": "<=", "less_than": "<"}[
-            kind
-        ]
+        op = _COMPARISONS[kind]
         bound = next(iter(ctx.values()), "?")
         return loc, f"must be {op} {bound} (got {got!r})"
     if kind == "value_error":
@@ -327,7 +328,10 @@ def _short(value: Any) -> str:
     return text if len(text) <= 60 else text[:57] + "..."
 
 
-def _strip_union_tags(loc: KeyPath, data: Any, root: KeyPath) -> KeyPath:
+_KEY_ERRORS = ("missing", "extra_forbidden")  # their last location part is a key, never a tag
+
+
+def _strip_union_tags(loc: KeyPath, data: Any, root: KeyPath, last_may_be_tag: bool = True) -> KeyPath:
     """Drop the discriminator values pydantic inserts into locations (``build.dib.elements``) and
     the ``[key]`` markers of dict-key errors, so the path matches what the user wrote."""
     out: list[str | int] = []
@@ -341,7 +345,7 @@ def _strip_union_tags(loc: KeyPath, data: Any, root: KeyPath) -> KeyPath:
             isinstance(current, dict)
             and isinstance(part, str)
             and part not in current
-            and index < len(loc) - 1
+            and (index < len(loc) - 1 or last_may_be_tag)
             and part in {v for v in current.values() if isinstance(v, str)}
         ):
             continue  # a tag, not a key
@@ -355,8 +359,34 @@ def _strip_union_tags(loc: KeyPath, data: Any, root: KeyPath) -> KeyPath:
     return tuple(out)
 
 
+def _tag_values(model: type[BaseModel], path: KeyPath, discriminator: str) -> list[str]:
+    """The values a discriminator may take at ``path`` (from the Literal of each union member)."""
+    values: list[str] = []
+    for candidate in _models_at(model, path):
+        field = candidate.model_fields.get(discriminator)
+        if field is not None:
+            values.extend(str(v) for v in get_args(field.annotation) if str(v) not in values)
+    return values
+
+
+def _models_at(model: type[BaseModel], path: KeyPath) -> list[type[BaseModel]]:
+    return [
+        c
+        for a in _annotations_at(model, path)
+        for c in _unwrap(a)
+        if isinstance(c, type) and issubclass(c, BaseModel)
+    ]
+
+
 def _field_names_at(model: type[BaseModel], path: KeyPath) -> list[str]:
     """The keys a mapping at ``path`` below ``model`` may have (for "did you mean")."""
+    names: list[str] = []
+    for candidate in _models_at(model, path):
+        names.extend(n for n in candidate.model_fields if n not in names)
+    return names
+
+
+def _annotations_at(model: type[BaseModel], path: KeyPath) -> list[Any]:
     annotations: list[Any] = [model]
     for part in path:
         next_annotations: list[Any] = []
@@ -374,12 +404,7 @@ def _field_names_at(model: type[BaseModel], path: KeyPath) -> list[str]:
                 ):
                     next_annotations.append(candidate.model_fields[part].annotation)
         annotations = next_annotations
-    names: list[str] = []
-    for annotation in annotations:
-        for candidate in _unwrap(annotation):
-            if isinstance(candidate, type) and issubclass(candidate, BaseModel):
-                names.extend(n for n in candidate.model_fields if n not in names)
-    return names
+    return annotations
 
 
 def _unwrap(annotation: Any) -> list[Any]:

@@ -80,8 +80,32 @@ def load_file(path: Path) -> LocatedDoc:
     return load_text(text, shown)
 
 
+def _too_deep(text: str) -> yaml.Mark | None:
+    """Where nesting first passes MAX_DEPTH, found from parser events, before composing.
+
+    libyaml's composer recurses per level and crashes the process on tens of thousands of nested
+    flow collections (``[[[[...``), which fit easily under MAX_FILE_BYTES. Block nesting needs
+    indentation, so only text with many brackets can get that deep: others skip the extra pass.
+    """
+    if text.count("[") + text.count("{") <= MAX_DEPTH:
+        return None
+    depth = 0
+    for event in yaml.parse(text, Loader=_Loader):
+        if isinstance(event, yaml.CollectionStartEvent):
+            depth += 1
+            if depth > MAX_DEPTH:
+                return event.start_mark
+        elif isinstance(event, yaml.CollectionEndEvent):
+            depth -= 1
+    return None
+
+
 def load_text(text: str, file: str = "<string>") -> LocatedDoc:
     try:
+        mark = _too_deep(text)
+        if mark is not None:
+            where = Location(file, mark.line + 1, mark.column + 1)
+            raise InvalidInput(Problem(f"nesting deeper than {MAX_DEPTH} levels; refused", where))
         node = yaml.compose(text, Loader=_Loader)
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
@@ -140,33 +164,32 @@ class _Builder:
         raise self._refuse(node, path, f"unsupported YAML node {type(node).__name__}")
 
     def _mapping(
-        self, node: yaml.MappingNode, path: KeyPath, depth: int, merging: bool = False
+        self, node: yaml.MappingNode, path: KeyPath, depth: int, skip: frozenset[str] = frozenset()
     ) -> dict[str, Any]:
+        """Build a mapping; keys in ``skip`` (already set by the mapping that merges this one) are
+        not built at all, so they neither cost work nor overwrite the explicit keys' locations."""
         result: dict[str, Any] = {}
         merged_from: list[yaml.Node] = []
         for key_node, value_node in node.value:
             if key_node.tag == _MERGE_TAG:
-                merged_from.extend(
-                    value_node.value if isinstance(value_node, yaml.SequenceNode) else [value_node]
-                )
+                is_list = isinstance(value_node, yaml.SequenceNode)
+                merged_from.extend(value_node.value if is_list else [value_node])
                 continue
             if not isinstance(key_node, yaml.ScalarNode):
                 raise self._refuse(key_node, path, "mapping keys must be plain strings")
             key = key_node.value
             if key in result:
                 raise self._refuse(key_node, (*path, key), "duplicate key (the first one would be ignored)")
+            if key in skip:
+                continue
             key_path = (*path, key)
-            if merging:  # a key set explicitly next to "<<" keeps its own location
-                self.doc.locations.setdefault(key_path, self._loc(key_node))
-            else:
-                self.doc.locations[key_path] = self._loc(key_node)
+            self.doc.locations[key_path] = self._loc(key_node)
             result[key] = self.build(value_node, key_path, depth + 1)
-        # YAML merge keys ("<<: *defaults"): explicit keys win over merged ones.
+        # YAML merge keys ("<<: *defaults"): explicit keys win, then the first merged mapping.
         for source in merged_from:
             if not isinstance(source, yaml.MappingNode):
                 raise self._refuse(source, path, "'<<' must merge a mapping or a list of mappings")
-            for key, value in self._mapping(source, path, depth + 1, merging=True).items():
-                result.setdefault(key, value)
+            result.update(self._mapping(source, path, depth + 1, skip=skip | frozenset(result)))
         return result
 
 

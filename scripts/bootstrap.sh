@@ -7,8 +7,15 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # packer: `packer validate` of rendered templates; openssh-client: ssh-keygen for Packer's
-# communicator; rpm: rpmbuild/rpmspec for the SRPM example; python3-venv: Debian's python3 needs it.
-APT_PACKAGES=(packer openssh-client rpm python3-venv)
+# communicator; rpm: rpmbuild/rpmsign; python3-venv: Debian's python3 needs it.
+# The local site: glance-api, docker-registry, createrepo-c, gnupg, the swift S3 stack + memcached.
+# Clients that check Kiln's work from outside: python3-openstackclient, skopeo, dnf, docker.io.
+APT_PACKAGES=(
+    packer openssh-client rpm python3-venv rsync curl
+    glance-api docker-registry createrepo-c gnupg
+    swift swift-proxy swift-object swift-container swift-account memcached
+    python3-openstackclient skopeo dnf docker.io
+)
 VENV=.venv
 STAMP=$VENV/.kiln-bootstrap
 

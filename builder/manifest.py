@@ -1,0 +1,104 @@
+"""Build manifests: what a build produced, as JSON, and what `kiln publish` reads.
+
+```json
+{"target": "debian-12:bookworm:ppc64le", "recipe": "debian-12", "kind": "guest-image",
+ "arch": "ppc64le", "release": "bookworm", "variant": null, "digest": "<input digest>",
+ "build_id": 12, "source_commit": "abc123",
+ "publish": {...the recipe's publish settings...},
+ "build": {"distro": "debian", ...resolved build settings...},
+ "artifacts": [{"name": "image", "type": "disk-image", "path": "image/x.qcow2",
+                "format": "qcow2", "sha256": "...", "size": 123}]}
+```
+Artifact paths are relative to the manifest's directory.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from .arch import Arch
+from .errors import InvalidInput, Problem
+
+ArtifactType = Literal["disk-image", "kernel", "ramdisk", "iso", "rpm", "srpm", "oci-layout"]
+CHUNK = 4 << 20
+
+
+@dataclass(frozen=True)
+class Artifact:
+    name: str
+    type: ArtifactType
+    path: str  # relative to the manifest's directory
+    sha256: str
+    size: int
+    format: str | None = None  # qcow2, raw, ...
+
+
+@dataclass(frozen=True)
+class BuildManifest:
+    target: str
+    recipe: str
+    kind: str
+    arch: str
+    release: str
+    variant: str | None
+    digest: str
+    artifacts: tuple[Artifact, ...]
+    publish: dict[str, Any] = field(default_factory=dict)
+    build: dict[str, Any] = field(default_factory=dict)
+    build_id: int | None = None
+    source_commit: str | None = None
+    base_dir: Path = field(default=Path("."), compare=False)
+
+    @property
+    def arch_enum(self) -> Arch:
+        return Arch.parse(self.arch)
+
+    def path_of(self, artifact: Artifact) -> Path:
+        return self.base_dir / artifact.path
+
+    def as_json(self) -> dict[str, Any]:
+        data = asdict(self)
+        data.pop("base_dir")
+        data["artifacts"] = [asdict(a) for a in self.artifacts]
+        return data
+
+    def write(self, path: Path) -> None:
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(json.dumps(self.as_json(), indent=2, sort_keys=True) + "\n")
+        tmp.replace(path)
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        while chunk := handle.read(CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def artifact_for(
+    base_dir: Path, path: Path, name: str, type_: ArtifactType, fmt: str | None = None
+) -> Artifact:
+    return Artifact(
+        name=name,
+        type=type_,
+        path=path.relative_to(base_dir).as_posix(),
+        sha256=sha256_file(path),
+        size=path.stat().st_size,
+        format=fmt,
+    )
+
+
+def read_manifest(path: Path) -> BuildManifest:
+    try:
+        data = json.loads(path.read_text())
+        artifacts = tuple(Artifact(**a) for a in data.pop("artifacts"))
+        return BuildManifest(**data, artifacts=artifacts, base_dir=path.parent.resolve())
+    except FileNotFoundError:
+        raise InvalidInput(Problem(f"{path}: no such manifest")) from None
+    except (ValueError, TypeError, KeyError) as exc:
+        raise InvalidInput(Problem(f"{path}: not a Kiln build manifest ({exc})")) from None

@@ -1,0 +1,263 @@
+"""Push per-arch OCI images and one multi-arch index to a registry, over the distribution v2 API.
+
+Input: one OCI image layout directory per architecture (what ``skopeo copy ... oci:DIR`` or
+``buildah push ... oci:DIR`` writes). Order, so that the tag never points at something incomplete:
+
+1. every blob (layers, config) that the registry does not have yet (``HEAD`` first: shared base layers
+   are not uploaded again);
+2. each architecture's manifest, by digest (no tag);
+3. the index (manifest list) under the tag: the only step a puller can see, done last.
+
+Transient failures (connection errors, 5xx, 429) are retried with exponential backoff; when retries
+run out the error names the request, and the tag has not moved.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import os
+import re
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import requests
+
+from ..arch import Arch
+from ..errors import CommandFailed, EnvironmentProblem, InvalidInput, Problem
+
+OCI_INDEX = "application/vnd.oci.image.index.v1+json"
+OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
+DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
+MANIFEST_TYPES = f"{OCI_MANIFEST}, {DOCKER_MANIFEST}, {OCI_INDEX}"
+RETRYABLE = {429, 500, 502, 503, 504}
+
+
+@dataclass(frozen=True)
+class ArchImage:
+    arch: Arch
+    layout: Path  # an OCI image layout directory
+
+
+@dataclass(frozen=True)
+class PushResult:
+    reference: str  # registry/repository:tag
+    index_digest: str
+    manifests: dict[str, str]  # arch -> manifest digest
+    uploaded_blobs: int
+    skipped_blobs: int
+
+
+@dataclass
+class RegistryClient:
+    registry: str  # host:port
+    insecure: bool = False
+    auth: tuple[str, str] | None = None  # basic credentials (from docker config.json)
+    retries: int = 4
+    backoff_s: float = 0.5
+    timeout_s: float = 300.0
+    session: requests.Session = field(default_factory=requests.Session)
+    _bearer: dict[str, str] = field(default_factory=dict)
+    sleep: Callable[[float], None] = time.sleep
+
+    @property
+    def base(self) -> str:
+        scheme = "http" if self.insecure or self.registry.startswith(("127.", "localhost")) else "https"
+        return f"{scheme}://{self.registry}"
+
+    def request(
+        self, method: str, url: str, *, scope: str, ok: tuple[int, ...], **kwargs: Any
+    ) -> requests.Response:
+        """One API call with retries on transient failures and bearer-token auth when asked for."""
+        if not url.startswith("http"):
+            url = self.base + url
+        last = ""
+        for attempt in range(self.retries + 1):
+            if attempt:
+                self.sleep(self.backoff_s * 2 ** (attempt - 1))
+            headers = dict(kwargs.pop("headers", {}) or {})
+            token = self._bearer.get(scope)
+            if token:
+                headers["Authorization"] = f"Bearer {token}"
+            elif self.auth:
+                headers["Authorization"] = "Basic " + base64.b64encode(":".join(self.auth).encode()).decode()
+            data = kwargs.get("data")
+            if hasattr(data, "seek"):
+                data.seek(0)
+            try:
+                response = self.session.request(
+                    method, url, headers=headers, timeout=self.timeout_s, **kwargs
+                )
+            except requests.RequestException as exc:
+                last = f"{type(exc).__name__}: {exc}"
+                kwargs["headers"] = headers
+                continue
+            kwargs["headers"] = headers
+            if response.status_code == 401 and scope not in self._bearer and self._get_token(response, scope):
+                continue
+            if response.status_code in ok:
+                return response
+            last = f"HTTP {response.status_code}: {response.text[:300]}"
+            if response.status_code not in RETRYABLE:
+                break
+        raise CommandFailed(f"registry {self.registry}: {method} {url.split('?')[0]} failed: {last}")
+
+    def _get_token(self, response: requests.Response, scope: str) -> bool:
+        challenge = response.headers.get("WWW-Authenticate", "")
+        if not challenge.lower().startswith("bearer "):
+            return False
+        params = dict(re.findall(r'(\w+)="([^"]*)"', challenge))
+        realm = params.pop("realm", None)
+        if not realm:
+            return False
+        params.setdefault("scope", scope)
+        basic = requests.auth.HTTPBasicAuth(*self.auth) if self.auth else None
+        reply = self.session.get(realm, params=params, auth=basic, timeout=60)
+        if reply.status_code != 200:
+            return False
+        body = reply.json()
+        self._bearer[scope] = body.get("token") or body.get("access_token") or ""
+        return bool(self._bearer[scope])
+
+
+def docker_config_auth(config_path: Path | None, registry: str) -> tuple[str, str] | None:
+    """Basic credentials for ``registry`` from a docker config.json (``auths.<registry>.auth``)."""
+    path = config_path or Path(os.environ.get("DOCKER_CONFIG", Path.home() / ".docker")) / "config.json"
+    try:
+        auths = json.loads(path.read_text()).get("auths", {})
+    except (FileNotFoundError, ValueError):
+        return None
+    entry = auths.get(registry) or auths.get(f"https://{registry}")
+    if not entry or "auth" not in entry:
+        return None
+    user, _, password = base64.b64decode(entry["auth"]).decode().partition(":")
+    return user, password
+
+
+def _read_layout(layout: Path) -> tuple[dict[str, Any], bytes, str]:
+    """(manifest JSON, manifest bytes, media type) of the single image in an OCI layout."""
+    try:
+        index = json.loads((layout / "index.json").read_text())
+        [descriptor] = index["manifests"]
+    except (FileNotFoundError, ValueError, KeyError) as exc:
+        raise InvalidInput(Problem(f"{layout}: not an OCI image layout with one image ({exc})")) from None
+    raw = _blob_path(layout, descriptor["digest"]).read_bytes()
+    return json.loads(raw), raw, descriptor.get("mediaType", OCI_MANIFEST)
+
+
+def _blob_path(layout: Path, digest: str) -> Path:
+    algo, _, hexdigest = digest.partition(":")
+    if algo != "sha256" or not re.fullmatch(r"[0-9a-f]{64}", hexdigest):
+        raise InvalidInput(Problem(f"{layout}: unsupported blob digest {digest!r}"))
+    return layout / "blobs" / algo / hexdigest
+
+
+def _sha256(data: bytes) -> str:
+    return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+class RegistryPublisher:
+    def __init__(self, client: RegistryClient):
+        self.client = client
+
+    def push(
+        self,
+        repository: str,
+        tag: str,
+        images: list[ArchImage],
+        annotations: dict[str, str] | None = None,
+        on_step: Callable[[str], None] = lambda _: None,
+    ) -> PushResult:
+        if not images:
+            raise InvalidInput(Problem("nothing to push: no per-arch images"))
+        scope = f"repository:{repository}:pull,push"
+        uploaded = skipped = 0
+        entries = []
+        manifests: dict[str, str] = {}
+        for image in images:
+            manifest, raw, media_type = _read_layout(image.layout)
+            for descriptor in [manifest["config"], *manifest["layers"]]:
+                if self._push_blob(repository, image.layout, descriptor["digest"], scope):
+                    uploaded += 1
+                else:
+                    skipped += 1
+            digest = _sha256(raw)
+            self.client.request(
+                "PUT",
+                f"/v2/{repository}/manifests/{digest}",
+                scope=scope,
+                ok=(201,),
+                data=raw,
+                headers={"Content-Type": media_type},
+            )
+            on_step(f"pushed {image.arch.value} manifest {digest[:19]}")
+            manifests[image.arch.value] = digest
+            entries.append(
+                {
+                    "mediaType": media_type,
+                    "digest": digest,
+                    "size": len(raw),
+                    "platform": {"architecture": image.arch.oci, "os": "linux"},
+                }
+            )
+        index: dict[str, Any] = {"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": entries}
+        if annotations:
+            index["annotations"] = dict(sorted(annotations.items()))
+        body = json.dumps(index, sort_keys=True, separators=(",", ":")).encode()
+        # The tag moves here, after every architecture is in the registry.
+        self.client.request(
+            "PUT",
+            f"/v2/{repository}/manifests/{tag}",
+            scope=scope,
+            ok=(201,),
+            data=body,
+            headers={"Content-Type": OCI_INDEX},
+        )
+        on_step(f"tagged {repository}:{tag}")
+        return PushResult(
+            f"{self.client.registry}/{repository}:{tag}", _sha256(body), manifests, uploaded, skipped
+        )
+
+    def _push_blob(self, repository: str, layout: Path, digest: str, scope: str) -> bool:
+        """Upload one blob unless the registry has it; True when uploaded."""
+        head = self.client.request("HEAD", f"/v2/{repository}/blobs/{digest}", scope=scope, ok=(200, 404))
+        if head.status_code == 200:
+            return False
+        path = _blob_path(layout, digest)
+        if not path.exists():
+            raise InvalidInput(Problem(f"{layout}: blob {digest} is missing from the layout"))
+        start = self.client.request("POST", f"/v2/{repository}/blobs/uploads/", scope=scope, ok=(202,))
+        location = start.headers.get("Location")
+        if not location:
+            raise EnvironmentProblem(f"registry {self.client.registry} gave no upload location")
+        if location.startswith("/"):
+            location = self.client.base + location
+        separator = "&" if "?" in location else "?"
+        with path.open("rb") as handle:
+            self.client.request(
+                "PUT",
+                f"{location}{separator}digest={digest}",
+                scope=scope,
+                ok=(201,),
+                data=handle,
+                headers={
+                    "Content-Type": "application/octet-stream",
+                    "Content-Length": str(path.stat().st_size),
+                },
+            )
+        return True
+
+    def tag_digest(self, repository: str, tag: str) -> str | None:
+        """The digest the tag points at now (None when absent): what a puller would get."""
+        response = self.client.request(
+            "HEAD",
+            f"/v2/{repository}/manifests/{tag}",
+            scope=f"repository:{repository}:pull",
+            ok=(200, 404),
+            headers={"Accept": MANIFEST_TYPES},
+        )
+        return response.headers.get("Docker-Content-Digest") if response.status_code == 200 else None

@@ -1,0 +1,204 @@
+"""Publish RPMs to a signed yum/dnf repository: ``<root>/<repo>/<distro>/<release>/<arch>/``.
+
+- Packages are signed (rpmsign; Debian's rpm needs ``%__gpg /usr/bin/gpg``) before they enter the tree.
+- Metadata is rebuilt incrementally (``createrepo_c --update``) into a fresh directory, ``repomd.xml``
+  is signed (detached, ASCII-armoured) there, and then ``repodata`` -- a symlink -- is switched to it
+  with one atomic rename. A reader sees the old metadata or the new, never a mix; a failure (a full
+  disk, a killed process) leaves the old metadata served and valid.
+- Publishes into one repo directory are serialized by a lock file, so concurrent publishes lose nothing.
+- Mirrors (S3, rsync) receive packages first and metadata last (see ``builder.publishers.mirror``).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import shutil
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..errors import CommandFailed, InvalidInput, Problem
+from ..run import Runner
+
+KEEP_OLD_METADATA = 1  # previous metadata dirs kept for readers still fetching them
+
+
+@dataclass(frozen=True)
+class RepoKey:
+    gnupghome: Path
+    fingerprint: str
+    public_key_url: str  # what .repo files point dnf at
+
+
+@dataclass(frozen=True)
+class RepoResult:
+    repo_dir: Path  # the arch directory (repo base URL)
+    packages: tuple[str, ...]  # relative to repo_dir
+    repo_file: Path
+    metadata_dir: str
+
+
+def _rpm_header(path: Path, runner: Runner) -> tuple[str, str]:
+    """(name, arch) of an RPM, read by rpm itself (refuses files that are not RPMs)."""
+    out = runner.run(
+        ["rpm", "-qp", "--nosignature", "--nodigest", "--qf", "%{NAME} %{ARCH}", str(path)]
+    ).output
+    name, _, arch = out.strip().rpartition("\n")[2].partition(" ")
+    if not name or not arch:
+        raise InvalidInput(Problem(f"{path}: not an RPM (rpm -qp printed {out!r})"))
+    return name, arch
+
+
+class RepoPublisher:
+    def __init__(self, root: Path, key: RepoKey, base_url: str, runner: Runner | None = None):
+        self.root = root
+        self.key = key
+        self.base_url = base_url.rstrip("/")
+        self.runner = runner or Runner()
+
+    def repo_dir(self, repo: str, distro: str, release: str, arch: str) -> Path:
+        return self.root / repo / distro / release / arch
+
+    @contextmanager
+    def _locked(self, repo_dir: Path) -> Iterator[None]:
+        repo_dir.mkdir(parents=True, exist_ok=True)
+        with (repo_dir / ".kiln-lock").open("w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(lock, fcntl.LOCK_UN)
+
+    def publish(self, rpms: list[Path], *, repo: str, distro: str, release: str, arch: str) -> RepoResult:
+        repo_dir = self.repo_dir(repo, distro, release, arch)
+        with self._locked(repo_dir):
+            added = [self._add_package(rpm, repo_dir) for rpm in rpms]
+            metadata_dir = self._refresh_metadata(repo_dir)
+        repo_file = self._write_repo_file(repo, distro, release)
+        return RepoResult(repo_dir, tuple(added), repo_file, metadata_dir)
+
+    # -- packages -------------------------------------------------------------------------------------
+
+    def _add_package(self, rpm: Path, repo_dir: Path) -> str:
+        name, _ = _rpm_header(rpm, self.runner)
+        # Staged as a dot-file beside the packages (same filesystem, so the final rename is
+        # atomic; createrepo_c only picks up *.rpm, so a leftover from a crash is never indexed).
+        staged = repo_dir / f".incoming-{uuid.uuid4().hex}.part"
+        try:
+            shutil.copyfile(rpm, staged)
+            self._sign(staged)
+            dest = repo_dir / "Packages" / name[0].lower() / rpm.name
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            staged.replace(dest)  # same filesystem: atomic
+        finally:
+            staged.unlink(missing_ok=True)
+        return dest.relative_to(repo_dir).as_posix()
+
+    def _sign(self, rpm: Path) -> None:
+        self.runner.run(
+            [
+                "rpmsign",
+                "--define",
+                f"_gpg_name {self.key.fingerprint}",
+                "--define",
+                f"_gpg_path {self.key.gnupghome}",
+                "--define",
+                "__gpg /usr/bin/gpg",  # Debian's rpm points at a gpg2 that does not exist
+                "--addsign",
+                str(rpm),
+            ],
+            timeout=120,
+        )
+
+    # -- metadata -------------------------------------------------------------------------------------
+
+    def _refresh_metadata(self, repo_dir: Path) -> str:
+        name = f".meta-{uuid.uuid4().hex[:12]}"
+        new_meta = repo_dir / name
+        current = repo_dir / "repodata"
+        argv = [
+            "createrepo_c",
+            "--quiet",
+            "--update",
+            "--no-database",
+            "--general-compress-type",
+            "gz",  # older yum cannot read zstd
+            "--outputdir",
+            str(new_meta),
+        ]
+        if (current / "repomd.xml").exists():
+            argv += ["--update-md-path", str(repo_dir)]
+        argv.append(str(repo_dir))
+        try:
+            new_meta.mkdir()
+            self.runner.run(argv, timeout=3600)
+            repomd = new_meta / "repodata" / "repomd.xml"
+            self._detach_sign(repomd)
+            link = repo_dir / f".repodata-{uuid.uuid4().hex[:8]}"
+            link.symlink_to(f"{name}/repodata")
+            if current.is_dir() and not current.is_symlink():  # a tree from before Kiln managed it
+                current.rename(repo_dir / f".meta-legacy-{uuid.uuid4().hex[:8]}")
+            os.replace(link, current)  # the one atomic switch readers see
+        except BaseException:
+            shutil.rmtree(new_meta, ignore_errors=True)
+            for leftover in repo_dir.glob(".repodata-*"):
+                leftover.unlink(missing_ok=True)
+            raise
+        self._prune_old_metadata(repo_dir, keep={name})
+        return name
+
+    def _detach_sign(self, path: Path) -> None:
+        asc = path.with_name(path.name + ".asc")
+        self.runner.run(
+            [
+                "gpg",
+                "--homedir",
+                str(self.key.gnupghome),
+                "--batch",
+                "--yes",
+                "--no-tty",
+                "--local-user",
+                self.key.fingerprint,
+                "--armor",
+                "--detach-sign",
+                "--output",
+                str(asc),
+                str(path),
+            ],
+            timeout=120,
+        )
+        if not asc.exists() or asc.stat().st_size == 0:
+            raise CommandFailed(f"gpg wrote no signature for {path}")
+
+    def _prune_old_metadata(self, repo_dir: Path, keep: set[str]) -> None:
+        olds = sorted(
+            (p for p in repo_dir.glob(".meta-*") if p.name not in keep),
+            key=lambda p: p.stat().st_mtime,
+            reverse=True,
+        )
+        for old in olds[KEEP_OLD_METADATA:]:
+            shutil.rmtree(old, ignore_errors=True)
+
+    # -- client configuration -----------------------------------------------------------------------
+
+    def repo_file_text(self, repo: str, distro: str, release: str) -> str:
+        section = f"{repo}-{distro}{release}"
+        return (
+            f"[{section}]\n"
+            f"name=Kiln {repo} for {distro} {release} ($basearch)\n"
+            f"baseurl={self.base_url}/{repo}/{distro}/{release}/$basearch/\n"
+            "enabled=1\n"
+            "gpgcheck=1\n"
+            "repo_gpgcheck=1\n"
+            f"gpgkey={self.key.public_key_url}\n"
+        )
+
+    def _write_repo_file(self, repo: str, distro: str, release: str) -> Path:
+        path = self.root / repo / f"{repo}-{distro}{release}.repo"
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(self.repo_file_text(repo, distro, release))
+        tmp.replace(path)
+        return path

@@ -1,0 +1,1 @@
+"""Sites: where Kiln publishes. The embedded local site runs real services on 127.0.0.1."""

@@ -1,0 +1,178 @@
+"""The embedded local site: Glance, a registry, a signed repo mirror over HTTP and Swift S3, on 127.0.0.1.
+
+``up`` prepares each component's state (configs, database, rings, signing key), starts what is not
+running, waits for health and writes ``site.json`` (the URLs clients and publishers use). ``down``
+stops only processes whose pid files this site wrote. ``status`` probes health.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ..errors import EnvironmentProblem
+from ..siteconfig import LocalSiteSettings
+from . import glance, registry, signing
+from .health import http_ok
+from .process import ServiceProcess, ServiceSpec
+
+REPO_KEY_FILE = "RPM-GPG-KEY-kiln"
+
+
+def cache_dir() -> Path:
+    return Path.home() / ".cache" / "kiln"
+
+
+@dataclass(frozen=True)
+class SiteURLs:
+    glance: str
+    registry: str  # host:port, as docker and skopeo spell it
+    repo: str
+    s3: str
+
+    def as_json(self) -> dict[str, str]:
+        return {"glance": self.glance, "registry": self.registry, "repo": self.repo, "s3": self.s3}
+
+
+class LocalSite:
+    def __init__(self, state: Path, settings: LocalSiteSettings):
+        self.state = state
+        self.settings = settings
+        self.ports = settings.ports
+        self.run_dir = state / "run"
+        self.log_dir = state / "logs"
+
+    @property
+    def urls(self) -> SiteURLs:
+        p = self.ports
+        return SiteURLs(
+            glance=f"http://127.0.0.1:{p.glance}",
+            registry=f"127.0.0.1:{p.registry}",
+            repo=f"http://127.0.0.1:{p.repo}",
+            s3=f"http://127.0.0.1:{p.s3}",
+        )
+
+    @property
+    def repo_root(self) -> Path:
+        return self.state / "repo"
+
+    @property
+    def gnupghome(self) -> Path:
+        return self.state / "gnupg"
+
+    # -- components ---------------------------------------------------------------------------------
+
+    def _specs(self, component: str) -> list[ServiceSpec]:
+        p = self.ports
+        if component == "glance":
+            return [glance.service(self.state / "glance", p.glance)]
+        if component == "registry":
+            return [registry.service(self.state / "registry", p.registry)]
+        if component == "repo":
+            return [self._repo_http_spec()]
+        if component == "s3":
+            from . import swift
+
+            return swift.services(self.state / "swift", self._swift_ports())
+        raise ValueError(component)
+
+    def _swift_ports(self) -> Any:
+        from .swift import SwiftPorts
+
+        p = self.ports
+        return SwiftPorts(
+            proxy=p.s3,
+            account=p.swift_account,
+            container=p.swift_container,
+            object=p.swift_object,
+            memcached=p.memcached,
+        )
+
+    def _repo_http_spec(self) -> ServiceSpec:
+        port = self.ports.repo
+        return ServiceSpec(
+            name="repo-http",
+            argv=(
+                sys.executable,
+                "-m",
+                "http.server",
+                "--bind",
+                "127.0.0.1",
+                "--directory",
+                str(self.repo_root),
+                str(port),
+            ),
+            env={},
+            healthy=lambda: http_ok(f"http://127.0.0.1:{port}/{REPO_KEY_FILE}"),
+        )
+
+    def _prepare(self, component: str) -> None:
+        p = self.ports
+        if component == "glance":
+            glance.prepare(self.state / "glance", p.glance, p.repo, cache_dir())
+        elif component == "registry":
+            registry.prepare(self.state / "registry", p.registry)
+        elif component == "repo":
+            self.repo_root.mkdir(parents=True, exist_ok=True)
+            signing.ensure_key(self.gnupghome, self.repo_root / REPO_KEY_FILE)
+        elif component == "s3":
+            from . import swift
+
+            swift.prepare(self.state / "swift", self._swift_ports())
+
+    def processes(self, component: str) -> list[ServiceProcess]:
+        return [ServiceProcess(spec, self.run_dir, self.log_dir) for spec in self._specs(component)]
+
+    # -- verbs -------------------------------------------------------------------------------------
+
+    def up(self, on_step: Callable[[str], None] = lambda _: None, timeout_s: float = 60.0) -> SiteURLs:
+        self.state.mkdir(parents=True, exist_ok=True)
+        started = time.monotonic()
+        for component in self.settings.components:
+            on_step(f"preparing {component}")
+            self._prepare(component)
+            for proc in self.processes(component):
+                if proc.running() and proc.spec.healthy():
+                    continue
+                on_step(f"starting {proc.spec.name}")
+                proc.start()
+                remaining = max(5.0, timeout_s - (time.monotonic() - started))
+                if not proc.wait_healthy(remaining):
+                    raise EnvironmentProblem(
+                        f"{proc.spec.name} did not become healthy within {remaining:.0f}s "
+                        f"(log: {proc.log_path})\n{proc.tail()}"
+                    )
+        info = {
+            "urls": self.urls.as_json(),
+            "components": list(self.settings.components),
+            "repo_key": f"{self.urls.repo}/{REPO_KEY_FILE}",
+        }
+        tmp = self.state / "site.json.tmp"
+        tmp.write_text(json.dumps(info, indent=2, sort_keys=True) + "\n")
+        tmp.replace(self.state / "site.json")
+        return self.urls
+
+    def down(self) -> list[str]:
+        stopped = []
+        for component in reversed(self.settings.components):
+            for proc in reversed(self.processes(component)):
+                if proc.stop():
+                    stopped.append(proc.spec.name)
+        return stopped
+
+    def status(self) -> dict[str, dict[str, Any]]:
+        report: dict[str, dict[str, Any]] = {}
+        for component in self.settings.components:
+            for proc in self.processes(component):
+                report[proc.spec.name] = {
+                    "component": component,
+                    "pid": proc.pid(),
+                    "healthy": proc.spec.healthy(),
+                    "log": str(proc.log_path),
+                }
+        return report

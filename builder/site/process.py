@@ -1,0 +1,134 @@
+"""Long-running local services: start detached, remember by pid file, stop only what we started.
+
+A pid file alone is not proof: after a reboot the pid may belong to something else. Each pid file
+records the process's start time (from /proc), and ``stop`` signals only a process whose start time
+still matches, so ``kiln site down`` never kills a stranger.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class ServiceSpec:
+    name: str
+    argv: tuple[str, ...]
+    env: Mapping[str, str]
+    healthy: Callable[[], bool]  # cheap probe: True once the service answers
+    cwd: Path | None = None
+
+
+def _start_time(pid: int) -> str | None:
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            fields = stat.read().rsplit(")", 1)[1].split()
+    except (FileNotFoundError, ProcessLookupError, IndexError):
+        return None
+    if fields[0] == "Z":
+        return None
+    return fields[19]  # starttime, in clock ticks since boot
+
+
+class ServiceProcess:
+    def __init__(self, spec: ServiceSpec, run_dir: Path, log_dir: Path):
+        self.spec = spec
+        self.pid_file = run_dir / f"{spec.name}.pid"
+        self.log_path = log_dir / f"{spec.name}.log"
+
+    def pid(self) -> int | None:
+        """The pid of the process this site started, if it is still that process."""
+        try:
+            record = json.loads(self.pid_file.read_text())
+        except (FileNotFoundError, ValueError):
+            return None
+        pid = int(record.get("pid", 0))
+        if pid <= 0 or _start_time(pid) != record.get("start"):
+            return None
+        return pid
+
+    def running(self) -> bool:
+        return self.pid() is not None
+
+    def start(self) -> int:
+        existing = self.pid()
+        if existing is not None:
+            return existing
+        self.pid_file.parent.mkdir(parents=True, exist_ok=True)
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        with self.log_path.open("ab") as log:
+            proc = subprocess.Popen(
+                list(self.spec.argv),
+                cwd=self.spec.cwd,
+                env={**os.environ, **self.spec.env},
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,  # outlives `kiln site up`; its own process group
+            )
+        record = {"pid": proc.pid, "start": _start_time(proc.pid), "argv": list(self.spec.argv)}
+        tmp = self.pid_file.with_suffix(".tmp")
+        tmp.write_text(json.dumps(record))
+        tmp.replace(self.pid_file)
+        return proc.pid
+
+    def wait_healthy(self, timeout_s: float) -> bool:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.spec.healthy():
+                return True
+            if not self.running():
+                return False
+            time.sleep(0.2)
+        return self.spec.healthy()
+
+    def stop(self, grace_s: float = 10.0) -> bool:
+        """Stop the process group this site started; True if something was stopped."""
+        pid = self.pid()
+        if pid is None:
+            self.pid_file.unlink(missing_ok=True)
+            return False
+        _signal_group(pid, signal.SIGTERM)
+        deadline = time.monotonic() + grace_s
+        while time.monotonic() < deadline and _start_time(pid) is not None:
+            time.sleep(0.1)
+        if _start_time(pid) is not None:
+            _signal_group(pid, signal.SIGKILL)
+        _reap(pid)
+        self.pid_file.unlink(missing_ok=True)
+        return True
+
+    def tail(self, lines: int = 15) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except FileNotFoundError:
+            return ""
+
+
+def _signal_group(pid: int, sig: int) -> None:
+    try:
+        os.killpg(pid, sig)
+    except ProcessLookupError:
+        pass
+    except PermissionError:
+        os.kill(pid, sig)
+
+
+def _reap(pid: int) -> None:
+    with contextlib.suppress(ChildProcessError):  # not our child: nothing to reap
+        os.waitpid(pid, os.WNOHANG)
+
+
+def run_once(argv: Sequence[str], env: Mapping[str, str] | None = None, cwd: Path | None = None) -> str:
+    """A short set-up command (db_sync, ring builder); raises with its output on failure."""
+    from ..run import Runner
+
+    return Runner().run(list(argv), env=dict(env or {}), cwd=cwd, timeout=300).output

@@ -1,0 +1,145 @@
+"""site.yaml: where Kiln publishes and builds. Every publisher is the embedded local site by default.
+
+```yaml
+local:                       # the embedded site (kiln site up); ports are on 127.0.0.1
+  state_dir: .kiln/site
+glance:
+  cloud: mycloud             # a clouds.yaml cloud (or $OS_CLOUD); absent: the local Glance
+  method: glance-direct      # or upload
+registry:
+  url: registry.example.com:5000   # absent: the local registry
+  docker_config: ~/.docker/config.json
+repo:
+  backend: s3                # local | path | rsync | s3
+  s3: {bucket: kiln-repo, endpoint_url: https://s3.example.com}
+build_hosts:
+  ppc64le: {mode: emulated}  # native | emulated | ssh (+ host)
+extra_ca_certificates: [/usr/local/share/ca-certificates/*.crt]
+mirrors:
+  debian: http://deb.debian.org/debian
+```
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import Field, StringConstraints, ValidationError, model_validator
+
+from .errors import InvalidInput
+from .recipe import ArchName, HttpUrl, StrictModel
+from .recipes import problems_from_validation
+from .yamlsource import LocatedDoc, load_file
+
+Port = Annotated[int, Field(ge=1024, le=65535)]
+
+
+class LocalPorts(StrictModel):
+    glance: Port = 19292
+    registry: Port = 15000
+    repo: Port = 18080
+    s3: Port = 18081
+    swift_account: Port = 16012
+    swift_container: Port = 16011
+    swift_object: Port = 16010
+    memcached: Port = 11311
+
+
+Component = Literal["glance", "registry", "repo", "s3"]
+
+
+class LocalSiteSettings(StrictModel):
+    state_dir: str = Field(".kiln/site", description="Relative paths are relative to the workspace root.")
+    ports: LocalPorts = Field(default_factory=LocalPorts)
+    components: list[Component] = Field(default_factory=lambda: ["glance", "registry", "repo", "s3"])
+
+
+class GlanceSite(StrictModel):
+    cloud: str | None = Field(None, description="clouds.yaml cloud name; default $OS_CLOUD, else local.")
+    method: Literal["upload", "glance-direct"] = "upload"
+    verify_timeout_s: int = Field(600, ge=10)
+
+
+class RegistrySite(StrictModel):
+    url: Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9.-]+(:[0-9]+)?(/[a-z0-9._/-]+)?$")] | None = (
+        None
+    )
+    docker_config: str | None = Field(None, description="config.json with registry credentials.")
+    insecure: bool = Field(False, description="Plain HTTP (always true for 127.0.0.1).")
+
+
+class S3Target(StrictModel):
+    bucket: Annotated[str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9.-]{1,62}$")]
+    prefix: str = ""
+    endpoint_url: HttpUrl | None = Field(None, description="Absent: the local site's Swift S3.")
+    region: str = "us-east-1"
+    public_url: HttpUrl | None = Field(None, description="Where clients read the mirror from.")
+
+
+class SigningKeyRef(StrictModel):
+    gnupghome: str
+    fingerprint: Annotated[str, StringConstraints(pattern=r"^[0-9A-F]{16,40}$")]
+
+
+class RepoSite(StrictModel):
+    backend: Literal["local", "path", "rsync", "s3"] = "local"
+    path: str | None = None
+    rsync_target: str | None = None
+    s3: S3Target | None = None
+    base_url: HttpUrl | None = Field(None, description="URL clients use; local: the site's HTTP server.")
+    signing_key: SigningKeyRef | None = Field(None, description="Absent: the site's generated key.")
+
+    @model_validator(mode="after")
+    def _backend_settings(self) -> RepoSite:
+        needed = {"path": self.path, "rsync": self.rsync_target, "s3": self.s3}
+        if self.backend in needed and needed[self.backend] is None:
+            key = {"path": "path", "rsync": "rsync_target", "s3": "s3"}[self.backend]
+            raise ValueError(f"backend {self.backend} needs {key}")
+        return self
+
+
+class BuildHost(StrictModel):
+    mode: Literal["native", "emulated", "ssh"] = "emulated"
+    host: str | None = None
+
+
+class Mirrors(StrictModel):
+    debian: HttpUrl | None = Field(None, description="Absent: the mirror apt on this host uses.")
+    debian_security: HttpUrl | None = None
+    security_suite: bool = Field(True, description="False: leave the security suite out (broken mirrors).")
+
+
+class SiteConfig(StrictModel):
+    local: LocalSiteSettings = Field(default_factory=LocalSiteSettings)
+    glance: GlanceSite = Field(default_factory=GlanceSite)
+    registry: RegistrySite = Field(default_factory=RegistrySite)
+    repo: RepoSite = Field(default_factory=RepoSite)
+    build_hosts: dict[ArchName, BuildHost] = Field(default_factory=dict)
+    extra_ca_certificates: list[str] = Field(default_factory=list)
+    mirrors: Mirrors = Field(default_factory=Mirrors)
+
+    def state_dir(self, root: Path) -> Path:
+        path = Path(os.path.expanduser(self.local.state_dir))
+        return path if path.is_absolute() else root / path
+
+
+def load_site(path: Path | None, root: Path) -> SiteConfig:
+    """site.yaml from ``path``, ``$KILN_SITE`` or ``ROOT/site.yaml``; defaults when none exists."""
+    chosen = path or (Path(os.environ["KILN_SITE"]) if os.environ.get("KILN_SITE") else root / "site.yaml")
+    if path is None and not chosen.exists():
+        return SiteConfig()
+    doc = load_file(chosen)
+    if doc.data in (None, {}):
+        return SiteConfig()
+    if not isinstance(doc.data, dict):
+        raise InvalidInput(doc.problem((), "site.yaml must be a mapping"))
+    return _validate(doc)
+
+
+def _validate(doc: LocatedDoc) -> SiteConfig:
+    try:
+        return SiteConfig.model_validate(doc.data)
+    except ValidationError as exc:
+        raise InvalidInput(problems_from_validation(exc, doc, SiteConfig)) from None

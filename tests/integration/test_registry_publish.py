@@ -1,0 +1,141 @@
+"""Registry publishing against the real local registry, checked with skopeo and docker."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+import requests
+
+from builder.arch import Arch
+from builder.errors import CommandFailed
+from builder.publishers.registry import ArchImage, RegistryClient, RegistryPublisher
+from tests.support.oci import make_layout
+
+pytestmark = pytest.mark.site
+
+BASE_LAYER = {"etc/os-release": b"ID=kiln-test\n"}
+
+
+def _images(tmp_path, marker: str) -> list[ArchImage]:
+    return [
+        ArchImage(
+            arch,
+            make_layout(
+                tmp_path / f"{marker}-{arch.value}",
+                arch,
+                [BASE_LAYER, {"kiln-arch": f"{marker} {arch.value}".encode()}],
+            ),
+        )
+        for arch in (Arch.X86_64, Arch.PPC64LE)
+    ]
+
+
+def _skopeo_raw(ref: str) -> dict:
+    result = subprocess.run(
+        ["skopeo", "inspect", "--tls-verify=false", "--raw", f"docker://{ref}"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return json.loads(result.stdout)
+
+
+def test_multi_arch_tag_lists_both_platforms_and_shared_layers_upload_once(local_site, tmp_path):
+    publisher = RegistryPublisher(RegistryClient(local_site.urls.registry))
+    result = publisher.push(
+        "kiln/multi", "1.0", _images(tmp_path, "a"), {"org.opencontainers.image.title": "multi"}
+    )
+    assert result.uploaded_blobs == 5 and result.skipped_blobs == 1  # the base layer is shared
+    index = _skopeo_raw(f"{local_site.urls.registry}/kiln/multi:1.0")
+    platforms = {(m["platform"]["os"], m["platform"]["architecture"]) for m in index["manifests"]}
+    assert platforms == {("linux", "amd64"), ("linux", "ppc64le")}
+    assert index["annotations"]["org.opencontainers.image.title"] == "multi"
+    again = publisher.push("kiln/multi", "1.0", _images(tmp_path, "a"))
+    assert again.uploaded_blobs == 0
+
+
+def test_docker_pulls_each_platform(local_site, tmp_path, docker_engine):
+    publisher = RegistryPublisher(RegistryClient(local_site.urls.registry))
+    publisher.push("kiln/pullme", "1.0", _images(tmp_path, "p"))
+    ref = f"{local_site.urls.registry}/kiln/pullme:1.0"
+    for platform, arch in (("linux/amd64", "amd64"), ("linux/ppc64le", "ppc64le")):
+        subprocess.run(["docker", "pull", "-q", "--platform", platform, ref], check=True, capture_output=True)
+        inspected = subprocess.run(
+            ["docker", "image", "inspect", "--format", "{{.Architecture}}", ref],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        assert inspected.stdout.strip() == arch
+        subprocess.run(["docker", "rmi", "-f", ref], capture_output=True)
+
+
+class _FailingProxy(BaseHTTPRequestHandler):
+    """Forwards to the registry but answers 500 to every manifest PUT under a tag (or to everything)."""
+
+    upstream = ""
+    fail_all = False
+    failures = 0
+
+    def _handle(self) -> None:
+        length = int(self.headers.get("Content-Length") or 0)
+        body = self.rfile.read(length) if length else None
+        tagged_put = self.command == "PUT" and "/manifests/" in self.path and "sha256:" not in self.path
+        if self.fail_all or tagged_put:
+            type(self).failures += 1
+            self.send_response(500)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
+        headers = {k: v for k, v in self.headers.items() if k.lower() not in ("host", "content-length")}
+        reply = requests.request(
+            self.command,
+            self.upstream + self.path,
+            data=body,
+            headers=headers,
+            allow_redirects=False,
+            timeout=60,
+        )
+        self.send_response(reply.status_code)
+        for key, value in reply.headers.items():
+            if key.lower() in ("content-length", "transfer-encoding", "connection"):
+                continue
+            if key.lower() == "location":
+                value = value.replace(self.upstream, f"http://127.0.0.1:{self.server.server_port}")
+            self.send_header(key, value)
+        self.send_header("Content-Length", str(len(reply.content)))
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(reply.content)
+
+    do_GET = do_PUT = do_POST = do_HEAD = do_PATCH = _handle
+
+    def log_message(self, *args) -> None:
+        pass
+
+
+def test_registry_500s_are_retried_then_fail_clearly_without_moving_the_tag(local_site, tmp_path):
+    good = RegistryPublisher(RegistryClient(local_site.urls.registry))
+    good.push("kiln/faulty", "stable", _images(tmp_path, "old"))
+    before = good.tag_digest("kiln/faulty", "stable")
+
+    _FailingProxy.upstream = f"http://{local_site.urls.registry}"
+    _FailingProxy.failures = 0
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _FailingProxy)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        sleeps: list[float] = []
+        client = RegistryClient(f"127.0.0.1:{server.server_port}", retries=3, sleep=sleeps.append)
+        with pytest.raises(CommandFailed, match=r"PUT .*/manifests/stable failed: HTTP 500"):
+            RegistryPublisher(client).push("kiln/faulty", "stable", _images(tmp_path, "new"))
+        assert sleeps == [0.5, 1.0, 2.0]  # exponential backoff between the 4 attempts
+        assert _FailingProxy.failures == 4
+    finally:
+        server.shutdown()
+    assert good.tag_digest("kiln/faulty", "stable") == before  # the tag did not move
+    retried = good.push("kiln/faulty", "stable", _images(tmp_path, "new"))
+    assert good.tag_digest("kiln/faulty", "stable") == retried.index_digest != before

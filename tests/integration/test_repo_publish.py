@@ -1,0 +1,180 @@
+"""The signed repo mirror: dnf (a client that is not Kiln) installs from it, and faults lose nothing."""
+
+from __future__ import annotations
+
+import gzip
+import os
+import shutil
+import subprocess
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+
+from builder.errors import CommandFailed
+from builder.publish import Publishing
+from builder.publishers.repo import RepoPublisher
+from builder.siteconfig import RepoSite, S3Target, SiteConfig
+from tests.support.rpms import build_noarch_rpm
+
+pytestmark = pytest.mark.site
+
+
+def _dnf(site, root: Path, baseurl: str, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [
+            "dnf",
+            "-y",
+            "-q",
+            f"--installroot={root}",
+            "--releasever=9",
+            "--forcearch=x86_64",
+            "--setopt=reposdir=/dev/null",
+            f"--setopt=cachedir={root}-cache",
+            "--setopt=keepcache=0",
+            f"--repofrompath=kiln,{baseurl}",
+            "--setopt=kiln.gpgcheck=1",
+            "--setopt=kiln.repo_gpgcheck=1",
+            f"--setopt=kiln.gpgkey={site.urls.repo}/RPM-GPG-KEY-kiln",
+            *args,
+        ],
+        capture_output=True,
+        text=True,
+    )
+
+
+def _publisher(site_settings: SiteConfig, local_site) -> RepoPublisher:
+    return Publishing(site_settings, local_site.state).repo()
+
+
+def _primary_names(repo_dir: Path) -> set[str]:
+    primary = next((repo_dir / "repodata").glob("*-primary.xml.gz"))
+    text = gzip.decompress(primary.read_bytes()).decode()
+    return {line.strip()[6:-7] for line in text.splitlines() if line.strip().startswith("<name>")}
+
+
+def test_dnf_installs_a_signed_package_with_gpgcheck_and_repo_gpgcheck(local_site, site_settings, tmp_path):
+    rpm = build_noarch_rpm(tmp_path, "kiln-dnf-check")
+    result = _publisher(site_settings, local_site).publish(
+        [rpm], repo="kiln", distro="el", release="9", arch="x86_64"
+    )
+    signature = subprocess.run(
+        ["rpm", "-qp", "--qf", "%{RSAHEADER:pgpsig}", str(result.repo_dir / result.packages[0])],
+        capture_output=True,
+        text=True,
+    )
+    assert "Key ID" in signature.stdout
+    repo_file = result.repo_file.read_text()
+    assert "repo_gpgcheck=1" in repo_file and "gpgkey=" in repo_file
+    installed = _dnf(
+        local_site,
+        tmp_path / "root",
+        f"{local_site.urls.repo}/kiln/el/9/x86_64/",
+        "install",
+        "kiln-dnf-check",
+    )
+    assert installed.returncode == 0, installed.stderr
+    assert (tmp_path / "root/usr/share/kiln-dnf-check/version").read_text() == "kiln-dnf-check-1.0\n"
+
+
+def test_dnf_refuses_a_tampered_repomd(local_site, site_settings, tmp_path):
+    rpm = build_noarch_rpm(tmp_path, "kiln-tamper-check")
+    result = _publisher(site_settings, local_site).publish(
+        [rpm], repo="tamper", distro="el", release="9", arch="x86_64"
+    )
+    repomd = (result.repo_dir / "repodata" / "repomd.xml").resolve()
+    repomd.write_text(repomd.read_text().replace("<revision>", "<revision>9"))
+    refused = _dnf(
+        local_site,
+        tmp_path / "root",
+        f"{local_site.urls.repo}/tamper/el/9/x86_64/",
+        "install",
+        "kiln-tamper-check",
+    )
+    assert refused.returncode != 0
+    assert not (tmp_path / "root/usr/share/kiln-tamper-check").exists()
+
+
+def test_ten_concurrent_publishes_into_one_repo_lose_nothing(local_site, site_settings, tmp_path):
+    rpms = [build_noarch_rpm(tmp_path, f"kiln-concurrent-{i}") for i in range(10)]
+
+    def publish(rpm: Path) -> None:
+        _publisher(site_settings, local_site).publish(
+            [rpm], repo="busy", distro="el", release="9", arch="x86_64"
+        )
+
+    with ThreadPoolExecutor(max_workers=10) as pool:
+        list(pool.map(publish, rpms))
+    repo_dir = local_site.repo_root / "busy/el/9/x86_64"
+    assert _primary_names(repo_dir) == {f"kiln-concurrent-{i}" for i in range(10)}
+    listed = _dnf(
+        local_site, tmp_path / "root", f"{local_site.urls.repo}/busy/el/9/x86_64/", "list", "--available"
+    )
+    assert listed.returncode == 0 and all(f"kiln-concurrent-{i}" in listed.stdout for i in range(10))
+
+
+@pytest.fixture
+def small_tmpfs(tmp_path):
+    mount = tmp_path / "tmpfs"
+    mount.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mount)]).returncode != 0:
+        pytest.skip("cannot mount a tmpfs here (needs root)")
+    yield mount
+    subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def test_full_disk_while_writing_metadata_keeps_old_metadata_valid(
+    local_site, site_settings, tmp_path, small_tmpfs
+):
+    base = _publisher(site_settings, local_site)
+    publisher = RepoPublisher(small_tmpfs, base.key, base.base_url)
+    first = build_noarch_rpm(tmp_path, "kiln-before-full")
+    result = publisher.publish([first], repo="full", distro="el", release="9", arch="x86_64")
+    old_target = (result.repo_dir / "repodata").resolve()
+    second = build_noarch_rpm(tmp_path, "kiln-after-full")
+    # Fill the disk, leaving room for the signed package but not for a new metadata set.
+    stat = os.statvfs(small_tmpfs)
+    room_for_package = ((second.stat().st_size + 1024) // 4096 + 1) * 4096
+    filler = small_tmpfs / "filler"
+    filler.write_bytes(b"\0" * (stat.f_bavail * stat.f_frsize - room_for_package - 4096))
+    with pytest.raises(CommandFailed, match=r"createrepo_c|gpg"):  # the package fit; metadata did not
+        publisher.publish([second], repo="full", distro="el", release="9", arch="x86_64")
+    assert (result.repo_dir / "repodata").resolve() == old_target
+    verify = subprocess.run(
+        [
+            "gpg",
+            "--homedir",
+            str(base.key.gnupghome),
+            "--verify",
+            str(old_target / "repomd.xml.asc"),
+            str(old_target / "repomd.xml"),
+        ],
+        capture_output=True,
+    )
+    assert verify.returncode == 0
+    assert _primary_names(result.repo_dir) == {"kiln-before-full"}
+    assert not list(result.repo_dir.glob(".meta-*/repodata/*.tmp"))
+    filler.unlink()
+    publisher.publish([second], repo="full", distro="el", release="9", arch="x86_64")
+    assert _primary_names(result.repo_dir) == {"kiln-before-full", "kiln-after-full"}
+
+
+def test_s3_mirror_gets_packages_and_signed_metadata(local_site, site_settings, tmp_path):
+    settings = site_settings.model_copy(
+        update={"repo": RepoSite(backend="s3", s3=S3Target(bucket="kiln-mirror"))}
+    )
+    publishing = Publishing(settings, local_site.state)
+    rpm = build_noarch_rpm(tmp_path, "kiln-s3-check")
+    publishing.repo().publish([rpm], repo="kiln", distro="el", release="9", arch="x86_64")
+    mirror = publishing.mirror()
+    repo_dir = publishing.repo().repo_dir("kiln", "el", "9", "x86_64")
+    result = mirror.sync(repo_dir, "kiln/el/9/x86_64")
+    assert result.uploaded[-1].endswith("repodata/repomd.xml")  # metadata last
+    assert result.uploaded[-2].endswith("repodata/repomd.xml.asc")
+    listed = mirror.client.list_objects_v2(Bucket="kiln-mirror", Prefix="kiln/el/9/x86_64/")
+    keys = {obj["Key"] for obj in listed["Contents"]}
+    assert "kiln/el/9/x86_64/Packages/k/kiln-s3-check-1.0-1.noarch.rpm" in keys
+    assert "kiln/el/9/x86_64/repodata/repomd.xml.asc" in keys
+    again = mirror.sync(repo_dir, "kiln/el/9/x86_64")
+    assert [k.rsplit("/", 1)[1] for k in again.uploaded] == ["repomd.xml.asc", "repomd.xml"]
+    assert shutil.which("rpm")
