@@ -3,10 +3,11 @@ VENV  := .venv
 KILN  := $(VENV)/bin/kiln
 DEMO_OUT := build/demo
 
-.PHONY: help bootstrap test lint demo schema bench clean
+.PHONY: help bootstrap test lint demo site-down schema bench clean
 
 help:
-	@echo "make demo   - set up, then validate, plan and render the example recipes"
+	@echo "make demo   - set up, start the local site, validate, plan and render the example recipes"
+	@echo "make site-down - stop the local site that make demo started"
 	@echo "make test   - set up, then run ruff and the whole test suite"
 	@echo "make schema - regenerate schemas/recipe.schema.json"
 	@echo "make bench  - run the benchmarks in bench/"
@@ -22,16 +23,22 @@ test: bootstrap
 	$(VENV)/bin/python -m pytest
 
 demo: bootstrap
+	$(KILN) site up
 	$(KILN) validate
 	$(KILN) plan
 	$(KILN) render -o $(DEMO_OUT)
 	@echo "rendered build files are under $(DEMO_OUT)/ (one directory per target)"
+	@echo "the local site keeps running (make site-down stops it); kiln site status shows it"
+
+site-down: bootstrap
+	$(KILN) site down
 
 schema: bootstrap
 	$(KILN) schema -o schemas/recipe.schema.json
 
 bench: bootstrap
 	$(VENV)/bin/python bench/plan_scale.py
+	$(VENV)/bin/python bench/publish.py
 
 clean:
 	rm -rf build .kiln .pytest_cache .ruff_cache

@@ -348,6 +348,14 @@ def baseline(paths: list[Path]) -> int:
     return n
 
 
+def baseline_safe_load(paths: list[Path]) -> int:
+    """The same with ``yaml.safe_load``: PyYAML's default safe entry point (pure-Python parser)."""
+    n = 0
+    for path in paths:
+        n += len(yaml.safe_load(path.read_text(encoding="utf-8")))
+    return n
+
+
 def _clear_kiln_caches() -> None:
     for name in ("environment", "_template_closure"):
         cached = getattr(render_mod, name, None)
@@ -416,6 +424,8 @@ def main(argv: list[str] | None = None) -> int:
 
         base_s, base_all, _ = best_of(args.repeats, lambda i: baseline(paths))
         say(f"baseline  (PyYAML {loader_name}, {len(paths)} files): best {base_s:.3f} s  {_runs(base_all)}")
+        safe_s, safe_all, _ = best_of(args.repeats, lambda i: baseline_safe_load(paths))
+        say(f"baseline2 (yaml.safe_load, pure Python): best {safe_s:.3f} s  {_runs(safe_all)}")
 
         def run_kiln(i: int, write: bool) -> int:
             _clear_kiln_caches()
@@ -441,6 +451,8 @@ def main(argv: list[str] | None = None) -> int:
         "kiln_s": round(kiln_s, 4),
         "kiln_targets_per_s": round(n_targets / kiln_s, 1),
         "ratio": round(ratio, 2),
+        "baseline_safe_load_s": round(safe_s, 4),
+        "ratio_vs_safe_load": round(kiln_s / safe_s, 2),
         "kiln_write_s": round(write_s, 4) if write_s is not None else None,
         "kiln_write_targets_per_s": round(n_targets / write_s, 1) if write_s else None,
         "targets_met": ok,
@@ -449,6 +461,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     say(
         f"kiln: {n_targets / kiln_s:,.0f} targets/s; kiln/baseline = {ratio:.2f}x "
+        f"(vs yaml.safe_load: {kiln_s / safe_s:.2f}x) "
         f"(targets: < {MAX_SECONDS:g} s, < {MAX_RATIO:g}x) -> {'met' if ok else 'MISSED'}"
     )
     print(json.dumps(result, sort_keys=True))

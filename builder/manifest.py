@@ -83,12 +83,14 @@ def sha256_file(path: Path) -> str:
 def artifact_for(
     base_dir: Path, path: Path, name: str, type_: ArtifactType, fmt: str | None = None
 ) -> Artifact:
+    """An artifact record for a file, or for an OCI layout directory (digest of its index.json)."""
+    measured = path / "index.json" if path.is_dir() else path
     return Artifact(
         name=name,
         type=type_,
         path=path.relative_to(base_dir).as_posix(),
-        sha256=sha256_file(path),
-        size=path.stat().st_size,
+        sha256=sha256_file(measured),
+        size=measured.stat().st_size,
         format=fmt,
     )
 

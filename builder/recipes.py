@@ -18,7 +18,7 @@ from pydantic import BaseModel, ValidationError
 from .errors import InvalidInput, KeyPath, Problem
 from .recipe import KINDS, RECIPE_MODELS, TEMPLATE_SYNTAX, RecipeBase
 from .workspace import PathRefused, Workspace
-from .yamlsource import LocatedDoc, deep_merge, display_path, load_file, subdoc
+from .yamlsource import LocatedDoc, deep_merge, display_path, load_file, subdoc, without_key
 
 MAX_EXTENDS_DEPTH = 8
 DEFAULTS_FILE = "defaults.yaml"
@@ -141,9 +141,7 @@ class RecipeLoader:
             if not isinstance(base.data, dict):
                 raise InvalidInput(base.problem((), "a base recipe must be a mapping"))
             self._bases[base_path] = base
-        own = LocatedDoc(data={k: v for k, v in doc.data.items() if k != "extends"}, file=doc.file)
-        own.locations = {p: loc for p, loc in doc.locations.items() if p[:1] != ("extends",)}
-        return deep_merge(base, own)
+        return deep_merge(base, without_key(doc, "extends"))
 
     def _defaults_for(self, kind: str) -> LocatedDoc | None:
         if self._defaults is None:
@@ -236,7 +234,7 @@ def _has_template_syntax(value: Any) -> bool:
 
 
 def _refuse_template_syntax(doc: LocatedDoc) -> None:
-    if not _has_template_syntax(doc.data):
+    if not doc.may_have_template_syntax or not _has_template_syntax(doc.data):
         return
     problems = [
         doc.problem(path, "template syntax ('{{', '{%', '{#') is not allowed in recipe values")

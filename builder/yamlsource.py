@@ -9,8 +9,8 @@ node it produces so that an alias bomb is refused after a bounded amount of work
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+from collections import ChainMap
+from collections.abc import Callable, Mapping
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -32,18 +32,40 @@ _STR_TAG = "tag:yaml.org,2002:str"
 _MERGE_TAG = "tag:yaml.org,2002:merge"
 
 
-@dataclass
 class LocatedDoc:
-    """Plain data (dicts, lists, scalars) plus the location of every key path in it."""
+    """Plain data (dicts, lists, scalars) plus the location of every key path in it.
 
-    data: Any
-    locations: dict[KeyPath, Location] = field(default_factory=dict)
-    file: str = "<string>"
+    Locations are only needed when something is wrong, so they are computed on first use
+    (``locations``) rather than while loading: a valid recipe never pays for them.
+    """
+
+    def __init__(
+        self,
+        data: Any,
+        locations: Mapping[KeyPath, Location] | None = None,
+        file: str = "<string>",
+        *,
+        compute: Callable[[], Mapping[KeyPath, Location]] | None = None,
+        may_have_template_syntax: bool = True,
+    ):
+        self.data = data
+        self.file = file
+        self._locations = locations
+        self._compute = compute
+        # False only when the source text cannot contain "{{", "{%" or "{#" in any value.
+        self.may_have_template_syntax = may_have_template_syntax
+
+    @property
+    def locations(self) -> Mapping[KeyPath, Location]:
+        if self._locations is None:
+            self._locations = self._compute() if self._compute is not None else {}
+        return self._locations
 
     def locate(self, path: KeyPath) -> Location | None:
         """The location of ``path``, or of its nearest ancestor that has one."""
+        locations = self.locations
         for end in range(len(path), -1, -1):
-            loc = self.locations.get(tuple(path[:end]))
+            loc = locations.get(tuple(path[:end]))
             if loc is not None:
                 return loc
         return None
@@ -113,24 +135,32 @@ def load_text(text: str, file: str = "<string>") -> LocatedDoc:
         raise InvalidInput(Problem(f"YAML syntax error: {exc.problem or exc}", loc)) from exc
     except yaml.YAMLError as exc:
         raise InvalidInput(Problem(f"YAML error: {exc}", Location(file, 1, 1))) from exc
-    doc = LocatedDoc(data=None, file=file)
+    # Backslashes could spell "{{" as escapes; any of these makes the value-by-value check run.
+    suspicious = any(marker in text for marker in ("{{", "{%", "{#", "\\"))
     if node is None:
-        doc.data = {}
-        doc.locations[()] = Location(file, 1, 1)
-        return doc
-    builder = _Builder(doc)
-    doc.locations[()] = Location(file, 1, 1)
-    doc.data = builder.build(node, (), 0)
-    return doc
+        return LocatedDoc({}, {(): Location(file, 1, 1)}, file, may_have_template_syntax=False)
+    data = _Builder(file).build(node, (), 0)
+
+    def locations() -> dict[KeyPath, Location]:
+        recorder = _Builder(file, record=True)
+        recorder.build(node, (), 0)
+        return recorder.locations
+
+    return LocatedDoc(data, file=file, compute=locations, may_have_template_syntax=suspicious)
 
 
 class _Builder:
-    def __init__(self, doc: LocatedDoc):
-        self.doc = doc
+    """Builds plain data from a node graph, counting nodes (alias bombs) and depth. With ``record``,
+    it also notes the location of every key path (done again, lazily, only when an error needs it)."""
+
+    def __init__(self, file: str, record: bool = False):
+        self.file = file
+        self.record = record
+        self.locations: dict[KeyPath, Location] = {(): Location(file, 1, 1)}
         self.count = 0
 
     def _loc(self, node: yaml.Node) -> Location:
-        return Location(self.doc.file, node.start_mark.line + 1, node.start_mark.column + 1)
+        return Location(self.file, node.start_mark.line + 1, node.start_mark.column + 1)
 
     def _refuse(self, node: yaml.Node, path: KeyPath, message: str) -> InvalidInput:
         return InvalidInput(Problem(message, self._loc(node), path))
@@ -156,7 +186,8 @@ class _Builder:
             items = []
             for index, item in enumerate(node.value):
                 item_path = (*path, index)
-                self.doc.locations[item_path] = self._loc(item)
+                if self.record:
+                    self.locations[item_path] = self._loc(item)
                 items.append(self.build(item, item_path, depth + 1))
             return items
         if isinstance(node, yaml.MappingNode):
@@ -183,7 +214,8 @@ class _Builder:
             if key in skip:
                 continue
             key_path = (*path, key)
-            self.doc.locations[key_path] = self._loc(key_node)
+            if self.record:
+                self.locations[key_path] = self._loc(key_node)
             result[key] = self.build(value_node, key_path, depth + 1)
         # YAML merge keys ("<<: *defaults"): explicit keys win, then the first merged mapping.
         for source in merged_from:
@@ -197,17 +229,15 @@ def deep_merge(base: LocatedDoc, override: LocatedDoc) -> LocatedDoc:
     """Merge ``override`` over ``base``: mappings merge key by key; lists and scalars replace.
 
     Each key path of the result keeps the location of the document its value came from, so that an
-    error in an inherited default points into the defaults file.
+    error in an inherited default points into the defaults file. A path present in the merged data
+    is in ``override`` if override set it, else it came from ``base``: a ChainMap says exactly that.
     """
-    data = _merge_values(base.data, override.data)
-    merged = LocatedDoc(data=data, file=override.file)
-    locations = merged.locations
-    own, inherited = override.locations.get, base.locations.get
-    for path in _walk_paths(data, (), []):
-        loc = own(path) or inherited(path)
-        if loc is not None:
-            locations[path] = loc
-    return merged
+    return LocatedDoc(
+        _merge_values(base.data, override.data),
+        file=override.file,
+        compute=lambda: ChainMap(override.locations, base.locations),  # type: ignore[arg-type]
+        may_have_template_syntax=base.may_have_template_syntax or override.may_have_template_syntax,
+    )
 
 
 def _merge_values(base: Any, override: Any) -> Any:
@@ -219,26 +249,30 @@ def _merge_values(base: Any, override: Any) -> Any:
     return override
 
 
-def _walk_paths(value: Any, path: KeyPath, out: list[KeyPath]) -> list[KeyPath]:
-    """``path`` and every key path below it, in document order, appended to ``out``."""
-    out.append(path)
-    if isinstance(value, Mapping):
-        for key, child in value.items():
-            _walk_paths(child, (*path, key), out)
-    elif isinstance(value, list):
-        for index, child in enumerate(value):
-            _walk_paths(child, (*path, index), out)
-    return out
-
-
 def subdoc(doc: LocatedDoc, prefix: KeyPath) -> LocatedDoc:
     """The part of ``doc`` below ``prefix``, with its locations re-rooted."""
     value: Any = doc.data
     for part in prefix:
         value = value[part]
-    out = LocatedDoc(data=value, file=doc.file)
     n = len(prefix)
-    for path, loc in doc.locations.items():
-        if path[:n] == prefix:
-            out.locations[path[n:]] = loc
-    return out
+
+    def locations() -> dict[KeyPath, Location]:
+        return {path[n:]: loc for path, loc in doc.locations.items() if path[:n] == prefix}
+
+    return LocatedDoc(
+        value, file=doc.file, compute=locations, may_have_template_syntax=doc.may_have_template_syntax
+    )
+
+
+def without_key(doc: LocatedDoc, key: str) -> LocatedDoc:
+    """``doc`` (a mapping) minus one top-level key and its locations."""
+
+    def locations() -> dict[KeyPath, Location]:
+        return {path: loc for path, loc in doc.locations.items() if path[:1] != (key,)}
+
+    return LocatedDoc(
+        {k: v for k, v in doc.data.items() if k != key},
+        file=doc.file,
+        compute=locations,
+        may_have_template_syntax=doc.may_have_template_syntax,
+    )
