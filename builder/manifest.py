@@ -98,9 +98,13 @@ def artifact_for(
 def read_manifest(path: Path) -> BuildManifest:
     try:
         data = json.loads(path.read_text())
+        if not isinstance(data, dict):
+            raise ValueError("the top level is not an object")
         artifacts = tuple(Artifact(**a) for a in data.pop("artifacts"))
         return BuildManifest(**data, artifacts=artifacts, base_dir=path.parent.resolve())
     except FileNotFoundError:
         raise InvalidInput(Problem(f"{path}: no such manifest")) from None
     except (ValueError, TypeError, KeyError) as exc:
         raise InvalidInput(Problem(f"{path}: not a Kiln build manifest ({exc})")) from None
+    except OSError as exc:
+        raise InvalidInput(Problem(f"{path}: cannot read: {exc.strerror or exc}")) from None

@@ -24,10 +24,11 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import Field, StringConstraints, ValidationError, model_validator
+from pydantic import BeforeValidator, Field, StringConstraints, ValidationError, model_validator
 
+from .arch import Arch
 from .errors import InvalidInput
 from .recipe import ArchName, HttpUrl, StrictModel
 from .recipes import problems_from_validation
@@ -104,6 +105,27 @@ class BuildHost(StrictModel):
     mode: Literal["native", "emulated", "ssh"] = "emulated"
     host: str | None = None
 
+    @model_validator(mode="after")
+    def _ssh_needs_host(self) -> BuildHost:
+        if self.mode == "ssh" and not self.host:
+            raise ValueError("mode ssh needs host")
+        return self
+
+
+def _one_entry_per_arch(value: Any) -> Any:
+    """Two spellings of one arch (ppc64el and ppc64le) would silently collapse into one key."""
+    if isinstance(value, dict):
+        seen: dict[Arch, str] = {}
+        for key in value:
+            try:
+                arch = Arch.parse(str(key))
+            except ValueError:
+                continue  # the key validator reports unknown arches
+            if arch in seen:
+                raise ValueError(f"{key!r} and {seen[arch]!r} name the same architecture ({arch.value})")
+            seen[arch] = str(key)
+    return value
+
 
 class Mirrors(StrictModel):
     debian: HttpUrl | None = Field(None, description="Absent: the mirror apt on this host uses.")
@@ -116,7 +138,9 @@ class SiteConfig(StrictModel):
     glance: GlanceSite = Field(default_factory=GlanceSite)
     registry: RegistrySite = Field(default_factory=RegistrySite)
     repo: RepoSite = Field(default_factory=RepoSite)
-    build_hosts: dict[ArchName, BuildHost] = Field(default_factory=dict)
+    build_hosts: Annotated[dict[ArchName, BuildHost], BeforeValidator(_one_entry_per_arch)] = Field(
+        default_factory=dict
+    )
     extra_ca_certificates: list[str] = Field(default_factory=list)
     mirrors: Mirrors = Field(default_factory=Mirrors)
 

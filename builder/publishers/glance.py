@@ -63,7 +63,9 @@ def image_properties(manifest: BuildManifest, extra: dict[str, str]) -> dict[str
         props["kiln_build"] = str(manifest.build_id)
     if manifest.source_commit:
         props["kiln_source_commit"] = manifest.source_commit
-    props.update(extra)
+    # Recipes may override Nova's properties, never Kiln's own: publish decides no-ops and
+    # rotation by kiln_target and kiln_digest.
+    props.update({k: v for k, v in extra.items() if not k.startswith("kiln_")})
     return props
 
 
@@ -77,7 +79,9 @@ class HashingReader:
         self._on_progress = on_progress
 
     def read(self, size: int = -1) -> bytes:
-        chunk = self._handle.read(size if size and size > 0 else 4 << 20)
+        if size == 0:
+            return b""
+        chunk = self._handle.read(size if size > 0 else 4 << 20)
         if chunk:
             self.hash.update(chunk)
             self.bytes_read += len(chunk)

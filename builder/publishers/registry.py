@@ -72,39 +72,51 @@ class RegistryClient:
     def request(
         self, method: str, url: str, *, scope: str, ok: tuple[int, ...], **kwargs: Any
     ) -> requests.Response:
-        """One API call with retries on transient failures and bearer-token auth when asked for."""
+        """One API call with retries on transient failures and bearer-token auth when asked for.
+
+        A 401 with a Bearer challenge fetches a fresh token once per call (tokens expire during long
+        pushes) and does not count as a retry."""
         if not url.startswith("http"):
             url = self.base + url
+        headers = dict(kwargs.pop("headers", None) or {})
         last = ""
-        for attempt in range(self.retries + 1):
-            if attempt:
-                self.sleep(self.backoff_s * 2 ** (attempt - 1))
-            headers = dict(kwargs.pop("headers", {}) or {})
-            token = self._bearer.get(scope)
-            if token:
-                headers["Authorization"] = f"Bearer {token}"
-            elif self.auth:
-                headers["Authorization"] = "Basic " + base64.b64encode(":".join(self.auth).encode()).decode()
-            data = kwargs.get("data")
-            if hasattr(data, "seek"):
-                data.seek(0)
-            try:
-                response = self.session.request(
-                    method, url, headers=headers, timeout=self.timeout_s, **kwargs
-                )
-            except requests.RequestException as exc:
-                last = f"{type(exc).__name__}: {exc}"
-                kwargs["headers"] = headers
-                continue
-            kwargs["headers"] = headers
-            if response.status_code == 401 and scope not in self._bearer and self._get_token(response, scope):
-                continue
-            if response.status_code in ok:
-                return response
-            last = f"HTTP {response.status_code}: {response.text[:300]}"
-            if response.status_code not in RETRYABLE:
+        attempt = 0
+        refreshed = False
+        while True:
+            response, error = self._send(method, url, headers, scope, kwargs)
+            if response is not None:
+                if response.status_code == 401 and not refreshed and self._get_token(response, scope):
+                    refreshed = True
+                    continue
+                if response.status_code in ok:
+                    return response
+                last = f"HTTP {response.status_code}: {response.text[:300]}"
+                if response.status_code not in RETRYABLE:
+                    break
+            else:
+                last = error
+            if attempt >= self.retries:
                 break
+            attempt += 1
+            self.sleep(self.backoff_s * 2 ** (attempt - 1))
         raise CommandFailed(f"registry {self.registry}: {method} {url.split('?')[0]} failed: {last}")
+
+    def _send(
+        self, method: str, url: str, headers: dict[str, str], scope: str, kwargs: dict[str, Any]
+    ) -> tuple[requests.Response | None, str]:
+        sent = dict(headers)
+        token = self._bearer.get(scope)
+        if token:
+            sent["Authorization"] = f"Bearer {token}"
+        elif self.auth:
+            sent["Authorization"] = "Basic " + base64.b64encode(":".join(self.auth).encode()).decode()
+        data = kwargs.get("data")
+        if hasattr(data, "seek"):
+            data.seek(0)  # a retried upload starts from the beginning of the file
+        try:
+            return self.session.request(method, url, headers=sent, timeout=self.timeout_s, **kwargs), ""
+        except requests.RequestException as exc:
+            return None, f"{type(exc).__name__}: {exc}"
 
     def _get_token(self, response: requests.Response, scope: str) -> bool:
         challenge = response.headers.get("WWW-Authenticate", "")
@@ -115,6 +127,7 @@ class RegistryClient:
         if not realm:
             return False
         params.setdefault("scope", scope)
+        self._bearer.pop(scope, None)  # an expired token is replaced, never reused
         basic = requests.auth.HTTPBasicAuth(*self.auth) if self.auth else None
         reply = self.session.get(realm, params=params, auth=basic, timeout=60)
         if reply.status_code != 200:
@@ -134,7 +147,10 @@ def docker_config_auth(config_path: Path | None, registry: str) -> tuple[str, st
     entry = auths.get(registry) or auths.get(f"https://{registry}")
     if not entry or "auth" not in entry:
         return None
-    user, _, password = base64.b64decode(entry["auth"]).decode().partition(":")
+    try:
+        user, _, password = base64.b64decode(entry["auth"], validate=True).decode().partition(":")
+    except (ValueError, UnicodeDecodeError):
+        raise InvalidInput(Problem(f"{path}: auths.{registry}.auth is not base64 of user:password")) from None
     return user, password
 
 

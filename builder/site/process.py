@@ -48,10 +48,11 @@ class ServiceProcess:
         """The pid of the process this site started, if it is still that process."""
         try:
             record = json.loads(self.pid_file.read_text())
-        except (FileNotFoundError, ValueError):
-            return None
-        pid = int(record.get("pid", 0))
-        if pid <= 0 or _start_time(pid) != record.get("start"):
+            pid = int(record["pid"])
+            start = record["start"]
+        except (OSError, ValueError, TypeError, KeyError, AttributeError):
+            return None  # no pid file, or not one this site wrote: nothing of ours is running
+        if pid <= 0 or _start_time(pid) != start:
             return None
         return pid
 
