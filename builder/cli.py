@@ -10,8 +10,10 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import sys
 import textwrap
+import threading
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -207,6 +209,75 @@ def cmd_publish(args: argparse.Namespace) -> int:
     return ExitCode.OK
 
 
+def cmd_build(args: argparse.Namespace) -> int:
+    from .build import Builder, DryRun, Outcome
+    from .ledger import Ledger
+    from .publish import Publishing, publish_manifests
+    from .run import Runner
+
+    workspace, targets = _load_targets(args)
+    _, site = _site(args)
+    publish = site.publish_after_build if args.publish is None else args.publish
+    quiet = args.quiet or args.json
+    step = (lambda _: None) if quiet else _stderr_step("build")
+    runner = Runner(dry_run=args.dry_run, echo=(lambda line: print(line)) if args.dry_run else None)
+    outcomes: list[Outcome] = []
+    with Ledger(_ledger_path(args, workspace)) as ledger:
+        builder = Builder(workspace, site, ledger, runner=runner, on_step=step)
+        publishing = Publishing(site, workspace.root, step) if publish else None
+        for target in _dependencies_first(targets):
+            started = time.monotonic()
+            outcome = Outcome(target.id, "built")
+            try:
+                manifest = builder.existing_manifest(target)
+                if (
+                    manifest is not None
+                    and manifest.build_id is not None
+                    and (not publish or ledger.published(manifest.build_id))
+                ):
+                    outcome.status = "skipped"  # same digest, built (and published): nothing to do
+                elif manifest is not None:
+                    outcome.status = "reused"
+                else:
+                    manifest = builder.build(target)
+                    if not args.no_verify:
+                        outcome.verified = builder.verify(target, manifest)
+                if publishing is not None and outcome.status != "skipped":
+                    pubs = publish_manifests([manifest], publishing, ledger)
+                    outcome.published = [p.as_json() for p in pubs]
+                outcome.manifest = str(builder.target_dir(target) / "manifest.json")
+            except DryRun:
+                outcome.status = "dry-run"
+            except KilnError as exc:
+                outcome.status, outcome.error = "failed", str(exc)
+            outcome.seconds = round(time.monotonic() - started, 2)
+            outcomes.append(outcome)
+            step(f"{target.id}: {outcome.status} in {outcome.seconds:.1f}s")
+    failed = [o for o in outcomes if o.status == "failed"]
+    lines = [f"{o.target:40} {o.status:8} {o.seconds:8.1f}s  {o.error or o.manifest or ''}" for o in outcomes]
+    _emit(args, {"targets": [o.as_json() for o in outcomes], "ok": not failed}, "\n".join(lines))
+    return ExitCode.FAILED if failed else ExitCode.OK
+
+
+def _dependencies_first(targets: list[Any]) -> list[Any]:
+    by_id = {t.id: t for t in targets}
+    ordered: list[Any] = []
+    seen: set[str] = set()
+
+    def visit(target: Any) -> None:
+        if target.id in seen:
+            return
+        seen.add(target.id)
+        for dep in target.depends_on:
+            if dep in by_id:
+                visit(by_id[dep])
+        ordered.append(target)
+
+    for target in targets:
+        visit(target)
+    return ordered
+
+
 def _stderr_step(prefix: str) -> Callable[[str], None]:
     return lambda step: print(f"{prefix}: {step}", file=sys.stderr)
 
@@ -369,6 +440,27 @@ def build_parser() -> argparse.ArgumentParser:
         "-o", "--output", metavar="DIR", required=True, help="directory; one subdirectory per target"
     )
     p = add(
+        "build",
+        cmd_build,
+        "Render, build, boot-test and (with --publish) publish targets; unchanged targets are skipped.",
+        [
+            "kiln build debian-12 --arch x86_64",
+            "kiln build debian-12 --publish --json",
+            "kiln build debian-12 --dry-run",
+        ],
+    )
+    p.add_argument("--arch", metavar="ARCH", help="only this architecture (any spelling)")
+    p.add_argument(
+        "--publish",
+        dest="publish",
+        action="store_true",
+        default=None,
+        help="publish after a successful build (default: site.yaml publish_after_build)",
+    )
+    p.add_argument("--no-publish", dest="publish", action="store_false", help="do not publish")
+    p.add_argument("--no-verify", action="store_true", help="skip the boot test")
+    p.add_argument("--dry-run", action="store_true", help="print the exact build commands; build nothing")
+    p = add(
         "publish",
         cmd_publish,
         "Publish what a build produced (its manifest JSON) and record it in the ledger.",
@@ -406,9 +498,17 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _terminate(signum: int, frame: Any) -> None:
+    # SIGTERM (CI cancelling a job) becomes an exception, so that the runner stops the build's
+    # process group and cleanups (mounts, loop devices) run on the way out.
+    raise SystemExit(128 + signum)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _terminate)
     try:
         return int(args.func(args))
     except KilnError as exc:

@@ -170,6 +170,15 @@ class Ledger:
                 (artifact_id, publisher, location, time.time()),
             )
 
+    def published(self, build_id: int) -> bool:
+        """Whether every artifact of a build has at least one publication."""
+        row = self._db.execute(
+            "SELECT COUNT(*), SUM(EXISTS(SELECT 1 FROM publications p WHERE p.artifact_id = a.id)) "
+            "FROM artifacts a WHERE a.build_id=?",
+            (build_id,),
+        ).fetchone()
+        return bool(row[0]) and row[0] == row[1]
+
     def artifact_ids_for(self, manifest: Any) -> dict[str, int]:
         """Artifact name -> ledger id for a build manifest; a build made elsewhere (no build_id, or
         one this ledger does not know) is imported as a succeeded build first."""

@@ -223,6 +223,8 @@ def kiln_elements(kind: str, build: Any, arch: Arch) -> list[str]:
     """Kiln's own DIB elements (from elements/) that every build of this kind gets."""
     if kind not in ("guest-image", "ipa-ramdisk") or getattr(build, "builder", "dib") != "dib":
         return []
+    if arch is Arch.PPC64LE and getattr(build, "distro", "") in ("debian", "ubuntu"):
+        return ["kiln-extra-ca", "kiln-ppc64le-boot"]
     return ["kiln-extra-ca"]
 
 

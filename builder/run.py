@@ -83,6 +83,7 @@ class Runner:
         log_path: Path | None = None,
         check: bool = True,
         stdin: bytes | None = None,
+        kill_grace_s: float = KILL_GRACE_S,
     ) -> RunResult:
         args = _checked_argv(argv)
         line = self.describe(args, cwd, env)
@@ -125,10 +126,10 @@ class Runner:
                 proc.wait(timeout=timeout)
             except subprocess.TimeoutExpired:
                 timed_out = True
-                stop_process_group(proc)
+                stop_process_group(proc, kill_grace_s)
         except BaseException:
             # Interrupted (Ctrl-C, SIGTERM turned into an exception): leave nothing running.
-            stop_process_group(proc)
+            stop_process_group(proc, kill_grace_s)
             raise
         finally:
             reader.join(timeout=5)

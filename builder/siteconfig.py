@@ -143,6 +143,7 @@ class SiteConfig(StrictModel):
     )
     extra_ca_certificates: list[str] = Field(default_factory=list)
     mirrors: Mirrors = Field(default_factory=Mirrors)
+    publish_after_build: bool = Field(False, description="kiln build publishes unless --no-publish.")
 
     def state_dir(self, root: Path) -> Path:
         path = Path(os.path.expanduser(self.local.state_dir))

@@ -15,6 +15,9 @@ APT_PACKAGES=(
     glance-api docker-registry createrepo-c gnupg
     swift swift-proxy swift-object swift-container swift-account memcached
     python3-openstackclient skopeo dnf docker.io
+    qemu-system-x86 qemu-system-ppc qemu-utils qemu-user-static cloud-image-utils ovmf
+    sudo gdisk dosfstools parted fdisk squashfs-tools genisoimage cpio xz-utils procps file
+    debootstrap kpartx
 )
 VENV=.venv
 STAMP=$VENV/.kiln-bootstrap
@@ -33,6 +36,20 @@ if [ "${KILN_SKIP_APT:-0}" != 1 ] && command -v dpkg-query >/dev/null; then
         apt-get update -qq
         apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
     fi
+fi
+
+# ppc64le (and aarch64) chroots on an x86_64 host run under qemu-user: binfmt_misc must be mounted
+# and the qemu-user-static handlers registered (with the F flag, so chroots find the interpreter).
+if [ "$(id -u)" = 0 ] && [ "$(uname -m)" = x86_64 ]; then
+    binfmt=/proc/sys/fs/binfmt_misc
+    [ -e "$binfmt/register" ] || mount -t binfmt_misc binfmt_misc "$binfmt" 2>/dev/null || true
+    for arch in ppc64le aarch64; do
+        conf=/usr/lib/binfmt.d/qemu-$arch.conf
+        if [ -e "$binfmt/register" ] && [ -f "$conf" ] && [ ! -e "$binfmt/qemu-$arch" ]; then
+            say "registering binfmt handler for $arch"
+            grep -v '^#' "$conf" > "$binfmt/register" || say "could not register $arch (emulated builds will say why)"
+        fi
+    done
 fi
 
 python=${PYTHON:-python3}

@@ -137,8 +137,13 @@ class LocalSite:
             on_step(f"preparing {component}")
             self._prepare(component)
             for proc in self.processes(component):
-                if proc.running() and proc.spec.healthy():
-                    continue
+                if proc.running():
+                    # Up, or still starting: give it a moment. Running but not answering (hung, or
+                    # killed and not yet reaped): stop it, so that the start below is a fresh one.
+                    if proc.spec.healthy() or proc.wait_healthy(5.0):
+                        continue
+                    on_step(f"restarting {proc.spec.name} (not answering)")
+                    proc.stop()
                 on_step(f"starting {proc.spec.name}")
                 proc.start()
                 remaining = max(5.0, timeout_s - (time.monotonic() - started))

@@ -107,7 +107,7 @@ def test_help_of_every_command_has_examples_and_only_implemented_commands_exist(
     parser = build_parser()
     subparsers = next(a for a in parser._actions if a.dest == "command")
     commands = set(subparsers.choices)  # type: ignore[union-attr]
-    assert commands == {"validate", "schema", "plan", "render", "publish", "site"}
+    assert commands == {"validate", "schema", "plan", "render", "build", "publish", "site"}
     helps = [(name, sub) for name, sub in subparsers.choices.items()]  # type: ignore[union-attr]
     site = subparsers.choices["site"]  # type: ignore[index]
     site_actions = next(a for a in site._actions if a.dest == "site_command")

@@ -63,9 +63,13 @@ def test_dib_build_file_maps_the_arch_and_lists_elements(workspace):
     build = json.loads(rendered["build.json"])
     argv = build["argv"]
     assert argv[:3] == ["disk-image-create", "-a", "ppc64el"]
-    assert argv[-1] == "kiln-extra-ca" and "debian-minimal" in argv
+    assert argv[-2:] == ["kiln-extra-ca", "kiln-ppc64le-boot"] and "debian-minimal" in argv
     env = rendered["dib.env"].decode()
     assert "DIB_RELEASE=bookworm\n" in env
+    assert "DIB_BOOTLOADER_SERIAL_CONSOLE=hvc0\n" in env  # pseries' console
+    amd64 = _render_all(workspace)["debian-12:bookworm:x86_64"]
+    assert "kiln-ppc64le-boot" not in json.loads(amd64["build.json"])["argv"]
+    assert b"SERIAL_CONSOLE" not in amd64["dib.env"]
     assert "DIB_CLOUD_INIT_DATASOURCES='NoCloud, ConfigDrive, OpenStack, None'\n" in env
 
 

@@ -1,0 +1,327 @@
+"""Boot a built image in QEMU and wait for proof that it came up.
+
+The guest gets a cloud-init NoCloud seed whose user-data prints a marker on the serial console;
+the check passes when the marker appears in the serial log. The marker is derived from a random
+token by the guest (reversed), so the literal never appears in anything the host sends: seeing it
+means user-data really ran. Optional checks run over SSH (a key made for this boot, a loopback
+port forward).
+
+Acceleration is a probed choice, never an assumption: ``probe_kvm`` boots a 512-byte boot sector
+under KVM and looks for its output; on these machines /dev/kvm exists but guests hang, so the probe
+fails and TCG is used. Foreign architectures always use TCG.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+import signal
+import subprocess
+import tempfile
+import time
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+
+from ..arch import Arch
+from ..errors import EnvironmentProblem
+from ..run import Runner
+from ..site.health import free_port
+
+# A boot sector: set DS=0, write "KVMOK" to COM1 (port 0x3f8), halt. 16-bit real mode, org 0x7c00.
+_PROBE_SECTOR = bytes.fromhex("31c08ed8be147cac84c07406baf803eeebf5faf4") + b"KVMOK\x00"
+
+
+@lru_cache(maxsize=1)
+def probe_kvm(timeout_s: float = 15.0) -> bool:
+    """True when a guest really runs under KVM here (not merely when /dev/kvm exists)."""
+    binary = shutil.which("qemu-system-x86_64")
+    if Arch.host() is not Arch.X86_64 or binary is None or not os.access("/dev/kvm", os.R_OK | os.W_OK):
+        return False
+    with tempfile.TemporaryDirectory(prefix="kiln-kvm-probe-") as tmp:
+        disk = Path(tmp) / "probe.img"
+        disk.write_bytes(_PROBE_SECTOR.ljust(510, b"\0") + b"\x55\xaa")
+        log = Path(tmp) / "serial.log"
+        proc = subprocess.Popen(
+            [
+                binary,
+                "-accel",
+                "kvm",
+                "-m",
+                "32",
+                "-display",
+                "none",
+                "-no-reboot",
+                "-nodefaults",
+                "-serial",
+                f"file:{log}",
+                "-drive",
+                f"format=raw,file={disk},if=ide",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        try:
+            deadline = time.monotonic() + timeout_s
+            while time.monotonic() < deadline and proc.poll() is None:
+                if log.exists() and b"KVMOK" in log.read_bytes():
+                    return True
+                time.sleep(0.2)
+            return log.exists() and b"KVMOK" in log.read_bytes()
+        finally:
+            _kill(proc)
+
+
+# A Linux guest under working KVM reaches cloud-init in well under this; TCG needs ~130 s.
+KVM_GRACE_S = 120
+_KVM_VERDICT = Path.home() / ".cache" / "kiln" / "kvm-linux-hangs"
+
+
+def choose_accelerator(arch: Arch) -> str:
+    """kvm when the probe passes and no earlier Linux boot hung under KVM on this host, else tcg."""
+    if arch is Arch.host() and arch is Arch.X86_64 and probe_kvm() and not _kvm_known_to_hang():
+        return "kvm"
+    return "tcg"
+
+
+def _kvm_known_to_hang() -> bool:
+    # Keyed by kernel release: a host upgrade gets a fresh chance.
+    return _KVM_VERDICT.exists() and _KVM_VERDICT.read_text().strip() == os.uname().release
+
+
+def _remember_kvm_hangs() -> None:
+    _KVM_VERDICT.parent.mkdir(parents=True, exist_ok=True)
+    _KVM_VERDICT.write_text(os.uname().release + "\n")
+
+
+def serial_device(arch: Arch) -> str:
+    """The console device the guest writes to: pseries has hvc0, not a 16550 UART."""
+    return "/dev/hvc0" if arch is Arch.PPC64LE else "/dev/ttyS0"
+
+
+@dataclass
+class BootResult:
+    passed: bool
+    seconds: float
+    accelerator: str
+    serial_log: Path
+    reason: str = ""
+    checks: list[tuple[str, bool, str]] = field(default_factory=list)  # (command, passed, output)
+
+
+def user_data(token: str, arch: Arch, ssh_public_key: str | None) -> str:
+    device = serial_device(arch)
+    lines = [
+        "#cloud-config",
+        "runcmd:",
+        # The guest computes the marker (the token reversed): the host never sends its literal text.
+        f"  - [sh, -c, 'echo KILN-BOOT-$(echo {token} | rev) > {device}']",
+    ]
+    if ssh_public_key:
+        lines += ["ssh_authorized_keys:", f"  - {ssh_public_key}"]
+    return "\n".join(lines) + "\n"
+
+
+def qemu_argv(
+    arch: Arch, *, accel: str, memory_mb: int, disk: Path, seed: Path, serial_log: Path, ssh_port: int | None
+) -> list[str]:
+    netdev = "user,id=n0" + (f",hostfwd=tcp:127.0.0.1:{ssh_port}-:22" if ssh_port else "")
+    argv = [
+        arch.qemu_system,
+        "-accel",
+        accel,
+        "-m",
+        str(memory_mb),
+        "-smp",
+        "2",
+        "-display",
+        "none",
+        "-serial",
+        f"file:{serial_log}",
+        "-no-reboot",
+    ]
+    if arch is Arch.PPC64LE:
+        argv += ["-M", "pseries", "-vga", "none"]
+    elif arch is Arch.AARCH64:
+        argv += ["-M", "virt", "-cpu", "max", "-bios", "/usr/share/qemu-efi-aarch64/QEMU_EFI.fd"]
+    argv += [
+        "-drive",
+        f"file={disk},if=virtio,format=qcow2",
+        "-drive",
+        f"file={seed},if=virtio,format=raw,readonly=on",
+        "-netdev",
+        netdev,
+        "-device",
+        "virtio-net-pci,netdev=n0",
+    ]
+    return argv
+
+
+def boot_check(
+    image: Path,
+    arch: Arch,
+    workdir: Path,
+    *,
+    timeout_s: int = 900,
+    memory_mb: int = 1024,
+    checks: list[str] | None = None,
+    ssh_user: str = "debian",
+    runner: Runner | None = None,
+    accelerator: str | None = None,
+) -> BootResult:
+    """Boot ``image`` (qcow2; never modified: the guest writes to an overlay) and wait for the marker.
+
+    Under KVM the boot gets ``KVM_GRACE_S``; if the marker does not come, KVM is remembered as
+    hanging on this host and the boot is repeated under TCG with the full timeout.
+    """
+    accel = accelerator or choose_accelerator(arch)
+    if accel == "kvm":
+        result = _boot_once(
+            image,
+            arch,
+            workdir,
+            accel="kvm",
+            timeout_s=min(timeout_s, KVM_GRACE_S),
+            memory_mb=memory_mb,
+            checks=checks,
+            ssh_user=ssh_user,
+            runner=runner,
+        )
+        if result.passed or accelerator == "kvm":
+            return result
+        _remember_kvm_hangs()
+    return _boot_once(
+        image,
+        arch,
+        workdir,
+        accel="tcg",
+        timeout_s=timeout_s,
+        memory_mb=memory_mb,
+        checks=checks,
+        ssh_user=ssh_user,
+        runner=runner,
+    )
+
+
+def _boot_once(
+    image: Path,
+    arch: Arch,
+    workdir: Path,
+    *,
+    accel: str,
+    timeout_s: int,
+    memory_mb: int,
+    checks: list[str] | None,
+    ssh_user: str,
+    runner: Runner | None,
+) -> BootResult:
+    runner = runner or Runner()
+    workdir.mkdir(parents=True, exist_ok=True)
+    token = secrets.token_hex(12)
+    marker = f"KILN-BOOT-{token[::-1]}".encode()
+    overlay = workdir / "overlay.qcow2"
+    overlay.unlink(missing_ok=True)
+    runner.run(
+        ["qemu-img", "create", "-q", "-f", "qcow2", "-F", "qcow2", "-b", str(image.resolve()), str(overlay)]
+    )
+    key = None
+    if checks:
+        key = workdir / "id_ed25519"
+        for stale in (key, key.with_suffix(".pub")):
+            stale.unlink(missing_ok=True)
+        runner.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)])
+    (workdir / "user-data").write_text(
+        user_data(token, arch, key.with_suffix(".pub").read_text().strip() if key else None)
+    )
+    (workdir / "meta-data").write_text(f"instance-id: kiln-{token[:8]}\nlocal-hostname: kiln-verify\n")
+    seed = workdir / "seed.iso"
+    runner.run(["cloud-localds", str(seed), str(workdir / "user-data"), str(workdir / "meta-data")])
+    serial_log = workdir / "serial.log"
+    serial_log.unlink(missing_ok=True)
+    ssh_port = free_port() if checks else None
+    argv = qemu_argv(
+        arch,
+        accel=accel,
+        memory_mb=memory_mb,
+        disk=overlay,
+        seed=seed,
+        serial_log=serial_log,
+        ssh_port=ssh_port,
+    )
+    if shutil.which(argv[0]) is None:
+        raise EnvironmentProblem(
+            f"{argv[0]} is not installed (Debian: qemu-system-{'ppc' if arch is Arch.PPC64LE else 'x86'})"
+        )
+    started = time.monotonic()
+    with (workdir / "qemu.log").open("wb") as qemu_log:
+        proc = subprocess.Popen(argv, stdout=qemu_log, stderr=subprocess.STDOUT, start_new_session=True)
+    result = BootResult(False, 0.0, accel, serial_log)
+    try:
+        deadline = started + timeout_s
+        while time.monotonic() < deadline:
+            if serial_log.exists() and marker in serial_log.read_bytes():
+                result.passed = True
+                break
+            if proc.poll() is not None:
+                result.reason = f"qemu exited with {proc.returncode} before the marker appeared"
+                break
+            time.sleep(1.0)
+        else:
+            result.reason = f"no boot marker on the serial console within {timeout_s}s"
+        result.seconds = time.monotonic() - started
+        if result.passed and checks and key is not None and ssh_port is not None:
+            for command in checks:
+                ok, output = _ssh_check(key, ssh_port, ssh_user, command, deadline)
+                result.checks.append((command, ok, output))
+                if not ok:
+                    result.passed = False
+                    result.reason = f"check failed: {command}"
+    finally:
+        _kill(proc)
+        overlay.unlink(missing_ok=True)
+    return result
+
+
+def _ssh_check(key: Path, port: int, user: str, command: str, deadline: float) -> tuple[bool, str]:
+    """Run one check over SSH, retrying the connection until sshd answers or the deadline passes."""
+    argv = [
+        "ssh",
+        "-i",
+        str(key),
+        "-p",
+        str(port),
+        "-o",
+        "StrictHostKeyChecking=no",
+        "-o",
+        "UserKnownHostsFile=/dev/null",
+        "-o",
+        "ConnectTimeout=10",
+        "-o",
+        "BatchMode=yes",
+        f"{user}@127.0.0.1",
+        command,
+    ]
+    output = ""
+    while time.monotonic() < deadline:
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=120)
+        output = (done.stdout + done.stderr)[-2000:]
+        if done.returncode != 255:  # 255: ssh itself failed (not up yet); anything else is the command
+            return done.returncode == 0, output
+        time.sleep(5)
+    return False, f"ssh never connected: {output}"
+
+
+def _kill(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is not None:
+        return
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=10)
+    except (ProcessLookupError, subprocess.TimeoutExpired):
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            return
+        proc.wait()

@@ -1,0 +1,28 @@
+"""End-to-end fixtures: the real local site (from tests/integration) and a site.yaml pointing at it."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.integration.conftest import local_site, site_settings  # noqa: F401 (re-exported fixtures)
+
+DIB_TOOLS = ("disk-image-create", "qemu-system-x86_64", "cloud-localds", "qemu-img", "debootstrap")
+
+
+@pytest.fixture(scope="session")
+def dib_ready() -> None:
+    venv_bin = Path(__file__).resolve().parents[2] / ".venv" / "bin"
+    missing = [t for t in DIB_TOOLS if shutil.which(t) is None and not (venv_bin / t).exists()]
+    if missing:
+        pytest.skip(f"image tools missing ({', '.join(missing)}): run `make test`, which installs them")
+
+
+@pytest.fixture(scope="session")
+def site_file(site_settings, tmp_path_factory) -> Path:  # noqa: F811
+    path = tmp_path_factory.mktemp("e2e") / "site.yaml"
+    path.write_text(yaml.safe_dump(site_settings.model_dump(mode="json", exclude_none=True)))
+    return path

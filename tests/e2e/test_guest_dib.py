@@ -1,0 +1,162 @@
+"""Debian 12 x86_64 with diskimage-builder, for real: built, booted to the cloud-init marker,
+published to the local Glance (checked with python-openstackclient), skipped when unchanged,
+and a SIGTERM mid-build leaves no loop device, mount or process behind.
+
+Slow (a cold DIB build is ~5 min here, a TCG boot ~2 min): part of `make test`, ~10 min in all.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from builder.workspace import PACKAGE_ROOT
+
+pytestmark = [pytest.mark.slow, pytest.mark.site]
+
+KILN = [sys.executable, "-m", "builder"]
+
+
+def _kiln(
+    site_file: Path, ledger: Path, build_root: Path, *args: str, **kwargs
+) -> subprocess.CompletedProcess:
+    env = {**os.environ, "KILN_BUILD_ROOT": str(build_root)}
+    return subprocess.run(
+        [*KILN, "--root", str(PACKAGE_ROOT), "--site", str(site_file), "--ledger", str(ledger), *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        **kwargs,
+    )
+
+
+@pytest.fixture(scope="module")
+def built(local_site, site_file, dib_ready, tmp_path_factory):
+    work = tmp_path_factory.mktemp("dib-e2e")
+    ledger, build_root = work / "ledger.sqlite", work / "build"
+    started = time.monotonic()
+    result = _kiln(
+        site_file, ledger, build_root, "build", "debian-12", "--arch", "x86_64", "--publish", "--json"
+    )
+    seconds = time.monotonic() - started
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
+    [outcome] = json.loads(result.stdout)["targets"]
+    return {"outcome": outcome, "ledger": ledger, "build_root": build_root, "seconds": seconds}
+
+
+def test_debian_12_x86_64_builds_boots_and_publishes(built, local_site):
+    outcome = built["outcome"]
+    assert outcome["status"] == "built" and outcome["verified"] is True
+    manifest = json.loads(Path(outcome["manifest"]).read_text())
+    image = Path(outcome["manifest"]).parent / manifest["artifacts"][0]["path"]
+    info = json.loads(
+        subprocess.run(
+            ["qemu-img", "info", "--output=json", str(image)], capture_output=True, text=True, check=True
+        ).stdout
+    )
+    assert info["format"] == "qcow2"
+    junit = (Path(outcome["manifest"]).parent / "verify.xml").read_text()
+    assert 'failures="0"' in junit and "boot (" in junit
+    [glance] = [p for p in outcome["published"] if p["publisher"] == "glance"]
+    shown = json.loads(
+        subprocess.run(
+            [
+                "openstack",
+                "--os-auth-type",
+                "none",
+                "--os-endpoint",
+                local_site.urls.glance,
+                "image",
+                "show",
+                glance["location"],
+                "-f",
+                "json",
+            ],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+    )
+    props = shown["properties"]
+    assert shown["name"] == "debian-12 bookworm x86_64" and shown["status"] == "active"
+    assert props["architecture"] == "x86_64" and props["hw_firmware_type"] == "bios"
+    assert props["os_distro"] == "debian" and props["os_version"] == "12"
+    assert props["kiln_digest"] == manifest["digest"]
+
+
+def test_unchanged_target_is_skipped_in_well_under_a_second(built, site_file):
+    started = time.monotonic()
+    result = _kiln(
+        site_file,
+        built["ledger"],
+        built["build_root"],
+        "build",
+        "debian-12",
+        "--arch",
+        "x86_64",
+        "--publish",
+        "--json",
+    )
+    assert result.returncode == 0, result.stderr
+    assert [t["status"] for t in json.loads(result.stdout)["targets"]] == ["skipped"]
+    assert json.loads(result.stdout)["targets"][0]["seconds"] < 1.0
+    assert time.monotonic() - started < 10  # the whole process, interpreter start-up included
+
+
+def _loop_devices() -> str:
+    return subprocess.run(["losetup", "-a"], capture_output=True, text=True).stdout
+
+
+def test_sigterm_mid_build_leaves_no_loop_device_mount_or_process(local_site, site_file, dib_ready, tmp_path):
+    build_root = tmp_path / "build"
+    before_loops = _loop_devices()
+    env = {**os.environ, "KILN_BUILD_ROOT": str(build_root)}
+    proc = subprocess.Popen(
+        [
+            *KILN,
+            "--root",
+            str(PACKAGE_ROOT),
+            "--site",
+            str(site_file),
+            "--ledger",
+            str(tmp_path / "l.sqlite"),
+            "build",
+            "debian-12",
+            "--arch",
+            "x86_64",
+            "--no-publish",
+            "--no-verify",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        env=env,
+        start_new_session=True,
+    )
+    log_dir = build_root / "debian-12_bookworm_x86_64" / "logs"
+    deadline = time.monotonic() + 600
+    while time.monotonic() < deadline:  # wait until DIB works inside its chroot
+        logs = list(log_dir.glob("build-*.log")) if log_dir.exists() else []
+        if logs and "in_target.d/install.d/" in logs[0].read_text(errors="replace"):
+            break
+        if proc.poll() is not None:
+            pytest.fail(f"the build ended before it could be interrupted: {proc.stdout.read()[-3000:]}")
+        time.sleep(0.5)
+    else:
+        proc.kill()
+        pytest.fail("the build never reached its install phase")
+    os.kill(proc.pid, signal.SIGTERM)
+    output = proc.communicate(timeout=300)[0].decode(errors="replace")
+    assert proc.returncode != 0, output[-2000:]
+    tmp_root = str(build_root / ".tmp")
+    mounts = Path("/proc/mounts").read_text()
+    assert tmp_root not in mounts, "a mount under the build's TMPDIR was left behind"
+    assert _loop_devices() == before_loops, "a loop device was left behind"
+    leftover = subprocess.run(["pgrep", "-f", tmp_root], capture_output=True, text=True).stdout.strip()
+    assert leftover == "", f"processes of the build were left behind: {leftover}"
