@@ -28,7 +28,7 @@ from .siteconfig import SiteConfig
 from .targets import Target
 from .workspace import Workspace
 
-BUILDABLE = {("guest-image", "dib")}
+BUILDABLE = {("guest-image", "dib"), ("guest-image", "packer")}
 
 
 class DryRun(Exception):
@@ -145,6 +145,62 @@ class Builder:
     def _run_backend(
         self, target: Target, render_dir: Path, out_dir: Path, log: Path
     ) -> tuple[list[Any], dict]:
+        if target.build.get("builder") == "packer":
+            return self._run_packer(target, render_dir, out_dir, log)
+        return self._run_dib(target, render_dir, out_dir, log)
+
+    def dependency_manifest(self, target: Target, dependency_id: str) -> BuildManifest:
+        """The manifest of a target this one builds on: it must have been built (and kept) here."""
+        path = self.build_root / slug_of(dependency_id) / "manifest.json"
+        try:
+            return read_manifest(path)
+        except InvalidInput:
+            raise InvalidInput(
+                Problem(
+                    f"{target.id} builds on {dependency_id}, which has no build here yet: "
+                    f"run `kiln build {dependency_id.split(':')[0]} --arch {target.arch.value}` first"
+                )
+            ) from None
+
+    def _run_packer(
+        self, target: Target, render_dir: Path, out_dir: Path, log: Path
+    ) -> tuple[list[Any], dict]:
+        from .backends import packer
+        from .verify.boot import choose_accelerator
+
+        base_image = None
+        for dependency in target.depends_on:
+            base = self.dependency_manifest(target, dependency)
+            base_image = next(base.path_of(a) for a in base.artifacts if a.format == "qcow2")
+        key = render_dir / "ssh" / "id_ed25519"
+        key.parent.mkdir(parents=True, exist_ok=True)
+        self.runner.run(
+            ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", f"kiln-{target.slug}", "-f", str(key)]
+        )
+        public = key.with_suffix(".pub")
+        packer.write_seed(render_dir, public.read_text().strip() if public.exists() else "(dry run)")
+        run = packer.plan_run(
+            render_dir,
+            out_dir,
+            slug=target.slug,
+            fmt=str(target.build.get("formats", ["qcow2"])[0]),
+            base_image=base_image,
+            workspace_root=self.workspace.root,
+            accelerator=choose_accelerator(target.arch),
+            ssh_private_key=key,
+            cache_dir=self.cache,
+        )
+        self.on_step(f"build: {target.id}: packer build (log: {log})")
+        if self.runner.dry_run:
+            self.runner.run(run.argv, cwd=run.cwd, env=run.env)
+            raise DryRun()
+        try:
+            artifacts = packer.run_build(run, self.runner, log, self.on_step)
+        finally:
+            shutil.rmtree(key.parent, ignore_errors=True)  # the key was for this build only
+        return artifacts, {"packer": _tool_version(["packer", "version"])}
+
+    def _run_dib(self, target: Target, render_dir: Path, out_dir: Path, log: Path) -> tuple[list[Any], dict]:
         from . import hostcompat
         from .backends import dib
 
@@ -163,7 +219,7 @@ class Builder:
         site_env = hostcompat.dib_environment(
             mirror=self.site.mirrors.debian,
             security_mirror=self.site.mirrors.debian_security,
-            include_security=self.site.mirrors.security_suite,
+            include_security=self.site.mirrors.include_security(target.arch),
             extra_ca_dir=_extra_ca_dir(self.site, tmpdir),
             image_cache=self.cache / "dib",
             tmpdir=tmpdir,
@@ -255,6 +311,32 @@ def _extra_ca_dir(site: SiteConfig, tmpdir: Path) -> Path | None:
     for index, file in enumerate(files):
         shutil.copyfile(file, directory / f"{index:02d}-{file.stem}.crt")
     return directory
+
+
+def slug_of(target_id: str) -> str:
+    """``recipe:release[+variant]:arch`` -> the directory name Target.slug gives that target."""
+    return target_id.replace("+", "_").replace(":", "_")
+
+
+def _tool_version(argv: list[str]) -> str:
+    import subprocess
+
+    try:
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired):
+        return "unknown"
+    return (done.stdout or done.stderr).strip().splitlines()[0] if (done.stdout or done.stderr) else "unknown"
+
+
+def _tool_version(argv: list[str]) -> str:
+    import subprocess
+
+    try:
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired):
+        return "unknown"
+    lines = (done.stdout or done.stderr).strip().splitlines()
+    return lines[0] if lines else "unknown"
 
 
 def _version(distribution: str) -> str:

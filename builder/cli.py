@@ -87,11 +87,13 @@ def _recipe_names(workspace: Workspace) -> dict[str, Path]:
     return names
 
 
-def _load_targets(args: argparse.Namespace) -> tuple[Workspace, list[Any]]:
+def _load_targets(args: argparse.Namespace, with_dependencies: bool = False) -> tuple[Workspace, list[Any]]:
     from .targets import load_targets, select
 
     workspace = _workspace(args)
-    targets, problems = load_targets(_recipe_paths(args, workspace), workspace)
+    targets, problems = load_targets(
+        _recipe_paths(args, workspace), workspace, with_dependencies=with_dependencies
+    )
     if problems:
         raise InvalidInput(problems)
     try:
@@ -215,7 +217,7 @@ def cmd_build(args: argparse.Namespace) -> int:
     from .publish import Publishing, publish_manifests
     from .run import Runner
 
-    workspace, targets = _load_targets(args)
+    workspace, targets = _load_targets(args, with_dependencies=True)  # a base image is built first
     _, site = _site(args)
     publish = site.publish_after_build if args.publish is None else args.publish
     quiet = args.quiet or args.json

@@ -131,6 +131,13 @@ class Mirrors(StrictModel):
     debian: HttpUrl | None = Field(None, description="Absent: the mirror apt on this host uses.")
     debian_security: HttpUrl | None = None
     security_suite: bool = Field(True, description="False: leave the security suite out (broken mirrors).")
+    without_security: list[ArchName] = Field(
+        default_factory=list,
+        description="Arches whose security suite is left out (a mirror inconsistent for one arch).",
+    )
+
+    def include_security(self, arch: Arch) -> bool:
+        return self.security_suite and arch not in self.without_security
 
 
 class SiteConfig(StrictModel):

@@ -318,7 +318,9 @@ def select(targets: list[Target], arch: str | None = None, recipe: str | None = 
     ]
 
 
-def load_targets(paths: list[Path], workspace: Workspace) -> tuple[list[Target], list[Problem]]:
+def load_targets(
+    paths: list[Path], workspace: Workspace, *, with_dependencies: bool = False
+) -> tuple[list[Target], list[Problem]]:
     """Load recipes below ``paths`` and expand them; problems from every file are collected.
 
     Recipes that a requested recipe builds on (``build.base``) are loaded from the workspace too, so
@@ -342,4 +344,7 @@ def load_targets(paths: list[Path], workspace: Workspace) -> tuple[list[Target],
         targets = expand(loaded, workspace)
     except InvalidInput as exc:
         return [], [*problems, *exc.problems]
+    if with_dependencies:
+        needed = {dep for t in targets if t.recipe in requested for dep in t.depends_on}
+        return [t for t in targets if t.recipe in requested or t.id in needed], problems
     return [t for t in targets if t.recipe in requested], problems

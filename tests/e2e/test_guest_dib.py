@@ -110,6 +110,52 @@ def test_unchanged_target_is_skipped_in_well_under_a_second(built, site_file):
     assert time.monotonic() - started < 10  # the whole process, interpreter start-up included
 
 
+def test_packer_build_on_the_dib_image_runs_its_provisioners(built, site_file, local_site):
+    """debian-12-packer builds on debian-12 (built above, so skipped now); its provisioner leaves
+    /etc/kiln-provisioned, which the recipe's boot check finds over SSH."""
+    result = _kiln(
+        site_file,
+        built["ledger"],
+        built["build_root"],
+        "build",
+        "debian-12-packer",
+        "--arch",
+        "x86_64",
+        "--publish",
+        "--json",
+        timeout=3600,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
+    outcomes = {t["target"]: t for t in json.loads(result.stdout)["targets"]}
+    assert outcomes["debian-12:bookworm:x86_64"]["status"] == "skipped"
+    packer = outcomes["debian-12-packer:bookworm:x86_64"]
+    assert packer["status"] == "built" and packer["verified"] is True
+    junit = (Path(packer["manifest"]).parent / "verify.xml").read_text()
+    assert 'name="test -f /etc/kiln-provisioned"' in junit and 'failures="0"' in junit
+    assert "packer: " in result.stderr  # machine-readable output turned into progress
+    [glance] = [p for p in packer["published"] if p["publisher"] == "glance"]
+    shown = json.loads(
+        subprocess.run(
+            [
+                "openstack",
+                "--os-auth-type",
+                "none",
+                "--os-endpoint",
+                local_site.urls.glance,
+                "image",
+                "show",
+                glance["location"],
+                "-f",
+                "json",
+            ],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+    )
+    assert shown["name"] == "debian-12-packer bookworm x86_64"
+
+
 def _loop_devices() -> str:
     return subprocess.run(["losetup", "-a"], capture_output=True, text=True).stdout
 

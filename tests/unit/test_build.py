@@ -172,3 +172,28 @@ def test_dependencies_are_built_first(workspace, write, tmp_path, fake_backend, 
     assert problems == []
     assert [t.recipe for t in _dependencies_first(targets)] == ["base", "top"]
     assert Path(workspace.root).exists()
+
+
+def test_packer_machine_readable_lines_become_progress_and_argv_carries_run_vars(tmp_path):
+    from builder.backends.packer import machine_readable_step, plan_run
+
+    assert machine_readable_step("1700000000,,ui,say,==> qemu.image: Waiting for SSH...") == (
+        "==> qemu.image: Waiting for SSH..."
+    )
+    assert machine_readable_step("1700000000,,ui,message,a%!(PACKER_COMMA) b") == "a, b"
+    assert machine_readable_step("1700000000,qemu.image,artifact-count,1") is None
+    run = plan_run(
+        tmp_path / "render",
+        tmp_path / "out",
+        slug="s",
+        fmt="qcow2",
+        base_image=tmp_path / "b.qcow2",
+        workspace_root=tmp_path,
+        accelerator="tcg",
+        ssh_private_key=tmp_path / "k",
+        cache_dir=tmp_path,
+    )
+    assert run.argv[:4] == ["packer", "build", "-machine-readable", "-force"]
+    assert f"base_image={tmp_path / 'b.qcow2'}" in run.argv and "accelerator=tcg" in run.argv
+    assert run.argv[-1] == "image.pkr.hcl" and run.output == tmp_path / "out/image/s.qcow2"
+    assert run.env["CHECKPOINT_DISABLE"] == "1"

@@ -271,3 +271,13 @@ def test_ssh_build_host_needs_a_host(site_dir):
     write(site_dir / "site.yaml", "build_hosts:\n  ppc64le: {mode: ssh}\n")
     with pytest.raises(InvalidInput):
         load_site(None, site_dir)
+
+
+def test_security_suite_can_be_left_out_for_one_arch_only():
+    from builder.arch import Arch
+    from builder.siteconfig import Mirrors
+
+    mirrors = Mirrors.model_validate({"without_security": ["ppc64el"]})
+    assert mirrors.include_security(Arch.X86_64) is True
+    assert mirrors.include_security(Arch.PPC64LE) is False
+    assert Mirrors(security_suite=False).include_security(Arch.X86_64) is False
