@@ -44,6 +44,7 @@ sys.path.insert(0, str(REPO))
 
 from builder import render as render_mod  # noqa: E402
 from builder import yamlsource  # noqa: E402
+from builder.cli import tune_gc  # noqa: E402
 from builder.ledger import Ledger  # noqa: E402
 from builder.plan import make_plan  # noqa: E402
 from builder.render import render_target, write_rendered  # noqa: E402
@@ -357,10 +358,7 @@ def baseline_safe_load(paths: list[Path]) -> int:
 
 
 def _clear_kiln_caches() -> None:
-    for name in ("environment", "_template_closure"):
-        cached = getattr(render_mod, name, None)
-        if cached is not None and hasattr(cached, "cache_clear"):
-            cached.cache_clear()
+    render_mod.clear_caches()
 
 
 def kiln(workspace: Workspace, ledger_path: Path, out_dir: Path | None) -> int:
@@ -414,6 +412,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     say = (lambda *a: None) if args.json else print
+    # The kiln CLI tunes the cyclic GC at start-up (builder.cli.tune_gc); apply the same here, to
+    # the baselines too, so that every figure is measured under the same collector settings.
+    tune_gc()
 
     with tempfile.TemporaryDirectory(prefix="kiln-plan-scale-") as tmp:
         root = Path(tmp).resolve()

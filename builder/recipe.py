@@ -60,7 +60,7 @@ def _resolve_file(value: str, info: ValidationInfo) -> str:
     if workspace is None or base_dir is None:
         return value  # validated without a workspace (e.g. schema tooling): keep as written
     try:
-        return workspace.relative(workspace.resolve_reference(value, base_dir))
+        return workspace.relative(workspace.resolve_reference(value, base_dir), resolved=True)
     except PathRefused as exc:
         raise ValueError(str(exc)) from None
 

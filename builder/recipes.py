@@ -113,7 +113,7 @@ class RecipeLoader:
         return LoadedRecipe(
             recipe=recipe,
             path=path,
-            rel_path=self.workspace.relative_or_abs(path),
+            rel_path=self.workspace.relative_or_abs(path, resolved=True),
             doc=doc,
             variant_builds=variant_builds,
         )
@@ -121,7 +121,7 @@ class RecipeLoader:
     # -- pieces ---------------------------------------------------------------------------------
 
     def _load_with_bases(self, path: Path, chain: tuple[Path, ...]) -> LocatedDoc:
-        doc = load_file(path)
+        doc = load_file(path, resolved=True)  # load() and resolve_reference() resolved it
         if not isinstance(doc.data, dict) or "extends" not in doc.data:
             return doc
         reference = doc.data["extends"]

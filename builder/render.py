@@ -136,8 +136,19 @@ def _finalize(value: Any) -> Any:
 # --- the environment ---------------------------------------------------------------------------------
 
 
-@lru_cache(maxsize=8)
 def environment(templates_dir: Path) -> SandboxedEnvironment:
+    # Keyed by the string: hashing a fresh Path per target cost more than rendering did.
+    return _environment(str(templates_dir))
+
+
+def clear_caches() -> None:
+    """Forget compiled templates and include closures (tests that edit templates call this)."""
+    _environment.cache_clear()
+    _template_closure.cache_clear()
+
+
+@lru_cache(maxsize=8)
+def _environment(templates_dir: str) -> SandboxedEnvironment:
     env = SandboxedEnvironment(
         loader=jinja2.FileSystemLoader(str(templates_dir)),
         undefined=jinja2.StrictUndefined,
@@ -153,9 +164,9 @@ def environment(templates_dir: Path) -> SandboxedEnvironment:
 
 
 @lru_cache(maxsize=512)
-def _template_closure(templates_dir: Path, name: str) -> tuple[str, ...]:
+def _template_closure(templates_dir: str, name: str) -> tuple[str, ...]:
     """``name`` and every template it includes, imports or extends, recursively."""
-    env = environment(templates_dir)
+    env = _environment(templates_dir)
     seen: list[str] = []
     pending = [name]
     while pending:
@@ -177,7 +188,7 @@ def _template_closure(templates_dir: Path, name: str) -> tuple[str, ...]:
 def template_closure(templates_dir: Path, names: list[str]) -> list[str]:
     out: set[str] = set()
     for name in names:
-        out.update(_template_closure(templates_dir, name))
+        out.update(_template_closure(str(templates_dir), name))
     return sorted(out)
 
 

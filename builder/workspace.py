@@ -59,9 +59,9 @@ class Workspace:
             object.__setattr__(self, "_root_resolved", resolved)  # a cache, not a field
         return resolved
 
-    def relative(self, path: Path) -> str:
+    def relative(self, path: Path, *, resolved: bool = False) -> str:
         """Workspace-relative POSIX spelling of a path inside the workspace."""
-        return path.resolve().relative_to(self._resolved_root()).as_posix()
+        return (path if resolved else path.resolve()).relative_to(self._resolved_root()).as_posix()
 
     def resolve_reference(self, reference: str, base_dir: Path, *, want_dir: bool = False) -> Path:
         """Resolve a path written in a recipe (relative to the recipe's directory) safely."""
@@ -82,8 +82,8 @@ class Workspace:
             raise PathRefused(f"{reference!r} is not a regular file")
         return candidate
 
-    def relative_or_abs(self, path: Path) -> str:
+    def relative_or_abs(self, path: Path, *, resolved: bool = False) -> str:
         try:
-            return self.relative(path)
+            return self.relative(path, resolved=resolved)
         except ValueError:
             return str(path)

@@ -79,16 +79,17 @@ def _resolved_cwd(cwd: str) -> Path:
     return Path(cwd).resolve()
 
 
-def display_path(path: Path) -> str:
-    """A path as a user should see it: relative to the working directory when below it."""
+def display_path(path: Path, *, resolved: bool = False) -> str:
+    """A path as a user should see it: relative to the working directory when below it.
+    ``resolved``: the caller already resolved it (realpath costs a stat per component)."""
     try:
-        return str(path.resolve().relative_to(_resolved_cwd(os.getcwd())))
+        return str((path if resolved else path.resolve()).relative_to(_resolved_cwd(os.getcwd())))
     except ValueError:
         return str(path)
 
 
-def load_file(path: Path) -> LocatedDoc:
-    shown = display_path(path)
+def load_file(path: Path, *, resolved: bool = False) -> LocatedDoc:
+    shown = display_path(path, resolved=resolved)
     try:
         raw = path.read_bytes()
     except OSError as exc:

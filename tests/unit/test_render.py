@@ -166,9 +166,9 @@ def test_template_that_emits_an_unencoded_value_fails_naming_template_and_line(w
 def test_template_syntax_error_names_template_and_line(workspace, write):
     target = _one_dib_target(workspace, write)
     (workspace.templates_dir / "dib/environment.j2").write_text("ok\n\n{% if %}\n")
-    from builder.render import environment
+    from builder.render import clear_caches
 
-    environment.cache_clear()
+    clear_caches()
     with pytest.raises(InvalidInput) as caught:
         render_target(target, workspace.templates_dir)
     assert str(caught.value).startswith("templates/dib/environment.j2:3: ")
@@ -177,9 +177,9 @@ def test_template_syntax_error_names_template_and_line(workspace, write):
 def test_undefined_variable_in_a_template_is_an_error_not_an_empty_string(workspace, write):
     target = _one_dib_target(workspace, write)
     (workspace.templates_dir / "dib/environment.j2").write_text("X={{ build.no_such_key | sh }}\n")
-    from builder.render import environment
+    from builder.render import clear_caches
 
-    environment.cache_clear()
+    clear_caches()
     with pytest.raises(InvalidInput, match="no_such_key"):
         render_target(target, workspace.templates_dir)
 
@@ -189,9 +189,9 @@ def test_sandbox_blocks_attribute_escapes_in_templates(workspace, write):
     (workspace.templates_dir / "dib/environment.j2").write_text(
         "{{ ''.__class__.__mro__[1].__subclasses__() | json }}\n"
     )
-    from builder.render import environment
+    from builder.render import clear_caches
 
-    environment.cache_clear()
+    clear_caches()
     with pytest.raises(InvalidInput):
         render_target(target, workspace.templates_dir)
 
@@ -207,13 +207,11 @@ def test_recipe_values_are_rendered_as_data_even_when_they_look_like_jinja(works
 
 @pytest.fixture(autouse=True)
 def _fresh_environment():
-    from builder.render import _template_closure, environment
+    from builder.render import clear_caches
 
-    environment.cache_clear()
-    _template_closure.cache_clear()
+    clear_caches()
     yield
-    environment.cache_clear()
-    _template_closure.cache_clear()
+    clear_caches()
 
 
 # --- packer validate: Debian's packer 1.6.6 accepts what Kiln renders -----------------------------------
