@@ -76,6 +76,11 @@ ARCH = "x86_64"
 NOOP_RUNS = 3
 LOAD_WARN = 2.5  # 1-minute load average above which a figure is flagged (2 cores here)
 KILN_TIMEOUT_S = 3600
+APT_LOCK_HINT = (
+    "another DIB build is using the same cache: DIB bind-mounts $DIB_IMAGE_CACHE/apt/<distro> (shared by"
+    " every release and arch) as the chroot's /var/cache/apt/archives, so concurrent builds contend for"
+    " its apt lock; run the benchmark when no other build is running"
+)
 
 
 # --- helpers ---------------------------------------------------------------------------------------------
@@ -187,7 +192,10 @@ def run_kiln(argv: list[str], build_root: Path, home: Path | None = None) -> dic
             f"kiln build printed no usable JSON (exit {proc.returncode}): {exc}\n{err[-3000:]}"
         ) from None
     if proc.returncode != 0 or outcome["status"] == "failed":
-        raise SystemExit(f"kiln build failed (exit {proc.returncode}): {outcome.get('error')}\n{err[-3000:]}")
+        error = str(outcome.get("error"))
+        if "Could not get lock /var/cache/apt/archives/lock" in error:
+            error += "\n" + APT_LOCK_HINT
+        raise SystemExit(f"kiln build failed (exit {proc.returncode}): {error}\n{err[-3000:]}")
     return {
         "seconds": seconds,
         "status": outcome["status"],

@@ -10,11 +10,13 @@ contacting any service.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
 import shutil
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -221,7 +223,7 @@ class Builder:
             security_mirror=self.site.mirrors.debian_security,
             include_security=self.site.mirrors.include_security(target.arch),
             extra_ca_dir=_extra_ca_dir(self.site, tmpdir),
-            image_cache=self.cache / "dib",
+            image_cache=self._dib_cache(target),
             tmpdir=tmpdir,
             release=target.release,
             debootstrap_cache=True,  # a base tarball per release/arch: ~25% faster warm builds
@@ -243,12 +245,33 @@ class Builder:
             )
             raise DryRun()
         try:
-            artifacts = dib.run_build(run, self.runner, log)
+            with self._cache_lock(target):
+                artifacts = dib.run_build(run, self.runner, log)
         finally:
             for action in hostcompat.cleanup_after_interrupt(tmpdir):
                 self.on_step(f"cleanup: {action}")
             shutil.rmtree(tmpdir, ignore_errors=True)
         return artifacts, {"diskimage-builder": _version("diskimage-builder")}
+
+    def _dib_cache(self, target: Target) -> Path:
+        # One cache per architecture: DIB bind-mounts its apt cache into the chroot, and apt in two
+        # chroots sharing it fails on its lock ("Could not get lock /var/cache/apt/archives/lock").
+        return self.cache / "dib" / target.arch.debian
+
+    @contextlib.contextmanager
+    def _cache_lock(self, target: Target) -> Iterator[None]:
+        """Builds of one architecture on one host take turns with its DIB cache; others run on."""
+        cache = self._dib_cache(target)
+        cache.mkdir(parents=True, exist_ok=True)
+        with (cache / ".kiln-lock").open("w") as lock:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                self.on_step(
+                    f"build: {target.id}: waiting for another {target.arch.value} build using {cache}"
+                )
+                fcntl.flock(lock, fcntl.LOCK_EX)
+            yield
 
     def verify(self, target: Target, manifest: BuildManifest) -> bool:
         from .verify.boot import boot_check

@@ -8,6 +8,8 @@ stops only processes whose pid files this site wrote. ``status`` probes health.
 from __future__ import annotations
 
 import json
+import shutil
+import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -168,6 +170,13 @@ class LocalSite:
             for proc in reversed(self.processes(component)):
                 if proc.stop():
                     stopped.append(proc.spec.name)
+        # gpg starts an agent per GNUPGHOME on first use (signing); it would outlive the site.
+        if self.gnupghome.exists() and shutil.which("gpgconf"):
+            subprocess.run(
+                ["gpgconf", "--homedir", str(self.gnupghome), "--kill", "all"],
+                capture_output=True,
+                check=False,
+            )
         return stopped
 
     def status(self) -> dict[str, dict[str, Any]]:
