@@ -1,14 +1,20 @@
-"""Shared fixtures: a throwaway workspace with Kiln's templates and elements, and a recipe writer."""
+"""Shared fixtures: a throwaway workspace, a recipe writer, and (session-wide, started once for
+integration and e2e tests alike) the real local site on free loopback ports and the docker engine."""
 
 from __future__ import annotations
 
 import shutil
+import subprocess
 import textwrap
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
+from builder.site.health import free_port
+from builder.site.local import LocalSite
+from builder.siteconfig import LocalPorts, LocalSiteSettings, SiteConfig
 from builder.workspace import PACKAGE_ROOT, Workspace
 
 REPO = PACKAGE_ROOT
@@ -36,3 +42,62 @@ def write(workspace: Workspace) -> Callable[[str, str], Path]:
         return path
 
     return _write
+
+
+# --- the real local site, once per test run ------------------------------------------------------------
+
+NEEDED = (
+    "glance-api",
+    "docker-registry",
+    "createrepo_c",
+    "swift-proxy-server",
+    "memcached",
+    "gpg",
+    "rpmsign",
+)
+
+
+def _missing() -> list[str]:
+    return [tool for tool in NEEDED if shutil.which(tool) is None]
+
+
+@pytest.fixture(scope="session")
+def site_settings(tmp_path_factory: pytest.TempPathFactory) -> SiteConfig:
+    state = tmp_path_factory.mktemp("site")
+    ports = LocalPorts(**{name: free_port() for name in LocalPorts.model_fields})
+    return SiteConfig(local=LocalSiteSettings(state_dir=str(state), ports=ports))
+
+
+@pytest.fixture(scope="session")
+def local_site(site_settings: SiteConfig) -> Iterator[LocalSite]:
+    missing = _missing()
+    if missing:
+        pytest.skip(f"local site tools missing ({', '.join(missing)}): run `make test`, which installs them")
+    site = LocalSite(Path(site_settings.local.state_dir), site_settings.local)
+    started = time.monotonic()
+    site.up()
+    site.startup_seconds = time.monotonic() - started  # type: ignore[attr-defined]
+    yield site
+    site.down()
+
+
+@pytest.fixture(scope="session")
+def docker_engine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """A running docker engine: the one that is there, or dockerd started for this run."""
+    if shutil.which("docker") is None or shutil.which("dockerd") is None:
+        pytest.skip("docker is not installed: run `make test`, which installs docker.io")
+    if subprocess.run(["docker", "info"], capture_output=True).returncode == 0:
+        yield
+        return
+    log = tmp_path_factory.mktemp("dockerd") / "dockerd.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen(["dockerd"], stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    deadline = time.monotonic() + 60
+    while subprocess.run(["docker", "info"], capture_output=True).returncode != 0:
+        if time.monotonic() > deadline or proc.poll() is not None:
+            proc.terminate()
+            pytest.fail(f"dockerd did not start: {log.read_text()[-2000:]}")
+        time.sleep(0.5)
+    yield
+    proc.terminate()
+    proc.wait(timeout=30)

@@ -1,4 +1,4 @@
-"""End-to-end fixtures: the real local site (from tests/integration) and a site.yaml pointing at it."""
+"""End-to-end fixtures: a site.yaml pointing at the session's local site (tests/conftest.py)."""
 
 from __future__ import annotations
 
@@ -7,8 +7,6 @@ from pathlib import Path
 
 import pytest
 import yaml
-
-from tests.integration.conftest import local_site, site_settings  # noqa: F401 (re-exported fixtures)
 
 DIB_TOOLS = ("disk-image-create", "qemu-system-x86_64", "cloud-localds", "qemu-img", "debootstrap")
 
@@ -22,7 +20,7 @@ def dib_ready() -> None:
 
 
 @pytest.fixture(scope="session")
-def site_file(site_settings, tmp_path_factory) -> Path:  # noqa: F811
+def site_file(site_settings, tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("e2e") / "site.yaml"
     path.write_text(yaml.safe_dump(site_settings.model_dump(mode="json", exclude_none=True)))
     return path
