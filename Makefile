@@ -6,7 +6,8 @@ DEMO_OUT := build/demo
 .PHONY: help bootstrap test test-slow lint demo site-down schema bench clean
 
 help:
-	@echo "make demo   - set up, start the local site, validate, plan and render the example recipes"
+	@echo "make demo   - set up, start the local site, validate/plan/render the examples, then build,"
+	@echo "              boot-test and publish the Debian 12 x86_64 image to the local Glance (~5 min)"
 	@echo "make site-down - stop the local site that make demo started"
 	@echo "make test   - set up, then run ruff and the test suite (incl. a real x86_64 DIB build + boot)"
 	@echo "make test-slow - the emulated ppc64le build and pseries boot (~20 min)"
@@ -34,7 +35,11 @@ demo: bootstrap
 	$(KILN) plan
 	$(KILN) render -o $(DEMO_OUT)
 	@echo "rendered build files are under $(DEMO_OUT)/ (one directory per target)"
-	@echo "the local site keeps running (make site-down stops it); kiln site status shows it"
+	$(KILN) build debian-12 --arch x86_64 --publish
+	$(KILN) site status
+	@echo "the Debian 12 image is in the local Glance: openstack --os-auth-type none \\"
+	@echo "  --os-endpoint http://127.0.0.1:19292 image list --long"
+	@echo "the local site keeps running (make site-down stops it)"
 
 site-down: bootstrap
 	$(KILN) site down

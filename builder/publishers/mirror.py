@@ -82,6 +82,7 @@ class RsyncMirror:
         common = [
             "rsync",
             "-a",
+            "--mkpath",  # the repo's directories may not exist on the mirror yet
             "--copy-links",
             "--exclude",
             ".kiln-lock",

@@ -178,3 +178,20 @@ def test_s3_mirror_gets_packages_and_signed_metadata(local_site, site_settings, 
     again = mirror.sync(repo_dir, "kiln/el/9/x86_64")
     assert [k.rsplit("/", 1)[1] for k in again.uploaded] == ["repomd.xml.asc", "repomd.xml"]
     assert shutil.which("rpm")
+
+
+def test_rsync_mirror_receives_the_signed_tree(local_site, site_settings, tmp_path):
+    from builder.publishers.mirror import RsyncMirror
+
+    rpm = build_noarch_rpm(tmp_path, "kiln-rsync-check")
+    publisher = _publisher(site_settings, local_site)
+    result = publisher.publish([rpm], repo="rsynced", distro="el", release="9", arch="x86_64")
+    target = tmp_path / "mirror"
+    RsyncMirror(str(target)).sync(result.repo_dir, "rsynced/el/9/x86_64")
+    mirrored = target / "rsynced/el/9/x86_64"
+    assert (mirrored / "Packages/k/kiln-rsync-check-1.0-1.noarch.rpm").is_file()
+    repodata = mirrored / "repodata"
+    assert repodata.is_dir() and not repodata.is_symlink()  # --copy-links: a plain tree on the mirror
+    assert (repodata / "repomd.xml.asc").is_file()
+    assert not list(mirrored.glob(".meta-*")) and not (mirrored / ".kiln-lock").exists()
+    assert _primary_names(mirrored) == {"kiln-rsync-check"}
