@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from builder.workspace import PACKAGE_ROOT
+from tests.support.clients import glance_image_of
 
 pytestmark = [pytest.mark.slow, pytest.mark.site]
 
@@ -64,26 +65,7 @@ def test_debian_12_x86_64_builds_boots_and_publishes(built, local_site):
     assert info["format"] == "qcow2"
     junit = (Path(outcome["manifest"]).parent / "verify.xml").read_text()
     assert 'failures="0"' in junit and "boot (" in junit
-    [glance] = [p for p in outcome["published"] if p["publisher"] == "glance"]
-    shown = json.loads(
-        subprocess.run(
-            [
-                "openstack",
-                "--os-auth-type",
-                "none",
-                "--os-endpoint",
-                local_site.urls.glance,
-                "image",
-                "show",
-                glance["location"],
-                "-f",
-                "json",
-            ],
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout
-    )
+    shown = glance_image_of(outcome, local_site.urls.glance)
     props = shown["properties"]
     assert shown["name"] == "debian-12 bookworm x86_64" and shown["status"] == "active"
     assert props["architecture"] == "x86_64" and props["hw_firmware_type"] == "bios"
@@ -134,26 +116,7 @@ def test_packer_build_on_the_dib_image_runs_its_provisioners(built, site_file, l
     assert 'name="test -f /etc/kiln-provisioned"' in junit and 'failures="0"' in junit
     [log] = (Path(packer["manifest"]).parent / "logs").glob("build-*.log")
     assert ",ui,say," in log.read_text()  # -machine-readable output, which Kiln turns into progress
-    [glance] = [p for p in packer["published"] if p["publisher"] == "glance"]
-    shown = json.loads(
-        subprocess.run(
-            [
-                "openstack",
-                "--os-auth-type",
-                "none",
-                "--os-endpoint",
-                local_site.urls.glance,
-                "image",
-                "show",
-                glance["location"],
-                "-f",
-                "json",
-            ],
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout
-    )
+    shown = glance_image_of(packer, local_site.urls.glance)
     assert shown["name"] == "debian-12-packer bookworm x86_64"
 
 

@@ -18,6 +18,7 @@ import pytest
 import yaml
 
 from builder.workspace import PACKAGE_ROOT
+from tests.support.clients import glance_image_of
 
 pytestmark = [pytest.mark.slow, pytest.mark.emulated, pytest.mark.site]
 
@@ -69,26 +70,7 @@ def test_debian_12_ppc64le_has_prep_boots_on_pseries_and_publishes(
     assert "type=41" in dump, f"no PReP boot partition:\n{dump}"
     serial = (directory / "verify" / "serial.log").read_text(errors="replace")
     assert "KILN-BOOT-" in serial
-    [glance] = [p for p in outcome["published"] if p["publisher"] == "glance"]
-    shown = json.loads(
-        subprocess.run(
-            [
-                "openstack",
-                "--os-auth-type",
-                "none",
-                "--os-endpoint",
-                local_site.urls.glance,
-                "image",
-                "show",
-                glance["location"],
-                "-f",
-                "json",
-            ],
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout
-    )
+    shown = glance_image_of(outcome, local_site.urls.glance)
     assert shown["properties"]["architecture"] == "ppc64le"
     assert shown["properties"]["hw_machine_type"] == "pseries"
     assert "hw_firmware_type" not in shown["properties"]

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import json
 import os
 import signal
-import subprocess
 import threading
 from pathlib import Path
 
@@ -14,6 +12,7 @@ import pytest
 from builder.errors import CommandFailed, EnvironmentProblem
 from builder.manifest import BuildManifest, artifact_for
 from builder.publishers.glance import GlancePublisher
+from tests.support.clients import openstack
 
 pytestmark = pytest.mark.site
 
@@ -43,13 +42,7 @@ def _manifest(
 
 
 def _openstack(site, *args: str) -> list[dict]:
-    result = subprocess.run(
-        ["openstack", "--os-auth-type", "none", "--os-endpoint", site.urls.glance, *args, "-f", "json"],
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    return json.loads(result.stdout)
+    return openstack(site.urls.glance, *args)
 
 
 def test_published_image_has_arch_properties_seen_by_openstackclient(local_site, tmp_path):
