@@ -12,7 +12,7 @@ help:
 	@echo "make test   - set up, then run ruff and the test suite (incl. a real x86_64 DIB build + boot)"
 	@echo "make test-slow - the emulated ppc64le build and pseries boot (~20 min)"
 	@echo "make schema - regenerate schemas/recipe.schema.json"
-	@echo "make bench  - run the benchmarks in bench/"
+	@echo "make bench  - run the benchmarks in bench/ (~15 min: two real DIB builds)"
 
 bootstrap:
 	@scripts/bootstrap.sh
@@ -50,6 +50,7 @@ schema: bootstrap
 bench: bootstrap
 	$(VENV)/bin/python bench/plan_scale.py
 	$(VENV)/bin/python bench/publish.py
+	$(VENV)/bin/python bench/guest_overhead.py
 
 clean:
 	rm -rf build .kiln .pytest_cache .ruff_cache
