@@ -222,55 +222,6 @@ def bench_glance(site: LocalSite, workdir: Path, size_mib: int, repeats: int, sa
 # --- Repo -----------------------------------------------------------------------------------------------
 
 
-def build_padded_rpms(workdir: Path, prefix: str, count: int, payload_kib: int) -> list[Path]:
-    """Like ``build_many_noarch_rpms``, but each package carries ``payload_kib`` KiB of random bytes
-    (stored uncompressed, so each RPM is about that size), for repos of realistically sized packages."""
-    top = workdir / f"rpmbuild-{prefix}-{count}-{payload_kib}k"
-    spec = top / f"{prefix}.spec"
-    spec.parent.mkdir(parents=True, exist_ok=True)
-    lines = [
-        f"Name: {prefix}",
-        "Version: 1.0",
-        "Release: 1",
-        "Summary: bulk",
-        "License: MIT",
-        "BuildArch: noarch",
-        "%description",
-        "bulk",
-        "%install",
-        f"mkdir -p %{{buildroot}}/usr/share/{prefix}",
-        f"for i in $(seq 0 {count - 1}); do",
-        f"  head -c {payload_kib << 10} /dev/urandom > %{{buildroot}}/usr/share/{prefix}/f$i",
-        "done",
-    ]
-    for i in range(count):
-        lines += [
-            f"%package -n {prefix}-{i}",
-            f"Summary: bulk {i}",
-            f"%description -n {prefix}-{i}",
-            "bulk",
-            f"%files -n {prefix}-{i}",
-            f"/usr/share/{prefix}/f{i}",
-        ]
-    spec.write_text("\n".join(lines) + "\n")
-    subprocess.run(
-        [
-            "rpmbuild",
-            "-bb",
-            "--define",
-            f"_topdir {top}",
-            "--define",
-            "_buildhost kiln-test",
-            "--define",
-            "_binary_payload w0.ufdio",  # random bytes do not compress: don't spend time trying
-            str(spec),
-        ],
-        check=True,
-        capture_output=True,
-    )
-    return sorted((top / "RPMS" / "noarch").glob(f"{prefix}-*.rpm"))
-
-
 def cached_rpms(count: int, payload_kib: int, say: Say) -> list[Path]:
     """``count`` noarch RPMs, built once with one rpmbuild run and kept under ~/.cache/kiln."""
     key = str(count) if payload_kib == 0 else f"{count}-{payload_kib}k"
@@ -285,10 +236,7 @@ def cached_rpms(count: int, payload_kib: int, say: Say) -> list[Path]:
     say(f"repo: building {what} with one rpmbuild run (cached in {cache} afterwards)")
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="kiln-bench-rpms-") as tmp:
-        if payload_kib:
-            built = build_padded_rpms(Path(tmp), RPM_PREFIX, count, payload_kib)
-        else:
-            built = build_many_noarch_rpms(Path(tmp), RPM_PREFIX, count)
+        built = build_many_noarch_rpms(Path(tmp), RPM_PREFIX, count, payload_kib)
         if len(built) != count:
             raise RuntimeError(f"rpmbuild made {len(built)} packages, not {count}")
         shutil.rmtree(cache, ignore_errors=True)

@@ -35,9 +35,12 @@ def build_noarch_rpm(workdir: Path, name: str, version: str = "1.0") -> Path:
     return next((top / "RPMS" / "noarch").glob(f"{name}-{version}-1.noarch.rpm"))
 
 
-def build_many_noarch_rpms(workdir: Path, prefix: str, count: int) -> list[Path]:
-    """``count`` distinct packages from one rpmbuild run (subpackages), for large-repo benchmarks."""
-    top = workdir / f"rpmbuild-{prefix}-{count}"
+def build_many_noarch_rpms(workdir: Path, prefix: str, count: int, payload_kib: int = 0) -> list[Path]:
+    """``count`` distinct packages from one rpmbuild run (subpackages), for large-repo benchmarks.
+
+    With ``payload_kib``, each package carries that many KiB of random bytes, stored uncompressed,
+    so each RPM is about that size (repos of realistically sized packages)."""
+    top = workdir / (f"rpmbuild-{prefix}-{count}" + (f"-{payload_kib}k" if payload_kib else ""))
     spec = top / f"{prefix}.spec"
     spec.parent.mkdir(parents=True, exist_ok=True)
     lines = [
@@ -52,7 +55,14 @@ def build_many_noarch_rpms(workdir: Path, prefix: str, count: int) -> list[Path]
         "%install",
         f"mkdir -p %{{buildroot}}/usr/share/{prefix}",
     ]
-    lines += [f"touch %{{buildroot}}/usr/share/{prefix}/f{i}" for i in range(count)]
+    if payload_kib:
+        lines += [
+            f"for i in $(seq 0 {count - 1}); do",
+            f"  head -c {payload_kib << 10} /dev/urandom > %{{buildroot}}/usr/share/{prefix}/f$i",
+            "done",
+        ]
+    else:
+        lines += [f"touch %{{buildroot}}/usr/share/{prefix}/f{i}" for i in range(count)]
     for i in range(count):
         lines += [
             f"%package -n {prefix}-{i}",
@@ -64,7 +74,17 @@ def build_many_noarch_rpms(workdir: Path, prefix: str, count: int) -> list[Path]
         ]
     spec.write_text("\n".join(lines) + "\n")
     subprocess.run(
-        ["rpmbuild", "-bb", "--define", f"_topdir {top}", "--define", "_buildhost kiln-test", str(spec)],
+        [
+            "rpmbuild",
+            "-bb",
+            "--define",
+            f"_topdir {top}",
+            "--define",
+            "_buildhost kiln-test",
+            # random bytes do not compress: don't spend time trying
+            *(["--define", "_binary_payload w0.ufdio"] if payload_kib else []),
+            str(spec),
+        ],
         check=True,
         capture_output=True,
     )
