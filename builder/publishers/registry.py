@@ -202,14 +202,7 @@ class RegistryPublisher:
                 else:
                     skipped += 1
             digest = _sha256(raw)
-            self.client.request(
-                "PUT",
-                f"/v2/{repository}/manifests/{digest}",
-                scope=scope,
-                ok=(201,),
-                data=raw,
-                headers={"Content-Type": media_type},
-            )
+            self._put_manifest(repository, digest, raw, media_type, scope)
             on_step(f"pushed {image.arch.value} manifest {digest[:19]}")
             manifests[image.arch.value] = digest
             entries.append(
@@ -225,17 +218,23 @@ class RegistryPublisher:
             index["annotations"] = dict(sorted(annotations.items()))
         body = json.dumps(index, sort_keys=True, separators=(",", ":")).encode()
         # The tag moves here, after every architecture is in the registry.
-        self.client.request(
-            "PUT",
-            f"/v2/{repository}/manifests/{tag}",
-            scope=scope,
-            ok=(201,),
-            data=body,
-            headers={"Content-Type": OCI_INDEX},
-        )
+        self._put_manifest(repository, tag, body, OCI_INDEX, scope)
         on_step(f"tagged {repository}:{tag}")
         return PushResult(
             f"{self.client.registry}/{repository}:{tag}", _sha256(body), manifests, uploaded, skipped
+        )
+
+    def _put_manifest(
+        self, repository: str, reference: str, body: bytes, media_type: str, scope: str
+    ) -> None:
+        """PUT a manifest or index under a digest (invisible to pullers) or a tag (what they see)."""
+        self.client.request(
+            "PUT",
+            f"/v2/{repository}/manifests/{reference}",
+            scope=scope,
+            ok=(201,),
+            data=body,
+            headers={"Content-Type": media_type},
         )
 
     def _push_blob(self, repository: str, layout: Path, digest: str, scope: str) -> bool:

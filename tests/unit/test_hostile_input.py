@@ -7,7 +7,6 @@ import subprocess
 import sys
 import textwrap
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -17,18 +16,9 @@ from builder.recipe import file_refs
 from builder.recipes import RecipeLoader
 from builder.workspace import PACKAGE_ROOT, Workspace
 from builder.yamlsource import MAX_FILE_BYTES, load_file, load_text
+from tests.support.recipes import MINIMAL_GUEST, Write
 
-Write = Callable[[str, str], Path]
-
-GUEST = """\
-name: g
-kind: guest-image
-arches: [x86_64]
-build:
-  builder: dib
-  distro: debian
-  release: bookworm
-"""
+GUEST = MINIMAL_GUEST
 TEMPLATE_REFUSED = "template syntax ('{{', '{%', '{#') is not allowed in recipe values"
 
 

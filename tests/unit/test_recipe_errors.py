@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import textwrap
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -12,18 +11,9 @@ from builder.errors import InvalidInput, Location, Problem, format_key_path
 from builder.recipes import RecipeLoader
 from builder.targets import load_targets
 from builder.workspace import Workspace
+from tests.support.recipes import MINIMAL_GUEST, Write
 
-Write = Callable[[str, str], Path]
-
-GUEST = """\
-name: g
-kind: guest-image
-arches: [x86_64]
-build:
-  builder: dib
-  distro: debian
-  release: bookworm
-"""
+GUEST = MINIMAL_GUEST
 PACKER = """\
 name: p
 kind: guest-image
