@@ -1,10 +1,12 @@
 """Publish RPMs to a signed yum/dnf repository: ``<root>/<repo>/<distro>/<release>/<arch>/``.
 
 - Packages are signed (rpmsign; Debian's rpm needs ``%__gpg /usr/bin/gpg``) before they enter the tree.
-- Metadata is rebuilt incrementally (``createrepo_c --update``) into a fresh directory, ``repomd.xml``
-  is signed (detached, ASCII-armoured) there, and then ``repodata`` -- a symlink -- is switched to it
-  with one atomic rename. A reader sees the old metadata or the new, never a mix; a failure (a full
-  disk, a killed process) leaves the old metadata served and valid.
+- Metadata is written into a fresh directory: where the publish only adds packages and Kiln's index
+  of the current metadata holds, their entries are appended (``builder.publishers.repodata``: nothing
+  already indexed is read or compressed again); otherwise ``createrepo_c --update`` rebuilds it. Then
+  ``repomd.xml`` is signed (detached, ASCII-armoured) there, and ``repodata`` -- a symlink -- is
+  switched to it with one atomic rename. A reader sees the old metadata or the new, never a mix; a
+  failure (a full disk, a killed process) leaves the old metadata served and valid.
 - Publishes into one repo directory are serialized by a lock file, so concurrent publishes lose nothing.
 - Mirrors (S3, rsync) receive packages first and metadata last (see ``builder.publishers.mirror``).
 """
@@ -15,13 +17,15 @@ import fcntl
 import os
 import shutil
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import CommandFailed, InvalidInput, Problem
+from ..errors import CommandFailed
 from ..run import Runner
+from . import repodata, rpmheader
 
 KEEP_OLD_METADATA = 1  # previous metadata dirs kept for readers still fetching them
 
@@ -39,17 +43,22 @@ class RepoResult:
     packages: tuple[str, ...]  # relative to repo_dir
     repo_file: Path
     metadata_dir: str
+    metadata_update: str  # "appended" (entries added to the old metadata) or "rebuilt" (createrepo_c)
 
 
-def _rpm_header(path: Path, runner: Runner) -> tuple[str, str]:
-    """(name, arch) of an RPM, read by rpm itself (refuses files that are not RPMs)."""
-    out = runner.run(
-        ["rpm", "-qp", "--nosignature", "--nodigest", "--qf", "%{NAME} %{ARCH}", str(path)]
-    ).output
-    name, _, arch = out.strip().rpartition("\n")[2].partition(" ")
-    if not name or not arch:
-        raise InvalidInput(Problem(f"{path}: not an RPM (rpm -qp printed {out!r})"))
-    return name, arch
+def _packages_on_disk(repo_dir: Path) -> set[str]:
+    """Every ``*.rpm`` under the repo dir, as createrepo_c would find them (relative paths)."""
+    found: set[str] = set()
+    pending = [("", os.fspath(repo_dir))]
+    while pending:  # os.scandir: the file types come with the listing, no stat per entry
+        prefix, path = pending.pop()
+        with os.scandir(path) as entries:
+            for entry in entries:
+                if entry.is_dir(follow_symlinks=False):
+                    pending.append((f"{prefix}{entry.name}/", entry.path))
+                elif entry.name.endswith(".rpm"):
+                    found.add(prefix + entry.name)
+    return found
 
 
 class RepoPublisher:
@@ -74,16 +83,18 @@ class RepoPublisher:
 
     def publish(self, rpms: list[Path], *, repo: str, distro: str, release: str, arch: str) -> RepoResult:
         repo_dir = self.repo_dir(repo, distro, release, arch)
-        with self._locked(repo_dir):
+        # Under the lock, the current metadata is read on the other core while the packages are signed.
+        with self._locked(repo_dir), ThreadPoolExecutor(1, thread_name_prefix="kiln-repodata") as pool:
+            current = pool.submit(repodata.load_current, repo_dir)
             added = [self._add_package(rpm, repo_dir) for rpm in rpms]
-            metadata_dir = self._refresh_metadata(repo_dir)
+            metadata_dir, how = self._refresh_metadata(repo_dir, added, current.result())
         repo_file = self._write_repo_file(repo, distro, release)
-        return RepoResult(repo_dir, tuple(added), repo_file, metadata_dir)
+        return RepoResult(repo_dir, tuple(added), repo_file, metadata_dir, how)
 
     # -- packages -------------------------------------------------------------------------------------
 
     def _add_package(self, rpm: Path, repo_dir: Path) -> str:
-        name, _ = _rpm_header(rpm, self.runner)
+        name, _ = rpmheader.name_and_arch(rpm)  # refuses what is not an RPM, before anything is copied
         # Staged as a dot-file beside the packages (same filesystem, so the final rename is
         # atomic; createrepo_c only picks up *.rpm, so a leftover from a crash is never indexed).
         staged = repo_dir / f".incoming-{uuid.uuid4().hex}.part"
@@ -115,10 +126,63 @@ class RepoPublisher:
 
     # -- metadata -------------------------------------------------------------------------------------
 
-    def _refresh_metadata(self, repo_dir: Path) -> str:
+    def _refresh_metadata(
+        self, repo_dir: Path, added: Sequence[str] = (), current: repodata.CurrentMetadata | None = None
+    ) -> tuple[str, str]:
+        """New signed metadata for the packages now in ``repo_dir``, switched in atomically.
+
+        ``added``: the packages this publish put in place; ``current``: the metadata served before
+        they were (:func:`repodata.load_current`), when the caller read it already.
+        Returns the metadata directory's name and how it was made ("appended" or "rebuilt")."""
         name = f".meta-{uuid.uuid4().hex[:12]}"
         new_meta = repo_dir / name
-        current = repo_dir / "repodata"
+        served = repo_dir / "repodata"
+        try:
+            new_meta.mkdir()
+            if added and current is None:
+                current = repodata.load_current(repo_dir)
+            how = "appended" if self._append_metadata(repo_dir, added, current, new_meta) else "rebuilt"
+            if how == "rebuilt":
+                self._rebuild_metadata(repo_dir, new_meta)
+            repomd = new_meta / "repodata" / "repomd.xml"
+            self._detach_sign(repomd)
+            link = repo_dir / f".repodata-{uuid.uuid4().hex[:8]}"
+            link.symlink_to(f"{name}/repodata")
+            if served.is_dir() and not served.is_symlink():  # a tree from before Kiln managed it
+                served.rename(repo_dir / f".meta-legacy-{uuid.uuid4().hex[:8]}")
+            os.replace(link, served)  # the one atomic switch readers see
+        except BaseException as exc:
+            shutil.rmtree(new_meta, ignore_errors=True)
+            for leftover in repo_dir.glob(".repodata-*"):
+                leftover.unlink(missing_ok=True)
+            if isinstance(exc, OSError):  # a full disk, a read-only tree: say where, keep the old metadata
+                raise CommandFailed(f"writing repo metadata in {repo_dir}: {exc.strerror or exc}") from exc
+            raise
+        self._prune_old_metadata(repo_dir, keep={name})
+        return name, how
+
+    def _append_metadata(
+        self,
+        repo_dir: Path,
+        added: Sequence[str],
+        current: repodata.CurrentMetadata | None,
+        new_meta: Path,
+    ) -> bool:
+        """Append the entries of the ``added`` packages to the current metadata, if that is all that
+        changed; False (nothing written) when createrepo_c must look at the whole tree instead."""
+        if not added or current is None:
+            return False
+        indexed = set(current.index.packages)
+        # Only pure additions: a package published again under the same path, or files added or
+        # removed behind Kiln's back, need createrepo_c's look at every file.
+        if indexed.intersection(added) or _packages_on_disk(repo_dir) != indexed.union(added):
+            return False
+        repodata.append(current, repodata.new_entries(repo_dir, list(added), self.runner), new_meta)
+        return True
+
+    def _rebuild_metadata(self, repo_dir: Path, new_meta: Path) -> None:
+        """``createrepo_c --update`` over the whole tree, then laid out so the next add can append."""
+        served = repo_dir / "repodata"
         argv = [
             "createrepo_c",
             "--quiet",
@@ -129,26 +193,11 @@ class RepoPublisher:
             "--outputdir",
             str(new_meta),
         ]
-        if (current / "repomd.xml").exists():
+        if (served / "repomd.xml").exists():
             argv += ["--update-md-path", str(repo_dir)]
         argv.append(str(repo_dir))
-        try:
-            new_meta.mkdir()
-            self.runner.run(argv, timeout=3600)
-            repomd = new_meta / "repodata" / "repomd.xml"
-            self._detach_sign(repomd)
-            link = repo_dir / f".repodata-{uuid.uuid4().hex[:8]}"
-            link.symlink_to(f"{name}/repodata")
-            if current.is_dir() and not current.is_symlink():  # a tree from before Kiln managed it
-                current.rename(repo_dir / f".meta-legacy-{uuid.uuid4().hex[:8]}")
-            os.replace(link, current)  # the one atomic switch readers see
-        except BaseException:
-            shutil.rmtree(new_meta, ignore_errors=True)
-            for leftover in repo_dir.glob(".repodata-*"):
-                leftover.unlink(missing_ok=True)
-            raise
-        self._prune_old_metadata(repo_dir, keep={name})
-        return name
+        self.runner.run(argv, timeout=3600)
+        repodata.repack(new_meta)
 
     def _detach_sign(self, path: Path) -> None:
         asc = path.with_name(path.name + ".asc")

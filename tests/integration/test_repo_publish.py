@@ -95,6 +95,43 @@ def test_dnf_refuses_a_tampered_repomd(local_site, site_settings, tmp_path):
     assert not (tmp_path / "root/usr/share/kiln-tamper-check").exists()
 
 
+def test_a_second_package_is_appended_and_dnf_installs_it(local_site, site_settings, tmp_path):
+    publisher = _publisher(site_settings, local_site)
+    coords = {"repo": "appended", "distro": "el", "release": "9", "arch": "x86_64"}
+    first = publisher.publish([build_noarch_rpm(tmp_path, "kiln-first")], **coords)
+    second = publisher.publish([build_noarch_rpm(tmp_path, "kiln-second")], **coords)
+    assert (first.metadata_update, second.metadata_update) == ("rebuilt", "appended")
+    assert _primary_names(second.repo_dir) == {"kiln-first", "kiln-second"}
+    installed = _dnf(
+        local_site,
+        tmp_path / "root",
+        f"{local_site.urls.repo}/appended/el/9/x86_64/",
+        "install",
+        "kiln-first",
+        "kiln-second",
+    )
+    assert installed.returncode == 0, installed.stderr
+    assert (tmp_path / "root/usr/share/kiln-second/version").read_text() == "kiln-second-1.0\n"
+
+
+def test_what_is_not_a_pure_addition_is_rebuilt_by_createrepo_c(local_site, site_settings, tmp_path):
+    publisher = _publisher(site_settings, local_site)
+    coords = {"repo": "rebuilt", "distro": "el", "release": "9", "arch": "x86_64"}
+    rpm = build_noarch_rpm(tmp_path, "kiln-again")
+    publisher.publish([rpm], **coords)
+    again = publisher.publish([rpm], **coords)  # the same path again: its entry must be replaced
+    assert again.metadata_update == "rebuilt"
+    assert _primary_names(again.repo_dir) == {"kiln-again"}
+    # A package copied in by hand is found by the next publish, as createrepo_c --update would.
+    shutil.copy(build_noarch_rpm(tmp_path, "kiln-by-hand"), again.repo_dir / "Packages/k/")
+    later = publisher.publish([build_noarch_rpm(tmp_path, "kiln-later")], **coords)
+    assert later.metadata_update == "rebuilt"
+    assert _primary_names(later.repo_dir) == {"kiln-again", "kiln-by-hand", "kiln-later"}
+    last = publisher.publish([build_noarch_rpm(tmp_path, "kiln-last")], **coords)
+    assert last.metadata_update == "appended"  # createrepo_c's output was laid out for appending
+    assert _primary_names(last.repo_dir) == {"kiln-again", "kiln-by-hand", "kiln-later", "kiln-last"}
+
+
 def test_ten_concurrent_publishes_into_one_repo_lose_nothing(local_site, site_settings, tmp_path):
     rpms = [build_noarch_rpm(tmp_path, f"kiln-concurrent-{i}") for i in range(10)]
 
@@ -137,7 +174,8 @@ def test_full_disk_while_writing_metadata_keeps_old_metadata_valid(
     room_for_package = ((second.stat().st_size + 1024) // 4096 + 1) * 4096
     filler = small_tmpfs / "filler"
     filler.write_bytes(b"\0" * (stat.f_bavail * stat.f_frsize - room_for_package - 4096))
-    with pytest.raises(CommandFailed, match=r"createrepo_c|gpg"):  # the package fit; metadata did not
+    # The package fits; its metadata (appended by Kiln, or createrepo_c's) and signature do not.
+    with pytest.raises(CommandFailed, match=r"writing repo metadata .*No space left|createrepo_c|gpg"):
         publisher.publish([second], repo="full", distro="el", release="9", arch="x86_64")
     assert (result.repo_dir / "repodata").resolve() == old_target
     verify = subprocess.run(

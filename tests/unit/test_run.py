@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import os
+import subprocess
 import sys
 import time
 
 import pytest
 
 from builder.errors import CommandFailed
-from builder.run import MASK, Runner
+from builder.run import MASK, Runner, wait_for_exit
 
 
 def test_runs_an_argument_list_and_streams_lines_to_log_and_callback(tmp_path):
@@ -108,3 +109,17 @@ def test_environment_overrides_reach_the_program():
     )
     assert result.tail == ("a b $c",)
     assert "KILN_TEST_VALUE" not in os.environ
+
+
+def test_wait_for_exit_times_out_and_leaves_the_process_to_the_caller():
+    proc = subprocess.Popen(["sleep", "5"])
+    try:
+        started = time.monotonic()
+        with pytest.raises(subprocess.TimeoutExpired):
+            wait_for_exit(proc, 0.2)
+        assert 0.15 < time.monotonic() - started < 2
+        assert proc.poll() is None  # still running: stopping it is the caller's decision
+    finally:
+        proc.kill()
+        proc.wait()
+    assert wait_for_exit(subprocess.Popen(["sh", "-c", "exit 3"]), 10) == 3

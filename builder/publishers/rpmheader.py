@@ -1,0 +1,64 @@
+"""Read a package's name and arch from its RPM header, without running rpm or reading the payload.
+
+Layout (rpm's ``lib/rpmlead.c`` and ``lib/header.c``): a 96-byte lead, then the signature header,
+padded to 8 bytes, then the main header. Each header is an 8-byte intro (magic ``8e ad e8``, version,
+4 reserved bytes), a big-endian index count and data size, the index entries (tag, type, offset,
+count: 16 bytes each) and the data store.
+"""
+
+from __future__ import annotations
+
+import struct
+from pathlib import Path
+from typing import BinaryIO
+
+from ..errors import InvalidInput, Problem
+
+LEAD_MAGIC = b"\xed\xab\xee\xdb"
+HEADER_MAGIC = b"\x8e\xad\xe8\x01"
+LEAD_SIZE = 96
+TAG_NAME = 1000
+TAG_ARCH = 1022
+TYPE_STRING = 6
+MAX_HEADER_BYTES = 64 << 20  # rpm's own limit on a header's data store (HEADER_DATA_MAX is 256 MiB)
+
+
+def _header_at(handle: BinaryIO, offset: int, path: Path) -> tuple[int, bytes, bytes]:
+    """(size on disk, index bytes, data store) of the header at ``offset``."""
+    handle.seek(offset)
+    intro = handle.read(16)
+    if len(intro) != 16 or intro[:4] != HEADER_MAGIC:
+        raise InvalidInput(Problem(f"{path}: not an RPM (no header at byte {offset})"))
+    entries, data_size = struct.unpack(">II", intro[8:])
+    if entries * 16 + data_size > MAX_HEADER_BYTES:
+        raise InvalidInput(Problem(f"{path}: not an RPM (a header of {entries} entries, {data_size} bytes)"))
+    index = handle.read(entries * 16)
+    data = handle.read(data_size)
+    if len(index) != entries * 16 or len(data) != data_size:
+        raise InvalidInput(Problem(f"{path}: not an RPM (truncated header at byte {offset})"))
+    return 16 + len(index) + len(data), index, data
+
+
+def _string_tag(index: bytes, data: bytes, tag: int, path: Path) -> str:
+    for position in range(0, len(index), 16):
+        found, kind, offset, _count = struct.unpack(">iiii", index[position : position + 16])
+        if found == tag:
+            end = data.find(b"\0", offset)
+            if kind != TYPE_STRING or offset < 0 or end < 0:
+                break
+            return data[offset:end].decode("utf-8", errors="replace")
+    raise InvalidInput(Problem(f"{path}: not an RPM (no string tag {tag} in its header)"))
+
+
+def name_and_arch(path: Path) -> tuple[str, str]:
+    """(NAME, ARCH) of an RPM file; InvalidInput naming the file for anything that is not one."""
+    try:
+        with path.open("rb") as handle:
+            if handle.read(4) != LEAD_MAGIC:
+                raise InvalidInput(Problem(f"{path}: not an RPM (no RPM lead)"))
+            signature_size, _, _ = _header_at(handle, LEAD_SIZE, path)
+            main_offset = LEAD_SIZE + (signature_size + 7) // 8 * 8
+            _, index, data = _header_at(handle, main_offset, path)
+    except OSError as exc:
+        raise InvalidInput(Problem(f"{path}: cannot read it ({exc.strerror or exc})")) from exc
+    return _string_tag(index, data, TAG_NAME, path), _string_tag(index, data, TAG_ARCH, path)
