@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .arch import Arch
 from .errors import CommandFailed, EnvironmentProblem, InvalidInput, Problem
 from .ledger import Ledger, TargetState
 from .manifest import BuildManifest, read_manifest
@@ -105,6 +106,8 @@ class Builder:
                     f"{' with ' + target.build['builder'] if 'builder' in target.build else ''} yet"
                 )
             )
+        placement = self.site.placement(target.arch, Arch.host())  # refuses before anything is written
+        self.on_step(f"build: {target.id}: {placement} on this {Arch.host().value} host")
         directory = self.target_dir(target)
         render_dir, out_dir, logs = directory / "render", directory / "out", directory / "logs"
         shutil.rmtree(render_dir, ignore_errors=True)

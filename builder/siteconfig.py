@@ -29,7 +29,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BeforeValidator, Field, StringConstraints, ValidationError, model_validator
 
 from .arch import Arch
-from .errors import InvalidInput
+from .errors import EnvironmentProblem, InvalidInput
 from .recipe import ArchName, HttpUrl, StrictModel
 from .recipes import problems_from_validation
 from .yamlsource import LocatedDoc, load_file
@@ -151,6 +151,24 @@ class SiteConfig(StrictModel):
     extra_ca_certificates: list[str] = Field(default_factory=list)
     mirrors: Mirrors = Field(default_factory=Mirrors)
     publish_after_build: bool = Field(False, description="kiln build publishes unless --no-publish.")
+
+    def placement(self, arch: Arch, host: Arch) -> str:
+        """How this host builds for ``arch``: "native" or "emulated" (qemu-user via binfmt).
+
+        Raises EnvironmentProblem where ``build_hosts`` says builds for ``arch`` belong elsewhere:
+        ``native`` (on a host of that arch only) or ``ssh`` (Kiln runs on that host itself, e.g. as
+        the GitLab child pipeline's job for that arch's runner tag; it does not dispatch over ssh)."""
+        if arch is host:
+            return "native"
+        setting = self.build_hosts.get(arch, BuildHost())
+        if setting.mode == "emulated":
+            return "emulated"
+        where = f"host {setting.host}" if setting.mode == "ssh" else f"a {arch.value} host"
+        raise EnvironmentProblem(
+            f"site.yaml build_hosts.{arch.value}: mode {setting.mode}, and this host is {host.value}: "
+            f"run this build on {where} (GitLab runner tag {arch.runner_tag}), or set mode: emulated "
+            "to build it here under qemu-user"
+        )
 
     def state_dir(self, root: Path) -> Path:
         path = Path(os.path.expanduser(self.local.state_dir))

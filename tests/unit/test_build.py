@@ -12,9 +12,11 @@ from pathlib import Path
 
 import pytest
 
+from builder.arch import Arch
 from builder.backends.dib import plan_run, read_env_file
 from builder.build import Builder
 from builder.cli import main
+from builder.errors import EnvironmentProblem
 from builder.ledger import Ledger, TargetState
 from builder.manifest import artifact_for
 from builder.siteconfig import SiteConfig
@@ -197,3 +199,19 @@ def test_packer_machine_readable_lines_become_progress_and_argv_carries_run_vars
     assert f"base_image={tmp_path / 'b.qcow2'}" in run.argv and "accelerator=tcg" in run.argv
     assert run.argv[-1] == "image.pkr.hcl" and run.output == tmp_path / "out/image/s.qcow2"
     assert run.env["CHECKPOINT_DISABLE"] == "1"
+
+
+def test_a_target_whose_build_host_is_elsewhere_is_refused_before_anything_runs(
+    workspace, write, tmp_path, fake_backend
+):
+    write("recipes/g.yaml", GUEST.replace("arches: [x86_64]", "arches: [ppc64le]"))
+    [target], _ = load_targets([workspace.recipes_dir], workspace)
+    site = SiteConfig.model_validate({"build_hosts": {"ppc64le": {"mode": "native"}}})
+    with Ledger(tmp_path / "ledger.sqlite") as ledger:
+        builder = Builder(workspace, site, ledger, build_root=tmp_path / "build")
+        if Arch.host() is Arch.PPC64LE:
+            pytest.skip("on a ppc64le host this target builds natively")
+        with pytest.raises(EnvironmentProblem, match=r"build_hosts\.ppc64le: mode native"):
+            builder.build(target)
+        assert fake_backend == [] and ledger.builds(target.id) == []
+        assert not (tmp_path / "build").exists()

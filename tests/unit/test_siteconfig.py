@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from builder.arch import Arch
-from builder.errors import InvalidInput
+from builder.errors import EnvironmentProblem, InvalidInput
 from builder.siteconfig import SiteConfig, load_site
 
 
@@ -281,3 +281,25 @@ def test_security_suite_can_be_left_out_for_one_arch_only():
     assert mirrors.include_security(Arch.X86_64) is True
     assert mirrors.include_security(Arch.PPC64LE) is False
     assert Mirrors(security_suite=False).include_security(Arch.X86_64) is False
+
+
+def test_the_hosts_own_arch_builds_natively_whatever_build_hosts_says(site_dir):
+    write(site_dir / "site.yaml", "build_hosts:\n  ppc64le: {mode: ssh, host: power9.example.com}\n")
+    assert load_site(None, site_dir).placement(Arch.PPC64LE, host=Arch.PPC64LE) == "native"
+
+
+def test_a_foreign_arch_is_emulated_by_default(site_dir):
+    assert load_site(None, site_dir).placement(Arch.PPC64LE, host=Arch.X86_64) == "emulated"
+
+
+@pytest.mark.parametrize(
+    ("setting", "where"),
+    [("{mode: native}", "on a ppc64le host"), ("{mode: ssh, host: power9.example.com}", "on host power9")],
+)
+def test_a_foreign_arch_that_belongs_elsewhere_is_refused_naming_where(site_dir, setting, where):
+    write(site_dir / "site.yaml", f"build_hosts:\n  ppc64le: {setting}\n")
+    with pytest.raises(EnvironmentProblem) as refused:
+        load_site(None, site_dir).placement(Arch.PPC64LE, host=Arch.X86_64)
+    message = str(refused.value)
+    assert message.startswith("site.yaml build_hosts.ppc64le: mode ")
+    assert where in message and "runner tag ppc64le" in message and "this host is x86_64" in message
