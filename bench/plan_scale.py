@@ -6,8 +6,9 @@ mixing the four kinds roughly like the example recipes: mostly DIB guest images,
 rpm rebuilds (of a source file in the workspace) and IPA ramdisks, and a few Packer guest images
 that build on DIB ones. Then, in one process, it times:
 
-* baseline: reading and parsing the same 1,000 files with PyYAML (``yaml.load`` with the loader
-  class Kiln itself uses, ``CSafeLoader`` when libyaml is there);
+* baseline: reading and parsing the same 1,000 files with PyYAML (``yaml.load`` with
+  ``builder.yamlsource._Loader``, the PyYAML loader Kiln builds on: ``CSafeLoader`` when libyaml is
+  there; Kiln composes with a subclass that resolves tags faster, the baseline keeps PyYAML's own);
 * kiln: what ``kiln plan`` + ``kiln render`` do, in memory: ``load_targets`` + a fresh sqlite
   ledger's ``states()`` + ``make_plan`` + ``render_target`` of every target;
 * kiln + write (secondary): the same, also writing every target's files and ``target.json`` to a
@@ -15,7 +16,8 @@ that build on DIB ones. Then, in one process, it times:
 
 Each is the best (minimum) of ``--repeats`` runs. Kiln's in-process caches (Jinja environment,
 template closures) are cleared before each Kiln run, so every run is like a fresh ``kiln`` process
-minus interpreter start-up and imports.
+minus interpreter start-up and imports. How many cyclic-GC collections the best Kiln run paid for is
+reported too: with the CLI's GC settings a collection costs a few hundredths of a second.
 
     .venv/bin/python bench/plan_scale.py            # human report + one JSON line
     .venv/bin/python bench/plan_scale.py --json     # the JSON line only
@@ -388,6 +390,18 @@ def kiln(workspace: Workspace, ledger_path: Path, out_dir: Path | None) -> int:
     return len(entries)
 
 
+class GcCounter:
+    """Counts the cyclic GC's collections (``gc.callbacks``)."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        gc.callbacks.append(self._on_gc)
+
+    def _on_gc(self, phase: str, info: dict[str, Any]) -> None:
+        if phase == "start":
+            self.count += 1
+
+
 def best_of(repeats: int, run: Callable[[int], Any]) -> tuple[float, list[float], Any]:
     times = []
     result = None
@@ -428,13 +442,22 @@ def main(argv: list[str] | None = None) -> int:
         safe_s, safe_all, _ = best_of(args.repeats, lambda i: baseline_safe_load(paths))
         say(f"baseline2 (yaml.safe_load, pure Python): best {safe_s:.3f} s  {_runs(safe_all)}")
 
+        gc_counter = GcCounter()
+        kiln_gc: list[int] = []  # collections during each in-memory kiln run
+
         def run_kiln(i: int, write: bool) -> int:
             _clear_kiln_caches()
             out = root / "out" / f"{int(write)}-{i}" if write else None
-            return kiln(workspace, root / ".kiln" / f"ledger-{int(write)}-{i}.sqlite", out)
+            before = gc_counter.count
+            n = kiln(workspace, root / ".kiln" / f"ledger-{int(write)}-{i}.sqlite", out)
+            if not write:
+                kiln_gc.append(gc_counter.count - before)
+            return n
 
         kiln_s, kiln_all, n_targets = best_of(args.repeats, lambda i: run_kiln(i, False))
+        best_gc = kiln_gc[kiln_all.index(kiln_s)]
         say(f"kiln plan + render, in memory ({n_targets} targets): best {kiln_s:.3f} s  {_runs(kiln_all)}")
+        say(f"  cyclic GC collections during that run: {best_gc} (all runs: {kiln_gc})")
         write_s = write_all = None
         if not args.no_write:
             write_s, write_all, _ = best_of(args.repeats, lambda i: run_kiln(i, True))
@@ -451,6 +474,7 @@ def main(argv: list[str] | None = None) -> int:
         "baseline_s": round(base_s, 4),
         "kiln_s": round(kiln_s, 4),
         "kiln_targets_per_s": round(n_targets / kiln_s, 1),
+        "kiln_gc_collections": best_gc,
         "ratio": round(ratio, 2),
         "baseline_safe_load_s": round(safe_s, 4),
         "ratio_vs_safe_load": round(kiln_s / safe_s, 2),

@@ -8,7 +8,7 @@ error locations live in :mod:`builder.recipes`; this module only says what is va
 from __future__ import annotations
 
 import re
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
 from pydantic import (
     AfterValidator,
@@ -20,6 +20,7 @@ from pydantic import (
     ValidationInfo,
     model_validator,
 )
+from pydantic.fields import FieldInfo
 
 from .arch import Arch
 from .workspace import PathRefused, Workspace
@@ -59,10 +60,19 @@ def _resolve_file(value: str, info: ValidationInfo) -> str:
     base_dir = context.get("base_dir")
     if workspace is None or base_dir is None:
         return value  # validated without a workspace (e.g. schema tooling): keep as written
+    # A loader passes a dict for the run: many recipes in one directory name the same file
+    # (patches, scripts), and resolving costs several stats. Refusals are not kept.
+    done: dict[tuple[str, str], str] | None = context.get("resolved_files")
+    key = (str(base_dir), value)
+    if done is not None and key in done:
+        return done[key]
     try:
-        return workspace.relative(workspace.resolve_reference(value, base_dir), resolved=True)
+        relative = workspace.relative(workspace.resolve_reference(value, base_dir), resolved=True)
     except PathRefused as exc:
         raise ValueError(str(exc)) from None
+    if done is not None:
+        done[key] = relative
+    return relative
 
 
 class _IsFileRef:
@@ -430,7 +440,28 @@ def _annotation_is_file_ref(annotation: Any) -> bool:
     return any(_annotation_is_file_ref(arg) for arg in getattr(annotation, "__args__", ()) or ())
 
 
-# Model class -> (field name, holds file references) per field; models do not change once defined.
+def _field_is_file_ref(info: FieldInfo) -> bool:
+    # pydantic moves a field's own Annotated metadata to info.metadata; nested ones stay in place.
+    return _annotation_is_file_ref(info.annotation) or any(isinstance(m, _IsFileRef) for m in info.metadata)
+
+
+def _may_hold_file_refs(annotation: Any, visiting: frozenset[type] = frozenset()) -> bool:
+    """Whether a value of this type can have a file reference inside: a model with a FileRef field
+    at any depth (a model that contains itself, or ``Any``, counts as yes)."""
+    if annotation is Any:
+        return True
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation in visiting or any(
+            _field_is_file_ref(info) or _may_hold_file_refs(info.annotation, visiting | {annotation})
+            for info in annotation.model_fields.values()
+        )
+    return any(_may_hold_file_refs(arg, visiting) for arg in get_args(annotation))
+
+
+# Model class -> the fields where file references can be: (name, True) when the field is a FileRef
+# (or a list of them), (name, False) when it may hold a model that has one. Fields that can hold
+# neither (most of them: names, package lists, env) are left out, so file_refs does not walk them.
+# Models do not change once defined.
 _FILE_REF_FIELDS: dict[type[BaseModel], tuple[tuple[str, bool], ...]] = {}
 
 
@@ -438,12 +469,10 @@ def _file_ref_fields(model: type[BaseModel]) -> tuple[tuple[str, bool], ...]:
     fields = _FILE_REF_FIELDS.get(model)
     if fields is None:
         fields = _FILE_REF_FIELDS[model] = tuple(
-            (
-                name,
-                _annotation_is_file_ref(info.annotation)
-                or any(isinstance(m, _IsFileRef) for m in info.metadata),
-            )
+            (name, marked)
             for name, info in model.model_fields.items()
+            if (marked := _field_is_file_ref(info))
+            or _may_hold_file_refs(info.annotation, frozenset({model}))
         )
     return fields
 

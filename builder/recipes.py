@@ -8,6 +8,7 @@ lists and scalars replace. File paths in a recipe are relative to the recipe fil
 from __future__ import annotations
 
 import difflib
+import os
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,7 +30,9 @@ class LoadedRecipe:
     recipe: RecipeBase
     path: Path  # absolute path of the recipe file
     rel_path: str  # workspace-relative, for digests and reports
-    doc: LocatedDoc = field(repr=False)  # merged document, to locate later problems
+    # Where the merged document's keys are, to locate later problems. Its data is not kept (None):
+    # the validated recipe has it, and a second copy of every recipe would only slow the GC.
+    doc: LocatedDoc = field(repr=False)
     # Build settings per variant (None: no variants), already validated.
     variant_builds: dict[str | None, BaseModel] = field(repr=False, default_factory=dict)
 
@@ -64,7 +67,10 @@ class RecipeLoader:
     def __init__(self, workspace: Workspace):
         self.workspace = workspace
         self._defaults: LocatedDoc | None = None
+        self._default_sections: dict[str, LocatedDoc | None] = {}  # by kind: shared by its recipes
         self._bases: dict[Path, LocatedDoc] = {}
+        self._resolved_dirs: dict[str, Path] = {}
+        self._resolved_files: dict[tuple[str, str], str] = {}  # see recipe._resolve_file
 
     # -- public ---------------------------------------------------------------------------------
 
@@ -90,7 +96,7 @@ class RecipeLoader:
         return loaded, problems
 
     def load(self, path: Path) -> LoadedRecipe:
-        path = path.resolve()
+        path = self._resolve(path)
         doc = self._load_with_bases(path, chain=())
         if not isinstance(doc.data, dict):
             raise InvalidInput(doc.problem((), "a recipe must be a mapping of keys to values"))
@@ -104,7 +110,11 @@ class RecipeLoader:
             doc = deep_merge(defaults, doc)
         _refuse_template_syntax(doc)
         model = RECIPE_MODELS[str(kind)]
-        context = {"workspace": self.workspace, "base_dir": path.parent}
+        context = {
+            "workspace": self.workspace,
+            "base_dir": path.parent,
+            "resolved_files": self._resolved_files,
+        }
         try:
             recipe = model.model_validate(doc.data, context=context)
         except ValidationError as exc:
@@ -114,11 +124,24 @@ class RecipeLoader:
             recipe=recipe,
             path=path,
             rel_path=self.workspace.relative_or_abs(path, resolved=True),
-            doc=doc,
+            doc=doc.without_data(),
             variant_builds=variant_builds,
         )
 
     # -- pieces ---------------------------------------------------------------------------------
+
+    def _resolve(self, path: Path) -> Path:
+        """``path.resolve()``, each directory resolved once per loader: realpath costs an lstat and
+        some Python per path component, and a recipe directory holds many files."""
+        name = path.name
+        if name in ("", ".", "..") or os.path.islink(path):
+            return path.resolve()
+        parent = path.parent
+        key = str(parent)
+        resolved_dir = self._resolved_dirs.get(key)
+        if resolved_dir is None:
+            resolved_dir = self._resolved_dirs[key] = parent.resolve()
+        return resolved_dir / name
 
     def _load_with_bases(self, path: Path, chain: tuple[Path, ...]) -> LocatedDoc:
         doc = load_file(path, resolved=True)  # load() and resolve_reference() resolved it
@@ -144,6 +167,11 @@ class RecipeLoader:
         return deep_merge(base, without_key(doc, "extends"))
 
     def _defaults_for(self, kind: str) -> LocatedDoc | None:
+        if kind not in self._default_sections:
+            self._default_sections[kind] = self._defaults_section(kind)
+        return self._default_sections[kind]
+
+    def _defaults_section(self, kind: str) -> LocatedDoc | None:
         if self._defaults is None:
             path = self.workspace.recipes_dir / DEFAULTS_FILE
             self._defaults = load_file(path) if path.is_file() else LocatedDoc(data={}, file=str(path))

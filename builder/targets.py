@@ -95,8 +95,11 @@ class FileHasher:
 
     def __init__(self, workspace: Workspace):
         self.workspace = workspace
+        self.templates_dir = workspace.templates_dir
+        self._templates_rel = self.templates_dir.relative_to(workspace.root).as_posix()
         self._cache: dict[str, str] = {}
         self._elements: dict[str, list[str]] = {}
+        self._templates: dict[tuple[str, ...], list[str]] = {}
 
     def file(self, rel: str) -> str:
         cached = self._cache.get(rel)
@@ -118,6 +121,15 @@ class FileHasher:
         )
         return files
 
+    def templates(self, names: tuple[str, ...]) -> list[str]:
+        """Templates ``names`` and all they include, as workspace-relative paths, once per run
+        (each kind renders the same few, for every target)."""
+        cached = self._templates.get(names)
+        if cached is None:
+            closure = template_closure(self.templates_dir, list(names))
+            cached = self._templates[names] = [f"{self._templates_rel}/{name}" for name in closure]
+        return cached
+
     def element(self, name: str) -> list[str]:
         """The files of element ``name`` in elements/ (none for upstream DIB elements), once per run."""
         cached = self._elements.get(name)
@@ -135,9 +147,9 @@ class _Pending:
     release: str
     variant: str | None
     build_model: BaseModel
-    inputs: list[str]
+    inputs: tuple[str, ...]  # becomes the Target's, as is
     base: tuple[str, str | None] | None  # (recipe, variant) this target builds on
-    partial: dict[str, Any]
+    dib_elements: tuple[str, ...]
 
 
 def expand(recipes: Iterable[LoadedRecipe], workspace: Workspace) -> list[Target]:
@@ -150,19 +162,16 @@ def expand(recipes: Iterable[LoadedRecipe], workspace: Workspace) -> list[Target
     pending: list[_Pending] = []
     problems: list[Problem] = []
     for loaded in recipes:
-        pending.extend(_expand_one(loaded, workspace, hasher, problems))
+        pending.extend(_expand_one(loaded, hasher, problems))
     if problems:
         raise InvalidInput(problems)
     return _finish(pending, hasher)
 
 
-def _expand_one(
-    loaded: LoadedRecipe, workspace: Workspace, hasher: FileHasher, problems: list[Problem]
-) -> list[_Pending]:
+def _expand_one(loaded: LoadedRecipe, hasher: FileHasher, problems: list[Problem]) -> list[_Pending]:
     recipe = loaded.recipe
     kind = recipe.kind
     out: list[_Pending] = []
-    templates_rel = workspace.templates_dir.relative_to(workspace.root).as_posix()
     for variant, variant_build in loaded.variant_builds.items():
         releases = recipe.matrix.releases or [variant_build.release]  # type: ignore[attr-defined]
         for release in releases:
@@ -182,10 +191,7 @@ def _expand_one(
                     )
                 if refused:
                     continue
-                templates = template_closure(
-                    workspace.templates_dir, [o.template for o in outputs_for(kind, build, arch)]
-                )
-                inputs = [f"{templates_rel}/{name}" for name in templates]
+                inputs = [*hasher.templates(tuple(o.template for o in outputs_for(kind, build, arch)))]
                 elements = _elements_for(kind, build, arch)
                 for element in elements:
                     inputs.extend(hasher.element(element))
@@ -198,9 +204,9 @@ def _expand_one(
                         release=release,
                         variant=variant,
                         build_model=build,
-                        inputs=sorted(set(inputs)),
+                        inputs=tuple(sorted(set(inputs))),
                         base=(base.recipe, base.variant) if base is not None else None,
-                        partial={"dib_elements": tuple(elements)},
+                        dib_elements=tuple(elements),
                     )
                 )
     return out
@@ -285,7 +291,7 @@ def _make_target(p: _Pending, hasher: FileHasher, base: Target | None) -> Target
         "release": p.release,
         "variant": p.variant,
         "build": build_json,
-        "elements": list(p.partial["dib_elements"]),
+        "elements": list(p.dib_elements),
         "inputs": input_digests,
         "depends": depends,
     }
@@ -300,8 +306,8 @@ def _make_target(p: _Pending, hasher: FileHasher, base: Target | None) -> Target
         build=build_json,
         verify=recipe.verify.model_dump(mode="json"),  # type: ignore[attr-defined]
         publish=recipe.publish.model_dump(mode="json"),  # type: ignore[attr-defined]
-        dib_elements=p.partial["dib_elements"],
-        inputs=tuple(p.inputs),
+        dib_elements=p.dib_elements,
+        inputs=p.inputs,
         depends_on=tuple(depends),
         digest=digest,
         build_model=p.build_model,

@@ -19,6 +19,7 @@ import yaml
 import yaml.constructor
 
 from .errors import InvalidInput, KeyPath, Location, Problem
+from .workspace import relative_text
 
 # A recipe is a few hundred nodes; the biggest sane one a few thousand. Past this, something is
 # expanding aliases on purpose.
@@ -31,6 +32,37 @@ _scalar_constructor = yaml.constructor.SafeConstructor()
 _STR_TAG = "tag:yaml.org,2002:str"
 _MERGE_TAG = "tag:yaml.org,2002:merge"
 
+_Resolvers = tuple[tuple[str, Any], ...]  # (tag, regexp) pairs, tried in order
+
+
+def _implicit_resolvers(loader: type[yaml.BaseResolver]) -> tuple[dict[str, _Resolvers], _Resolvers]:
+    """The loader's implicit resolvers by first character, wildcard ones appended, as tuples."""
+    resolvers = loader.yaml_implicit_resolvers
+    wildcard = tuple(resolvers.get(None, ()))
+    return {k: (*v, *wildcard) for k, v in resolvers.items() if k is not None}, wildcard
+
+
+class _ComposeLoader(_Loader):  # type: ignore[misc,valid-type]
+    """``_Loader`` with a quicker ``resolve``, for composing: libyaml calls back into Python's
+    ``BaseResolver.resolve`` for every node, which concatenates two resolver lists per scalar.
+    Same tags for every node; the plain PyYAML behaviour is kept where path resolvers are set."""
+
+    _by_first, _wildcard = _implicit_resolvers(_Loader)
+
+    def resolve(self, kind: type[yaml.Node], value: Any, implicit: tuple[bool, bool]) -> str:
+        if self.yaml_path_resolvers:
+            return super().resolve(kind, value, implicit)
+        if kind is yaml.ScalarNode:
+            if implicit[0]:
+                # value[:1] is "" for the empty string, the key BaseResolver uses for it too.
+                for tag, regexp in self._by_first.get(value[:1], self._wildcard):
+                    if regexp.match(value):
+                        return tag
+            return self.DEFAULT_SCALAR_TAG
+        if kind is yaml.SequenceNode:
+            return self.DEFAULT_SEQUENCE_TAG
+        return self.DEFAULT_MAPPING_TAG
+
 
 class LocatedDoc:
     """Plain data (dicts, lists, scalars) plus the location of every key path in it.
@@ -38,6 +70,8 @@ class LocatedDoc:
     Locations are only needed when something is wrong, so they are computed on first use
     (``locations``) rather than while loading: a valid recipe never pays for them.
     """
+
+    __slots__ = ("_compute", "_locations", "data", "file", "may_have_template_syntax")
 
     def __init__(
         self,
@@ -61,6 +95,23 @@ class LocatedDoc:
             self._locations = self._compute() if self._compute is not None else {}
         return self._locations
 
+    def locations_source(self) -> Callable[[], Mapping[KeyPath, Location]]:
+        """What gives ``locations``, without keeping this document (and so its data) alive."""
+        if self._locations is not None or self._compute is None:
+            locations = self.locations
+            return lambda: locations
+        return self._compute
+
+    def without_data(self) -> LocatedDoc:
+        """The same locations, without the data (``None``): for documents kept only to place later
+        problems, whose data lives on in what was built from it (a loaded recipe's model)."""
+        return LocatedDoc(
+            None,
+            file=self.file,
+            compute=self.locations_source(),
+            may_have_template_syntax=self.may_have_template_syntax,
+        )
+
     def locate(self, path: KeyPath) -> Location | None:
         """The location of ``path``, or of its nearest ancestor that has one."""
         locations = self.locations
@@ -83,7 +134,7 @@ def display_path(path: Path, *, resolved: bool = False) -> str:
     """A path as a user should see it: relative to the working directory when below it.
     ``resolved``: the caller already resolved it (realpath costs a stat per component)."""
     try:
-        return str((path if resolved else path.resolve()).relative_to(_resolved_cwd(os.getcwd())))
+        return relative_text(path if resolved else path.resolve(), _resolved_cwd(os.getcwd()))
     except ValueError:
         return str(path)
 
@@ -129,7 +180,7 @@ def load_text(text: str, file: str = "<string>") -> LocatedDoc:
         if mark is not None:
             where = Location(file, mark.line + 1, mark.column + 1)
             raise InvalidInput(Problem(f"nesting deeper than {MAX_DEPTH} levels; refused", where))
-        node = yaml.compose(text, Loader=_Loader)
+        node = yaml.compose(text, Loader=_ComposeLoader)
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         loc = Location(file, mark.line + 1, mark.column + 1) if mark else Location(file, 1, 1)
@@ -141,10 +192,14 @@ def load_text(text: str, file: str = "<string>") -> LocatedDoc:
     if node is None:
         return LocatedDoc({}, {(): Location(file, 1, 1)}, file, may_have_template_syntax=False)
     data = _Builder(file).build(node, (), 0)
+    del node  # not kept for the lazy locations below: see there
 
     def locations() -> dict[KeyPath, Location]:
+        # Composed again from the text rather than kept: a recipe's node graph (nodes, two marks
+        # each, key/value tuples) is ~200 objects the cyclic GC would scan on every collection
+        # for as long as the recipe is loaded, and locations are only needed for an error.
         recorder = _Builder(file, record=True)
-        recorder.build(node, (), 0)
+        recorder.build(yaml.compose(text, Loader=_ComposeLoader), (), 0)
         return recorder.locations
 
     return LocatedDoc(data, file=file, compute=locations, may_have_template_syntax=suspicious)
@@ -186,14 +241,28 @@ class _Builder:
         if isinstance(node, yaml.SequenceNode):
             items = []
             for index, item in enumerate(node.value):
-                item_path = (*path, index)
                 if self.record:
-                    self.locations[item_path] = self._loc(item)
-                items.append(self.build(item, item_path, depth + 1))
+                    self.locations[(*path, index)] = self._loc(item)
+                value = self._plain_str(item, depth)
+                items.append(value if value is not None else self.build(item, (*path, index), depth + 1))
             return items
         if isinstance(node, yaml.MappingNode):
             return self._mapping(node, path, depth)
         raise self._refuse(node, path, f"unsupported YAML node {type(node).__name__}")
+
+    def _plain_str(self, node: yaml.Node, parent_depth: int) -> str | None:
+        """A string scalar's value, counted as ``build`` counts it, without the call and the key
+        path ``build`` needs (most nodes are strings); None for anything else, or when a limit is
+        near, so that ``build`` does the work and raises the same errors."""
+        if (
+            node.__class__ is yaml.ScalarNode
+            and node.tag == _STR_TAG
+            and self.count < MAX_NODES
+            and parent_depth < MAX_DEPTH
+        ):
+            self.count += 1
+            return node.value
+        return None
 
     def _mapping(
         self, node: yaml.MappingNode, path: KeyPath, depth: int, skip: frozenset[str] = frozenset()
@@ -214,10 +283,10 @@ class _Builder:
                 raise self._refuse(key_node, (*path, key), "duplicate key (the first one would be ignored)")
             if key in skip:
                 continue
-            key_path = (*path, key)
             if self.record:
-                self.locations[key_path] = self._loc(key_node)
-            result[key] = self.build(value_node, key_path, depth + 1)
+                self.locations[(*path, key)] = self._loc(key_node)
+            value = self._plain_str(value_node, depth)
+            result[key] = value if value is not None else self.build(value_node, (*path, key), depth + 1)
         # YAML merge keys ("<<: *defaults"): explicit keys win, then the first merged mapping.
         for source in merged_from:
             if not isinstance(source, yaml.MappingNode):
@@ -232,11 +301,14 @@ def deep_merge(base: LocatedDoc, override: LocatedDoc) -> LocatedDoc:
     Each key path of the result keeps the location of the document its value came from, so that an
     error in an inherited default points into the defaults file. A path present in the merged data
     is in ``override`` if override set it, else it came from ``base``: a ChainMap says exactly that.
+    The result does not keep ``override`` itself: the mappings of its data that were merged into new
+    ones would stay alive for nothing (``base`` is a shared defaults section or ``extends`` base).
     """
+    override_locations = override.locations_source()
     return LocatedDoc(
         _merge_values(base.data, override.data),
         file=override.file,
-        compute=lambda: ChainMap(override.locations, base.locations),  # type: ignore[arg-type]
+        compute=lambda: ChainMap(override_locations(), base.locations),  # type: ignore[arg-type]
         may_have_template_syntax=base.may_have_template_syntax or override.may_have_template_syntax,
     )
 
