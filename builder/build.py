@@ -107,7 +107,7 @@ class Builder:
                 )
             )
         placement = self.site.placement(target.arch, Arch.host())  # refuses before anything is written
-        self.on_step(f"build: {target.id}: {placement} on this {Arch.host().value} host")
+        self.on_step(f"{target.id}: {placement} on this {Arch.host().value} host")
         directory = self.target_dir(target)
         render_dir, out_dir, logs = directory / "render", directory / "out", directory / "logs"
         shutil.rmtree(render_dir, ignore_errors=True)
@@ -195,7 +195,7 @@ class Builder:
             ssh_private_key=key,
             cache_dir=self.cache,
         )
-        self.on_step(f"build: {target.id}: packer build (log: {log})")
+        self.on_step(f"{target.id}: packer build (log: {log})")
         if self.runner.dry_run:
             self.runner.run(run.argv, cwd=run.cwd, env=run.env)
             raise DryRun()
@@ -239,7 +239,7 @@ class Builder:
             site_env["PATH"] = f"{self.build_root / '.shims'}{os.pathsep}{site_env['PATH']}"
         site_env["ELEMENTS_PATH"] = str(self.workspace.elements_dir)
         run = dib.plan_run(render_dir, out_dir, site_env)
-        self.on_step(f"build: {target.id}: disk-image-create (log: {log})")
+        self.on_step(f"{target.id}: disk-image-create (log: {log})")
         if self.runner.dry_run:
             self.runner.run(
                 run.argv,
