@@ -182,6 +182,7 @@ class Publishing:
                 release=release,
                 arch=arch_dir,
             )
+            self.on_step(f"repo: metadata {result.metadata_update} ({result.metadata_dir})")
             mirror = self.mirror()
             if mirror is not None:
                 self.on_step(f"mirror: {result.repo_dir}")
