@@ -233,27 +233,33 @@ def _finish(meta_dir: Path, written: list[_Written], packages: list[str]) -> Rep
 def repack(meta_dir: Path) -> RepoIndex | None:
     """Lay createrepo_c's output in ``meta_dir/repodata`` out as header/body/footer members, in place.
 
-    Returns None (leaving createrepo_c's files as they are) when the repo has other metadata types than
-    primary/filelists/other: Kiln does not rewrite what it does not know."""
+    Returns None, leaving createrepo_c's files as they are, when the repo has other metadata types
+    than primary/filelists/other (Kiln does not rewrite what it does not know) or a document is not
+    laid out as expected: the repo stays valid, and the next publish runs createrepo_c again."""
     repodata = meta_dir / "repodata"
-    records = repomd_records(repodata / "repomd.xml")
-    if sorted(records) != sorted(KINDS):
+    try:
+        records = repomd_records(repodata / "repomd.xml")
+        if sorted(records) != sorted(KINDS):
+            return None
+        # All three are read and split before anything is written: all or nothing.
+        documents = {
+            kind: split_document(kind, gzip.decompress((meta_dir / records[kind][0]).read_bytes()).decode())
+            for kind in KINDS
+        }
+    except (IndexStale, ET.ParseError, EOFError, zlib.error, UnicodeDecodeError):
         return None
     written: list[_Written] = []
-    packages: list[str] = []
     for kind in KINDS:
-        source = meta_dir / records[kind][0]
-        text = gzip.decompress(source.read_bytes()).decode()
-        header, body, footer = split_document(kind, text)
-        if kind == "primary":
-            packages = package_hrefs(body)
+        header, body, footer = documents[kind]
         body_bytes = body.encode()
         written.append(
             _emit(repodata, kind, header.encode(), gzip_member(body_bytes), 1, [body_bytes], footer)
         )
-        if source.name != Path(written[-1].meta.href).name:
+    for kind, item in zip(KINDS, written, strict=True):
+        source = meta_dir / records[kind][0]
+        if source.name != Path(item.meta.href).name:
             source.unlink()
-    return _finish(meta_dir, written, packages)
+    return _finish(meta_dir, written, package_hrefs(documents["primary"][1]))
 
 
 @dataclass(frozen=True)

@@ -207,3 +207,14 @@ def test_gzip_members_are_reproducible_and_concatenate_into_one_stream():
     assert first == repodata.gzip_member(b"<a>")  # mtime 0: same input, same bytes
     assert gzip.decompress(first + second) == b"<a></a>\n"
     assert first[:2] == second[:2] == b"\x1f\x8b"  # each a complete member with its own gzip header
+
+
+def test_repack_of_a_document_it_cannot_split_changes_nothing(tmp_path, packages):
+    repo_dir = tmp_path / "repo"
+    _place(repo_dir, packages["kiln-md-a"])
+    meta = _createrepo(repo_dir, repo_dir / ".meta-x")
+    other = next((meta / "repodata").glob("*-other.xml.gz"))
+    other.write_bytes(gzip.compress(b"<surprise/>\n"))  # primary and filelists are fine
+    before = {p.name: p.read_bytes() for p in (meta / "repodata").iterdir()}
+    assert repodata.repack(meta) is None
+    assert {p.name: p.read_bytes() for p in (meta / "repodata").iterdir()} == before
