@@ -259,9 +259,11 @@ def full_rebuild(repo_dir: Path, out: Path) -> float:
     return time.perf_counter() - started
 
 
-def count_packages(repodata: Path) -> int:
-    """The ``packages="N"`` count at the top of primary.xml.gz."""
-    primary = next(repodata.glob("*-primary.xml.gz"))
+def count_packages(metadata_dir: Path) -> int:
+    """The ``packages="N"`` count at the top of the primary.xml.gz that repomd.xml names (Kiln's
+    repodata/ also keeps the previous set, for clients that read the previous repomd.xml)."""
+    href, _ = repodata.repomd_records(metadata_dir / "repomd.xml")["primary"]
+    primary = metadata_dir.parent / href
     with gzip.open(primary, "rt") as handle:
         head = handle.read(1000)
     return int(head.split('packages="', 1)[1].split('"', 1)[0])

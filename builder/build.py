@@ -106,8 +106,9 @@ class Builder:
                     f"{' with ' + target.build['builder'] if 'builder' in target.build else ''} yet"
                 )
             )
-        placement = self.site.placement(target.arch, Arch.host())  # refuses before anything is written
-        self.on_step(f"{target.id}: {placement} on this {Arch.host().value} host")
+        host = _host_arch()
+        placement = self.site.placement(target.arch, host)  # refuses before anything is written
+        self.on_step(f"{target.id}: {placement} on this {host.value} host")
         directory = self.target_dir(target)
         render_dir, out_dir, logs = directory / "render", directory / "out", directory / "logs"
         shutil.rmtree(render_dir, ignore_errors=True)
@@ -316,6 +317,13 @@ class Builder:
                 f"{target.id}: verification failed: {result.reason} (serial log: {result.serial_log})"
             )
         return True
+
+
+def _host_arch() -> Arch:
+    try:
+        return Arch.host()
+    except ValueError as exc:  # a host Kiln's architecture table does not know (s390x, riscv64)
+        raise EnvironmentProblem(f"this host: {exc}") from exc
 
 
 def _rebase(artifact: Any, out_dir: Path, directory: Path) -> Any:

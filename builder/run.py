@@ -28,6 +28,7 @@ from typing import IO
 from .errors import CommandFailed
 
 TAIL_LINES = 200
+POLL_MAX_S = 2_000_000.0  # ~23 days: poll()'s timeout is milliseconds in a C int
 KILL_GRACE_S = 10.0
 MASK = "********"
 
@@ -169,6 +170,8 @@ def wait_for_exit(proc: subprocess.Popen[bytes], timeout: float | None) -> int:
     time. A pidfd (Linux >= 5.3) becomes readable the moment the process exits."""
     if timeout is None:
         return proc.wait()
+    if timeout > POLL_MAX_S:  # poll() takes milliseconds in a C int
+        return proc.wait(timeout=timeout)
     try:
         pidfd = os.pidfd_open(proc.pid)
     except (AttributeError, OSError):  # another OS, an old kernel, or already reaped

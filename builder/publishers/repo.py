@@ -17,13 +17,14 @@ import fcntl
 import os
 import shutil
 import uuid
+import xml.etree.ElementTree as ET
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import CommandFailed
+from ..errors import CommandFailed, InvalidInput, Problem
 from ..run import Runner
 from . import repodata, rpmheader
 
@@ -46,19 +47,22 @@ class RepoResult:
     metadata_update: str  # "appended" (entries added to the old metadata) or "rebuilt" (createrepo_c)
 
 
-def _packages_on_disk(repo_dir: Path) -> set[str]:
-    """Every ``*.rpm`` under the repo dir, as createrepo_c would find them (relative paths)."""
-    found: set[str] = set()
-    pending = [("", os.fspath(repo_dir))]
-    while pending:  # os.scandir: the file types come with the listing, no stat per entry
-        prefix, path = pending.pop()
-        with os.scandir(path) as entries:
-            for entry in entries:
-                if entry.is_dir(follow_symlinks=False):
-                    pending.append((f"{prefix}{entry.name}/", entry.path))
-                elif entry.name.endswith(".rpm"):
-                    found.add(prefix + entry.name)
-    return found
+def _keep_served_files(served: Path, new: Path) -> None:
+    """Hard-link the files the served repomd.xml lists into the new metadata directory.
+
+    A client that fetched the old repomd.xml just before the switch asks for its checksum-named
+    files next, through the same ``repodata/`` URL: they must still be there. Files of older
+    generations are not carried on, so this keeps exactly one previous set."""
+    try:
+        records = repodata.repomd_records(served / "repomd.xml")
+    except (OSError, repodata.IndexStale, ET.ParseError):
+        return  # nothing served yet, or not a repomd.xml Kiln can read: nothing to keep
+    for href, _ in records.values():
+        name = Path(href).name
+        if (new / name).exists() or not (served / name).is_file():
+            continue
+        with suppress(FileExistsError):
+            os.link(served / name, new / name)
 
 
 class RepoPublisher:
@@ -83,29 +87,64 @@ class RepoPublisher:
 
     def publish(self, rpms: list[Path], *, repo: str, distro: str, release: str, arch: str) -> RepoResult:
         repo_dir = self.repo_dir(repo, distro, release, arch)
-        # Under the lock, the current metadata is read on the other core while the packages are signed.
+        destinations = [self._destination(rpm, repo_dir) for rpm in rpms]  # refuses bad input first
+        duplicates = sorted({d.name for d in destinations if destinations.count(d) > 1})
+        if duplicates:
+            raise InvalidInput(
+                Problem(f"the same package file twice in one publish: {', '.join(duplicates)}")
+            )
+        # Under the lock, the current metadata (and the packages on disk) are read on the other core
+        # while the new packages are signed -- and before any of them is placed.
         with self._locked(repo_dir), ThreadPoolExecutor(1, thread_name_prefix="kiln-repodata") as pool:
-            current = pool.submit(repodata.load_current, repo_dir)
-            added = [self._add_package(rpm, repo_dir) for rpm in rpms]
-            metadata_dir, how = self._refresh_metadata(repo_dir, added, current.result())
+            reading = pool.submit(repodata.load_current, repo_dir)
+            # createrepo_c --update trusts an old entry whose file has the same size and mtime (in
+            # seconds): a package replaced within the second of the last index would keep its old
+            # checksum. Replacing a package therefore re-reads every package.
+            replacing = any(dest.exists() for dest in destinations)
+            staged: list[Path] = []
+            try:
+                for rpm in rpms:
+                    staged.append(self._stage(rpm, repo_dir))
+                current = reading.result()
+                added = [
+                    self._place(path, dest, repo_dir) for path, dest in zip(staged, destinations, strict=True)
+                ]
+            finally:
+                for path in staged:
+                    path.unlink(missing_ok=True)
+            if replacing:
+                current = None
+            metadata_dir, how = self._refresh_metadata(repo_dir, added, current, from_scratch=replacing)
         repo_file = self._write_repo_file(repo, distro, release)
         return RepoResult(repo_dir, tuple(added), repo_file, metadata_dir, how)
 
     # -- packages -------------------------------------------------------------------------------------
 
-    def _add_package(self, rpm: Path, repo_dir: Path) -> str:
-        name, _ = rpmheader.name_and_arch(rpm)  # refuses what is not an RPM, before anything is copied
-        # Staged as a dot-file beside the packages (same filesystem, so the final rename is
-        # atomic; createrepo_c only picks up *.rpm, so a leftover from a crash is never indexed).
+    @staticmethod
+    def _destination(rpm: Path, repo_dir: Path) -> Path:
+        """``Packages/<first letter of NAME>/<file name>``; refuses what is not an RPM or not named so
+        (createrepo_c indexes ``*.rpm`` files only)."""
+        name, _ = rpmheader.name_and_arch(rpm)
+        if not rpm.name.endswith(".rpm") or rpm.name.startswith("."):
+            raise InvalidInput(Problem(f"{rpm}: a package file name must end in .rpm, not start with ."))
+        return repo_dir / "Packages" / name[0].lower() / rpm.name
+
+    def _stage(self, rpm: Path, repo_dir: Path) -> Path:
+        """A signed copy of ``rpm`` as a dot-file beside the packages: same file system, so placing
+        it is one atomic rename, and createrepo_c never indexes a leftover from a crash (not *.rpm)."""
         staged = repo_dir / f".incoming-{uuid.uuid4().hex}.part"
         try:
             shutil.copyfile(rpm, staged)
             self._sign(staged)
-            dest = repo_dir / "Packages" / name[0].lower() / rpm.name
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            staged.replace(dest)  # same filesystem: atomic
-        finally:
+        except BaseException:
             staged.unlink(missing_ok=True)
+            raise
+        return staged
+
+    @staticmethod
+    def _place(staged: Path, dest: Path, repo_dir: Path) -> str:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        staged.replace(dest)  # same file system: atomic
         return dest.relative_to(repo_dir).as_posix()
 
     def _sign(self, rpm: Path) -> None:
@@ -127,23 +166,28 @@ class RepoPublisher:
     # -- metadata -------------------------------------------------------------------------------------
 
     def _refresh_metadata(
-        self, repo_dir: Path, added: Sequence[str] = (), current: repodata.CurrentMetadata | None = None
+        self,
+        repo_dir: Path,
+        added: Sequence[str] = (),
+        current: repodata.CurrentMetadata | None = None,
+        from_scratch: bool = False,
     ) -> tuple[str, str]:
         """New signed metadata for the packages now in ``repo_dir``, switched in atomically.
 
         ``added``: the packages this publish put in place; ``current``: the metadata served before
-        they were (:func:`repodata.load_current`), when the caller read it already.
+        they were placed (:func:`repodata.load_current`); None means createrepo_c rebuilds it,
+        re-reading every package with ``from_scratch``, else only those that changed.
         Returns the metadata directory's name and how it was made ("appended" or "rebuilt")."""
         name = f".meta-{uuid.uuid4().hex[:12]}"
         new_meta = repo_dir / name
         served = repo_dir / "repodata"
         try:
             new_meta.mkdir()
-            if added and current is None:
-                current = repodata.load_current(repo_dir)
             how = "appended" if self._append_metadata(repo_dir, added, current, new_meta) else "rebuilt"
             if how == "rebuilt":
-                self._rebuild_metadata(repo_dir, new_meta)
+                from_scratch = from_scratch or bool(repodata.changed_in_place(repo_dir))
+                self._rebuild_metadata(repo_dir, new_meta, from_scratch)
+            _keep_served_files(served, new_meta / "repodata")
             repomd = new_meta / "repodata" / "repomd.xml"
             self._detach_sign(repomd)
             link = repo_dir / f".repodata-{uuid.uuid4().hex[:8]}"
@@ -156,7 +200,9 @@ class RepoPublisher:
             for leftover in repo_dir.glob(".repodata-*"):
                 leftover.unlink(missing_ok=True)
             if isinstance(exc, OSError):  # a full disk, a read-only tree: say where, keep the old metadata
-                raise CommandFailed(f"writing repo metadata in {repo_dir}: {exc.strerror or exc}") from exc
+                where = f" ({exc.filename})" if exc.filename else ""
+                message = f"writing repo metadata in {repo_dir}{where}: {exc.strerror or exc}"
+                raise CommandFailed(message) from exc
             raise
         self._prune_old_metadata(repo_dir, keep={name})
         return name, how
@@ -170,34 +216,49 @@ class RepoPublisher:
     ) -> bool:
         """Append the entries of the ``added`` packages to the current metadata, if that is all that
         changed; False (nothing written) when createrepo_c must look at the whole tree instead."""
-        if not added or current is None:
-            return False
-        indexed = set(current.index.packages)
-        # Only pure additions: a package published again under the same path, or files added or
-        # removed behind Kiln's back, need createrepo_c's look at every file.
-        if indexed.intersection(added) or _packages_on_disk(repo_dir) != indexed.union(added):
+        # load_current checked that the tree matched the metadata before these packages were placed;
+        # a package published again under an indexed path replaces an entry: createrepo_c's job.
+        if not added or current is None or not current.index.packages.keys().isdisjoint(added):
             return False
         repodata.append(current, repodata.new_entries(repo_dir, list(added), self.runner), new_meta)
         return True
 
-    def _rebuild_metadata(self, repo_dir: Path, new_meta: Path) -> None:
-        """``createrepo_c --update`` over the whole tree, then laid out so the next add can append."""
+    def _rebuild_metadata(self, repo_dir: Path, new_meta: Path, from_scratch: bool = False) -> None:
+        """``createrepo_c --update`` over the whole tree (without ``--update``: ``from_scratch``),
+        then laid out so that the next publish can append."""
         served = repo_dir / "repodata"
         argv = [
             "createrepo_c",
             "--quiet",
-            "--update",
             "--no-database",
             "--general-compress-type",
             "gz",  # older yum cannot read zstd
             "--outputdir",
             str(new_meta),
         ]
-        if (served / "repomd.xml").exists():
-            argv += ["--update-md-path", str(repo_dir)]
+        if not from_scratch and (served / "repomd.xml").exists():
+            argv += ["--update", "--update-md-path", str(repo_dir)]
         argv.append(str(repo_dir))
         self.runner.run(argv, timeout=3600)
-        repodata.repack(new_meta)
+        self._carry_extra_metadata(served, new_meta / "repodata")
+        repodata.repack(new_meta, repo_dir)  # a no-op where extra metadata was carried over
+
+    def _carry_extra_metadata(self, served: Path, new: Path) -> None:
+        """Updateinfo, comps, modules... that someone added with modifyrepo_c stay in the repo.
+
+        (createrepo_c's --keep-all-metadata does not carry them into a separate --outputdir.) The
+        files go in as they are: ``--no-compress`` keeps compressed ones compressed and plain ones
+        plain, so their checksums do not change."""
+        try:
+            records = repodata.repomd_records(served / "repomd.xml")
+        except (OSError, repodata.IndexStale, ET.ParseError):
+            return
+        for kind, (href, _) in sorted(records.items()):
+            if kind in repodata.KINDS or kind.endswith(("_db", "_zck")):  # rebuilt by createrepo_c
+                continue
+            source = served / Path(href).name
+            argv = ["modifyrepo_c", "--no-compress", "--mdtype", kind, str(source), str(new)]
+            self.runner.run(argv, timeout=600)
 
     def _detach_sign(self, path: Path) -> None:
         asc = path.with_name(path.name + ".asc")

@@ -26,6 +26,7 @@ import gzip
 import hashlib
 import html
 import json
+import os
 import re
 import tempfile
 import time
@@ -40,14 +41,14 @@ from ..run import Runner
 KINDS = ("primary", "filelists", "other")
 ROOT_ELEMENT = {"primary": "metadata", "filelists": "filelists", "other": "otherdata"}
 INDEX_NAME = "kiln-index.json"
-INDEX_FORMAT = 1
+INDEX_FORMAT = 2
 # Each append adds one gzip member; past this many the body is recompressed into one member, so a
 # repo that receives thousands of single-package publishes does not carry thousands of tiny members.
 MAX_BODY_MEMBERS = 64
 CHANGELOG_LIMIT = 10  # changelog entries per package in other.xml, createrepo_c's default
 GZIP_LEVEL = 6  # createrepo_c's and gzip's default
 REPO_NS = "http://linux.duke.edu/metadata/repo"
-_COUNT = re.compile(rb'packages="\d+"')
+_COUNT = re.compile(rb'packages="(\d+)"')
 _LOCATION = re.compile(r'<location (?:xml:base="[^"]*" )?href="([^"]+)"')
 
 try:  # the createrepo_c bindings (PyPI wheels for x86_64 and aarch64) read a package in-process
@@ -73,38 +74,68 @@ class MetadataFile:
     body_members: int
 
 
+FileStamp = tuple[int, int]  # (size, mtime in ns): what createrepo_c --update compares, too
+
+
 @dataclass(frozen=True)
 class RepoIndex:
-    packages: tuple[str, ...]  # location hrefs of the indexed packages
+    packages: dict[str, FileStamp]  # location href -> the file as it was indexed
     files: dict[str, MetadataFile]
 
     def to_json(self) -> str:
         payload = {
             "format": INDEX_FORMAT,
-            "packages": list(self.packages),
+            "packages": self.packages,
             "files": {kind: asdict(entry) for kind, entry in self.files.items()},
         }
         return json.dumps(payload, separators=(",", ":")) + "\n"  # 5,000 paths: compact is 5x faster
 
     @classmethod
     def load(cls, meta_dir: Path) -> RepoIndex | None:
-        """The index of a metadata directory (``.meta-<id>``), or None where there is none usable."""
+        """The index of a metadata directory (``.meta-<id>``), or None where there is none usable.
+
+        It is a cache: anything unexpected in it means "rebuild", never an error."""
         try:
             payload = json.loads((meta_dir / INDEX_NAME).read_text())
-            if payload.get("format") != INDEX_FORMAT or sorted(payload["files"]) != sorted(KINDS):
+            if payload["format"] != INDEX_FORMAT or sorted(payload["files"]) != sorted(KINDS):
                 return None
             files = {kind: MetadataFile(**payload["files"][kind]) for kind in KINDS}
-            return cls(tuple(payload["packages"]), files)
-        except (OSError, ValueError, TypeError, KeyError):
+            packages = {
+                str(href): (int(size), int(mtime)) for href, (size, mtime) in payload["packages"].items()
+            }
+        except (OSError, ValueError, TypeError, KeyError, AttributeError):
             return None
+        for entry in files.values():
+            fields = (entry.header_bytes, entry.footer_bytes, entry.body_members)
+            if not all(type(value) is int and value >= 0 for value in fields) or not all(
+                isinstance(text, str) for text in (entry.href, entry.sha256, entry.header, entry.footer)
+            ):
+                return None
+        return cls(packages, files)
 
 
 @dataclass(frozen=True)
 class NewEntries:
     """The metadata entries of the packages being added: one XML fragment per kind."""
 
-    packages: tuple[str, ...]
+    packages: dict[str, FileStamp]
     xml: dict[str, str]
+
+
+def packages_on_disk(repo_dir: Path) -> dict[str, FileStamp]:
+    """Every ``*.rpm`` under the repo dir, as createrepo_c finds them: relative path -> stamp."""
+    found: dict[str, FileStamp] = {}
+    pending = [("", os.fspath(repo_dir))]
+    while pending:  # os.scandir: the file types come with the listing
+        prefix, path = pending.pop()
+        with os.scandir(path) as entries:
+            for entry in entries:
+                if entry.is_dir(follow_symlinks=False):
+                    pending.append((f"{prefix}{entry.name}/", entry.path))
+                elif entry.name.endswith(".rpm"):
+                    stat = entry.stat()
+                    found[prefix + entry.name] = (stat.st_size, stat.st_mtime_ns)
+    return found
 
 
 # --- pieces ---------------------------------------------------------------------------------------------
@@ -220,9 +251,9 @@ def repomd_records(repomd: Path) -> dict[str, tuple[str, str]]:
     return records
 
 
-def _finish(meta_dir: Path, written: list[_Written], packages: list[str]) -> RepoIndex:
+def _finish(meta_dir: Path, written: list[_Written], packages: dict[str, FileStamp]) -> RepoIndex:
     (meta_dir / "repodata" / "repomd.xml").write_bytes(repomd_xml(written, int(time.time())))
-    index = RepoIndex(tuple(packages), {item.kind: item.meta for item in written})
+    index = RepoIndex(packages, {item.kind: item.meta for item in written})
     (meta_dir / INDEX_NAME).write_text(index.to_json())
     return index
 
@@ -230,12 +261,13 @@ def _finish(meta_dir: Path, written: list[_Written], packages: list[str]) -> Rep
 # --- the two ways in ------------------------------------------------------------------------------------
 
 
-def repack(meta_dir: Path) -> RepoIndex | None:
+def repack(meta_dir: Path, repo_dir: Path) -> RepoIndex | None:
     """Lay createrepo_c's output in ``meta_dir/repodata`` out as header/body/footer members, in place.
 
     Returns None, leaving createrepo_c's files as they are, when the repo has other metadata types
-    than primary/filelists/other (Kiln does not rewrite what it does not know) or a document is not
-    laid out as expected: the repo stays valid, and the next publish runs createrepo_c again."""
+    than primary/filelists/other (Kiln does not rewrite what it does not know), a document is not
+    laid out as expected, or the packages it lists are not the ones on disk: the repo stays valid,
+    and the next publish runs createrepo_c again."""
     repodata = meta_dir / "repodata"
     try:
         records = repomd_records(repodata / "repomd.xml")
@@ -246,7 +278,12 @@ def repack(meta_dir: Path) -> RepoIndex | None:
             kind: split_document(kind, gzip.decompress((meta_dir / records[kind][0]).read_bytes()).decode())
             for kind in KINDS
         }
-    except (IndexStale, ET.ParseError, EOFError, zlib.error, UnicodeDecodeError):
+        on_disk = packages_on_disk(repo_dir)
+    except (IndexStale, ET.ParseError, EOFError, zlib.error, UnicodeDecodeError, OSError):
+        return None
+    hrefs = package_hrefs(documents["primary"][1])
+    declared = _COUNT.search(documents["primary"][0].encode())
+    if declared is None or int(declared.group(1)) != len(hrefs) or sorted(hrefs) != sorted(on_disk):
         return None
     written: list[_Written] = []
     for kind in KINDS:
@@ -259,7 +296,7 @@ def repack(meta_dir: Path) -> RepoIndex | None:
         source = meta_dir / records[kind][0]
         if source.name != Path(item.meta.href).name:
             source.unlink()
-    return _finish(meta_dir, written, package_hrefs(documents["primary"][1]))
+    return _finish(meta_dir, written, {href: on_disk[href] for href in hrefs})
 
 
 @dataclass(frozen=True)
@@ -272,29 +309,57 @@ class CurrentMetadata:
 
 
 def load_current(repo_dir: Path) -> CurrentMetadata | None:
-    """What ``repo_dir/repodata`` points at, if Kiln laid it out and it is unchanged since; else None.
+    """What ``repo_dir/repodata`` points at, if Kiln laid it out and nothing changed since; else None.
 
-    This is the part of an append that reads the old metadata, so a publisher can run it while it
-    signs the new packages (zlib and hashlib release the GIL)."""
-    current = repo_dir / "repodata"
-    if not current.is_symlink():
+    "Nothing changed": ``repomd.xml`` lists exactly the three files of the index with their
+    checksums (no updateinfo or other record added by hand), the files have those checksums, and
+    the ``*.rpm`` files on disk are exactly the indexed ones, same sizes and mtimes (nothing added,
+    removed, replaced or re-signed in place, including by a publish that failed half-way).
+
+    This is the part of an append that reads the old state, so a publisher runs it while it signs
+    the new packages (zlib, hashlib and the file system calls release the GIL); it must finish
+    before a new package is placed."""
+    try:
+        return _load_current(repo_dir)
+    except Exception:  # a cache: whatever is wrong with it means "rebuild", never a failed publish
         return None
-    meta_dir = current.resolve().parent
+
+
+def _load_current(repo_dir: Path) -> CurrentMetadata | None:
+    served = repo_dir / "repodata"
+    if not served.is_symlink():
+        return None
+    meta_dir = served.resolve().parent
     index = RepoIndex.load(meta_dir)
-    if index is None or not meta_dir.name.startswith(".meta-"):
+    if index is None or not meta_dir.name.startswith(".meta-") or meta_dir.parent != repo_dir.resolve():
+        return None
+    expected = {kind: (entry.href, entry.sha256) for kind, entry in index.files.items()}
+    if repomd_records(meta_dir / "repodata" / "repomd.xml") != expected:
         return None
     bodies: dict[str, tuple[bytes, bytes]] = {}
     for kind in KINDS:
         entry = index.files[kind]
-        try:
-            data = (meta_dir / entry.href).read_bytes()
-            if hashlib.sha256(data).hexdigest() != entry.sha256:
-                return None  # changed since Kiln indexed it
-            body = data[entry.header_bytes : len(data) - entry.footer_bytes]
-            bodies[kind] = (body, gzip.decompress(body))
-        except (OSError, EOFError, zlib.error):
+        data = (meta_dir / entry.href).read_bytes()
+        if hashlib.sha256(data).hexdigest() != entry.sha256 or entry.header_bytes + entry.footer_bytes > len(
+            data
+        ):
             return None
+        body = data[entry.header_bytes : len(data) - entry.footer_bytes]
+        bodies[kind] = (body, gzip.decompress(body))
+    if packages_on_disk(repo_dir) != index.packages:
+        return None
     return CurrentMetadata(meta_dir, index, bodies)
+
+
+def changed_in_place(repo_dir: Path) -> set[str]:
+    """Indexed packages whose file is still there but not as indexed (replaced, re-signed): what
+    ``createrepo_c --update`` may miss, as it compares sizes and mtimes in whole seconds only."""
+    served = repo_dir / "repodata"
+    index = RepoIndex.load(served.resolve().parent) if served.is_symlink() else None
+    if index is None:
+        return set()
+    on_disk = packages_on_disk(repo_dir)
+    return {href for href, stamp in index.packages.items() if href in on_disk and on_disk[href] != stamp}
 
 
 def append(current: CurrentMetadata, new: NewEntries, meta_dir: Path) -> RepoIndex:
@@ -314,7 +379,7 @@ def append(current: CurrentMetadata, new: NewEntries, meta_dir: Path) -> RepoInd
             body, members = old_body + gzip_member(added), entry.body_members + 1
         header = with_count(entry.header, count)
         written.append(_emit(repodata, kind, header, body, members, [old_text, added], entry.footer))
-    return _finish(meta_dir, written, [*index.packages, *new.packages])
+    return _finish(meta_dir, written, {**index.packages, **new.packages})
 
 
 # --- entries for new packages ---------------------------------------------------------------------------
@@ -333,11 +398,17 @@ def new_entries(repo_dir: Path, hrefs: list[str], runner: Runner) -> NewEntries:
                 raise InvalidInput(Problem(f"{repo_dir / href}: not an RPM ({exc})")) from exc
             for kind, xml in zip(KINDS, _createrepo.xml_dump(package), strict=True):
                 parts[kind].append(xml)
-        return NewEntries(tuple(hrefs), {kind: "".join(chunks) for kind, chunks in parts.items()})
-    return _entries_from_tool(repo_dir, hrefs, runner)
+        xml = {kind: "".join(chunks) for kind, chunks in parts.items()}
+    else:
+        xml = _entries_from_tool(repo_dir, hrefs, runner)
+    stamps = {}
+    for href in hrefs:
+        stat = (repo_dir / href).stat()
+        stamps[href] = (stat.st_size, stat.st_mtime_ns)
+    return NewEntries(stamps, xml)
 
 
-def _entries_from_tool(repo_dir: Path, hrefs: list[str], runner: Runner) -> NewEntries:
+def _entries_from_tool(repo_dir: Path, hrefs: list[str], runner: Runner) -> dict[str, str]:
     """The same through the createrepo_c tool: index only the listed packages into a scratch dir."""
     with tempfile.TemporaryDirectory(prefix="kiln-entries-") as scratch:
         listing = Path(scratch) / "pkglist"
@@ -347,12 +418,15 @@ def _entries_from_tool(repo_dir: Path, hrefs: list[str], runner: Runner) -> NewE
         argv = ["createrepo_c", "--quiet", "--no-database", "--general-compress-type", "gz"]
         argv += ["--pkglist", str(listing), "--outputdir", str(out), str(repo_dir)]
         runner.run(argv, timeout=600)
-        records = repomd_records(out / "repodata" / "repomd.xml")
         xml: dict[str, str] = {}
-        for kind in KINDS:
-            text = gzip.decompress((out / records[kind][0]).read_bytes()).decode()
-            xml[kind] = split_document(kind, text)[1]
+        try:
+            records = repomd_records(out / "repodata" / "repomd.xml")
+            for kind in KINDS:
+                text = gzip.decompress((out / records[kind][0]).read_bytes()).decode()
+                xml[kind] = split_document(kind, text)[1]
+        except (IndexStale, KeyError, ET.ParseError) as exc:
+            raise CommandFailed(f"createrepo_c --pkglist wrote metadata Kiln cannot read: {exc}") from exc
     indexed = package_hrefs(xml["primary"])
     if sorted(indexed) != sorted(hrefs):
         raise CommandFailed(f"createrepo_c indexed {indexed}, not {hrefs}")
-    return NewEntries(tuple(hrefs), xml)
+    return xml

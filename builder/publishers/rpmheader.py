@@ -8,6 +8,7 @@ count: 16 bytes each) and the data store.
 
 from __future__ import annotations
 
+import re
 import struct
 from pathlib import Path
 from typing import BinaryIO
@@ -20,7 +21,11 @@ LEAD_SIZE = 96
 TAG_NAME = 1000
 TAG_ARCH = 1022
 TYPE_STRING = 6
-MAX_HEADER_BYTES = 64 << 20  # rpm's own limit on a header's data store (HEADER_DATA_MAX is 256 MiB)
+MAX_HEADER_BYTES = 256 << 20  # rpm's own limit on a header (HEADER_DATA_MAX)
+# What rpmbuild accepts in a package name (rpm's rpmCharCheck for Name): the publisher files the
+# package under Packages/<first letter>/, so a name must never be a path.
+_NAME = re.compile(r"[A-Za-z0-9_+%{}][A-Za-z0-9._+%{}-]*")
+_ARCH = re.compile(r"[A-Za-z0-9_]+")
 
 
 def _header_at(handle: BinaryIO, offset: int, path: Path) -> tuple[int, bytes, bytes]:
@@ -61,4 +66,9 @@ def name_and_arch(path: Path) -> tuple[str, str]:
             _, index, data = _header_at(handle, main_offset, path)
     except OSError as exc:
         raise InvalidInput(Problem(f"{path}: cannot read it ({exc.strerror or exc})")) from exc
-    return _string_tag(index, data, TAG_NAME, path), _string_tag(index, data, TAG_ARCH, path)
+    name, arch = _string_tag(index, data, TAG_NAME, path), _string_tag(index, data, TAG_ARCH, path)
+    if not _NAME.fullmatch(name) or not _ARCH.fullmatch(arch):
+        raise InvalidInput(
+            Problem(f"{path}: not a package name and arch rpm would build: {name!r}, {arch!r}")
+        )
+    return name, arch

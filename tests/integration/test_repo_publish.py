@@ -3,17 +3,21 @@
 from __future__ import annotations
 
 import gzip
+import hashlib
 import os
+import re
 import shutil
 import subprocess
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
+import requests
 
-from builder.errors import CommandFailed
+from builder.errors import CommandFailed, InvalidInput
 from builder.publish import Publishing
 from builder.publishers.repo import RepoPublisher
+from builder.publishers.repodata import repomd_records
 from builder.siteconfig import RepoSite, S3Target, SiteConfig
 from tests.support.rpms import build_noarch_rpm
 
@@ -47,9 +51,14 @@ def _publisher(site_settings: SiteConfig, local_site) -> RepoPublisher:
     return Publishing(site_settings, local_site.state).repo()
 
 
+def _served_primary(repo_dir: Path) -> str:
+    """primary.xml as a client finds it: through repomd.xml (repodata/ also keeps the previous set)."""
+    href, _ = repomd_records(repo_dir / "repodata" / "repomd.xml")["primary"]
+    return gzip.decompress((repo_dir / href).read_bytes()).decode()
+
+
 def _primary_names(repo_dir: Path) -> set[str]:
-    primary = next((repo_dir / "repodata").glob("*-primary.xml.gz"))
-    text = gzip.decompress(primary.read_bytes()).decode()
+    text = _served_primary(repo_dir)
     return {line.strip()[6:-7] for line in text.splitlines() if line.strip().startswith("<name>")}
 
 
@@ -175,7 +184,8 @@ def test_full_disk_while_writing_metadata_keeps_old_metadata_valid(
     filler = small_tmpfs / "filler"
     filler.write_bytes(b"\0" * (stat.f_bavail * stat.f_frsize - room_for_package - 4096))
     # The package fits; its metadata (appended by Kiln, or createrepo_c's) and signature do not.
-    with pytest.raises(CommandFailed, match=r"writing repo metadata .*No space left|createrepo_c|gpg"):
+    no_room = r"writing repo metadata in .*: No space left on device|createrepo_c|gpg"
+    with pytest.raises(CommandFailed, match=no_room):
         publisher.publish([second], repo="full", distro="el", release="9", arch="x86_64")
     assert (result.repo_dir / "repodata").resolve() == old_target
     verify = subprocess.run(
@@ -233,3 +243,86 @@ def test_rsync_mirror_receives_the_signed_tree(local_site, site_settings, tmp_pa
     assert (repodata / "repomd.xml.asc").is_file()
     assert not list(mirrored.glob(".meta-*")) and not (mirrored / ".kiln-lock").exists()
     assert _primary_names(mirrored) == {"kiln-rsync-check"}
+
+
+def _primary_checksums(repo_dir: Path) -> dict[str, str]:
+    """{location href: sha256} from the served primary.xml.gz."""
+    primary = next((repo_dir / "repodata").glob("*-primary.xml.gz"))
+    text = gzip.decompress(primary.read_bytes()).decode()
+    return {
+        href: checksum
+        for checksum, href in re.findall(
+            r'pkgid="YES">([0-9a-f]+)</checksum>.*?<location href="([^"]+)"', text, re.S
+        )
+    }
+
+
+def test_a_publish_that_failed_after_replacing_a_package_is_repaired_by_the_next(
+    local_site, site_settings, tmp_path, monkeypatch
+):
+    publisher = _publisher(site_settings, local_site)
+    coords = {"repo": "repaired", "distro": "el", "release": "9", "arch": "x86_64"}
+    publisher.publish([build_noarch_rpm(tmp_path / "one", "kiln-replaced")], **coords)
+    rebuilt = build_noarch_rpm(tmp_path / "two", "kiln-replaced")  # same file name, other bytes
+
+    def no_gpg(self, path):
+        raise CommandFailed("gpg: simulated failure")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(RepoPublisher, "_detach_sign", no_gpg)
+        with pytest.raises(CommandFailed, match="simulated"):
+            publisher.publish([rebuilt], **coords)
+    later = publisher.publish([build_noarch_rpm(tmp_path, "kiln-after")], **coords)
+    assert later.metadata_update == "rebuilt"  # the tree no longer matched the index
+    on_disk = {
+        href: hashlib.sha256((later.repo_dir / href).read_bytes()).hexdigest()
+        for href in _primary_checksums(later.repo_dir)
+    }
+    assert _primary_checksums(later.repo_dir) == on_disk
+
+
+def test_two_copies_of_one_package_in_a_publish_are_refused_before_anything_is_placed(
+    local_site, site_settings, tmp_path
+):
+    publisher = _publisher(site_settings, local_site)
+    rpm = build_noarch_rpm(tmp_path, "kiln-twice")
+    copy = tmp_path / "copy" / rpm.name
+    copy.parent.mkdir()
+    shutil.copy(rpm, copy)
+    with pytest.raises(InvalidInput, match=r"the same package file twice in one publish: kiln-twice-1\.0"):
+        publisher.publish([rpm, copy], repo="twice", distro="el", release="9", arch="x86_64")
+    assert not list(publisher.repo_dir("twice", "el", "9", "x86_64").rglob("*.rpm"))
+
+
+def test_a_client_holding_the_previous_repomd_still_finds_its_files(local_site, site_settings, tmp_path):
+    publisher = _publisher(site_settings, local_site)
+    coords = {"repo": "readers", "distro": "el", "release": "9", "arch": "x86_64"}
+    first = publisher.publish([build_noarch_rpm(tmp_path, "kiln-reader-a")], **coords)
+    old_repomd = (first.repo_dir / "repodata" / "repomd.xml").read_text()
+    old_files = re.findall(r'<location href="repodata/([^"]+)"', old_repomd)
+    publisher.publish([build_noarch_rpm(tmp_path, "kiln-reader-b")], **coords)
+    base = f"{local_site.urls.repo}/readers/el/9/x86_64/repodata"
+    for name in old_files:  # what a dnf that read the old repomd.xml asks for next
+        assert requests.get(f"{base}/{name}", timeout=10).status_code == 200, name
+
+
+def test_metadata_added_with_modifyrepo_c_survives_the_next_publish(local_site, site_settings, tmp_path):
+    publisher = _publisher(site_settings, local_site)
+    coords = {"repo": "errata", "distro": "el", "release": "9", "arch": "x86_64"}
+    first = publisher.publish([build_noarch_rpm(tmp_path, "kiln-errata-a")], **coords)
+    updateinfo = tmp_path / "updateinfo.xml"
+    updateinfo.write_text('<?xml version="1.0" encoding="UTF-8"?>\n<updates/>\n')
+    served = (first.repo_dir / "repodata").resolve()
+    subprocess.run(["modifyrepo_c", str(updateinfo), str(served)], check=True, capture_output=True)
+    later = publisher.publish([build_noarch_rpm(tmp_path, "kiln-errata-b")], **coords)
+    assert later.metadata_update == "rebuilt"
+    repomd = (later.repo_dir / "repodata" / "repomd.xml").read_text()
+    assert 'type="updateinfo"' in repomd
+    assert _primary_names(later.repo_dir) == {"kiln-errata-a", "kiln-errata-b"}
+    again = publisher.publish([build_noarch_rpm(tmp_path, "kiln-errata-c")], **coords)
+    assert again.metadata_update == "rebuilt"  # Kiln appends only to metadata it wrote itself
+    assert 'type="updateinfo"' in (again.repo_dir / "repodata" / "repomd.xml").read_text()
+    listed = _dnf(
+        local_site, tmp_path / "root", f"{local_site.urls.repo}/errata/el/9/x86_64/", "list", "--available"
+    )
+    assert listed.returncode == 0 and "kiln-errata-c" in listed.stdout, listed.stderr

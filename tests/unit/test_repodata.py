@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import json
+import os
 import re
 import shutil
 import subprocess
@@ -69,7 +71,7 @@ def repo(tmp_path, packages) -> Path:
     for name in NAMES[:2]:
         _place(repo_dir, packages[name])
     meta = _createrepo(repo_dir, repo_dir / ".meta-first")
-    assert repodata.repack(meta) is not None
+    assert repodata.repack(meta, repo_dir) is not None
     _serve(repo_dir, meta)
     return repo_dir
 
@@ -80,7 +82,7 @@ def test_repack_changes_the_layout_not_one_uncompressed_byte(tmp_path, packages)
         _place(repo_dir, packages[name])
     meta = _createrepo(repo_dir, repo_dir / ".meta-x")
     before = _documents(meta)
-    index = repodata.repack(meta)
+    index = repodata.repack(meta, repo_dir)
     assert index is not None
     assert _documents(meta) == before
     assert sorted(index.packages) == sorted(f"Packages/k/{packages[n].name}" for n in NAMES[:2])
@@ -106,13 +108,15 @@ def test_repomd_checksums_and_sizes_describe_the_files(repo):
 
 
 def test_append_reads_the_same_as_createrepo_c_update(repo, packages, tmp_path):
-    href = _place(repo, packages["kiln-md-c"])
-    current = repodata.load_current(repo)
+    current = repodata.load_current(repo)  # read before the new package is placed, as publish does
     assert current is not None
+    href = _place(repo, packages["kiln-md-c"])
     new_meta = repo / ".meta-second"
     new_meta.mkdir()
     index = repodata.append(current, repodata.new_entries(repo, [href], Runner()), new_meta)
-    assert index.packages[-1] == href and len(index.packages) == 3
+    assert list(index.packages)[-1] == href and len(index.packages) == 3
+    stat = (repo / href).stat()
+    assert index.packages[href] == (stat.st_size, stat.st_mtime_ns)
     ours = _documents(new_meta)
     reference = _documents(_createrepo(repo, tmp_path / "reference", "--update"))
     for kind in repodata.KINDS:
@@ -125,10 +129,11 @@ def test_append_reads_the_same_as_createrepo_c_update(repo, packages, tmp_path):
 
 
 def test_createrepo_c_update_reads_appended_metadata(repo, packages, tmp_path):
+    current = repodata.load_current(repo)
     href = _place(repo, packages["kiln-md-c"])
     new_meta = repo / ".meta-second"
     new_meta.mkdir()
-    repodata.append(repodata.load_current(repo), repodata.new_entries(repo, [href], Runner()), new_meta)
+    repodata.append(current, repodata.new_entries(repo, [href], Runner()), new_meta)
     _serve(repo, new_meta)
     updated = _createrepo(repo, tmp_path / "updated", "--update", "--update-md-path", str(repo))
     primary = _documents(updated)["primary"]
@@ -138,12 +143,12 @@ def test_createrepo_c_update_reads_appended_metadata(repo, packages, tmp_path):
 def test_a_long_run_of_appends_is_compacted_into_one_body_member(repo, packages, monkeypatch):
     monkeypatch.setattr(repodata, "MAX_BODY_MEMBERS", 2)
     for step, name in enumerate(NAMES[2:]):
+        current = repodata.load_current(repo)
+        assert current is not None
         href = _place(repo, packages[name])
         new_meta = repo / f".meta-step{step}"
         new_meta.mkdir()
-        index = repodata.append(
-            repodata.load_current(repo), repodata.new_entries(repo, [href], Runner()), new_meta
-        )
+        index = repodata.append(current, repodata.new_entries(repo, [href], Runner()), new_meta)
         _serve(repo, new_meta)
     assert index.files["primary"].body_members == 1  # 2 after c, then over the limit after d
     documents = _documents(new_meta)
@@ -165,6 +170,48 @@ def test_load_current_trusts_nothing_that_changed(repo):
     assert repodata.load_current(repo) is None
 
 
+def test_load_current_refuses_a_tree_that_changed_behind_the_index(repo, packages):
+    indexed = next((repo / "Packages/k").glob("kiln-md-a-*.rpm"))
+    os.utime(indexed, ns=(indexed.stat().st_atime_ns, indexed.stat().st_mtime_ns + 1))  # re-signed in place
+    assert repodata.load_current(repo) is None
+    assert repodata.changed_in_place(repo) == {f"Packages/k/{indexed.name}"}
+    os.utime(indexed, ns=(indexed.stat().st_atime_ns, indexed.stat().st_mtime_ns - 1))
+    assert repodata.load_current(repo) is not None
+    _place(repo, packages["kiln-md-c"])  # a package nobody indexed (a publish that failed half-way)
+    assert repodata.load_current(repo) is None
+    assert repodata.changed_in_place(repo) == set()  # added, not changed: --update finds it
+
+
+def test_load_current_refuses_metadata_types_added_by_hand(repo, tmp_path):
+    assert repodata.load_current(repo) is not None
+    updateinfo = tmp_path / "updateinfo.xml"
+    updateinfo.write_text('<?xml version="1.0" encoding="UTF-8"?>\n<updates/>\n')
+    served = (repo / "repodata").resolve()
+    subprocess.run(["modifyrepo_c", str(updateinfo), str(served)], check=True, capture_output=True)
+    assert repodata.load_current(repo) is None
+
+
+@pytest.mark.parametrize(
+    "index_text",
+    ["[]", "null", '{"format": 2, "files": {}, "packages": {}}', '{"format": 2, "files": 7}'],
+)
+def test_load_current_treats_a_malformed_index_as_none(repo, index_text):
+    meta = (repo / "repodata").resolve().parent
+    (meta / repodata.INDEX_NAME).write_text(index_text)
+    assert repodata.load_current(repo) is None
+
+
+def test_load_current_treats_wrong_member_offsets_as_none(repo):
+    meta = (repo / "repodata").resolve().parent
+    payload = json.loads((meta / repodata.INDEX_NAME).read_text())
+    payload["files"]["primary"]["header_bytes"] = "12"
+    (meta / repodata.INDEX_NAME).write_text(json.dumps(payload))
+    assert repodata.load_current(repo) is None
+    payload["files"]["primary"]["header_bytes"] = 10**9
+    (meta / repodata.INDEX_NAME).write_text(json.dumps(payload))
+    assert repodata.load_current(repo) is None
+
+
 def test_metadata_in_a_plain_directory_is_not_appended_to(tmp_path, packages):
     repo_dir = tmp_path / "repo"
     _place(repo_dir, packages["kiln-md-a"])
@@ -180,7 +227,7 @@ def test_repack_leaves_metadata_with_other_record_types_alone(tmp_path, packages
     updateinfo.write_text('<?xml version="1.0" encoding="UTF-8"?>\n<updates/>\n')
     subprocess.run(["modifyrepo_c", str(updateinfo), str(meta / "repodata")], check=True)
     before = sorted(p.name for p in (meta / "repodata").iterdir())
-    assert repodata.repack(meta) is None
+    assert repodata.repack(meta, repo_dir) is None
     assert sorted(p.name for p in (meta / "repodata").iterdir()) == before
     assert not (meta / repodata.INDEX_NAME).exists()
 
@@ -190,9 +237,9 @@ def test_entries_from_the_bindings_equal_those_from_the_tool(repo, packages):
     hrefs = [_place(repo, packages[name]) for name in NAMES[2:]]
     in_process = repodata.new_entries(repo, hrefs, Runner())
     from_tool = repodata._entries_from_tool(repo, hrefs, Runner())
-    assert in_process.packages == from_tool.packages
+    assert list(in_process.packages) == hrefs
     for kind in repodata.KINDS:
-        assert _entries(in_process.xml[kind]) == _entries(from_tool.xml[kind]), kind
+        assert _entries(in_process.xml[kind]) == _entries(from_tool[kind]), kind
 
 
 def test_split_document_refuses_what_it_does_not_know():
@@ -216,5 +263,5 @@ def test_repack_of_a_document_it_cannot_split_changes_nothing(tmp_path, packages
     other = next((meta / "repodata").glob("*-other.xml.gz"))
     other.write_bytes(gzip.compress(b"<surprise/>\n"))  # primary and filelists are fine
     before = {p.name: p.read_bytes() for p in (meta / "repodata").iterdir()}
-    assert repodata.repack(meta) is None
+    assert repodata.repack(meta, repo_dir) is None
     assert {p.name: p.read_bytes() for p in (meta / "repodata").iterdir()} == before

@@ -70,3 +70,38 @@ def test_a_header_claiming_gigabytes_is_refused_without_reading_them(tmp_path):
 def test_a_missing_file_is_an_input_error(tmp_path):
     with pytest.raises(InvalidInput, match=r"absent\.rpm: cannot read it"):
         name_and_arch(tmp_path / "absent.rpm")
+
+
+def _package_with(name: bytes, arch: bytes) -> bytes:
+    """A minimal RPM: lead, an empty signature header, a main header with NAME and ARCH only."""
+    empty_signature = b"\x8e\xad\xe8\x01" + b"\0" * 4 + struct.pack(">II", 0, 0)
+    data = name + b"\0" + arch + b"\0"
+    index = struct.pack(">iiii", 1000, 6, 0, 1) + struct.pack(">iiii", 1022, 6, len(name) + 1, 1)
+    main = b"\x8e\xad\xe8\x01" + b"\0" * 4 + struct.pack(">II", 2, len(data)) + index + data
+    return LEAD_MAGIC + b"\0" * (LEAD_SIZE - 4) + empty_signature + main
+
+
+def test_a_minimal_header_is_read(tmp_path):
+    path = tmp_path / "ok.rpm"
+    path.write_bytes(_package_with(b"kiln-tiny", b"ppc64le"))
+    assert name_and_arch(path) == ("kiln-tiny", "ppc64le")
+
+
+@pytest.mark.parametrize(
+    ("name", "arch"), [(b"", b"noarch"), (b"/etc/evil", b"noarch"), (b"../up", b"x86_64"), (b"ok", b"")]
+)
+def test_names_that_are_empty_or_paths_are_refused(tmp_path, name, arch):
+    path = tmp_path / "crafted.rpm"
+    path.write_bytes(_package_with(name, arch))
+    with pytest.raises(InvalidInput, match=r"crafted\.rpm: not a package name and arch rpm would build"):
+        name_and_arch(path)
+
+
+def test_an_offset_past_the_data_store_is_refused(tmp_path):
+    crafted = bytearray(_package_with(b"kiln-tiny", b"noarch"))
+    offset_field = LEAD_SIZE + 16 + 16 + 8  # the main header's first index entry, its offset
+    crafted[offset_field : offset_field + 4] = struct.pack(">i", 10_000)
+    path = tmp_path / "offset.rpm"
+    path.write_bytes(bytes(crafted))
+    with pytest.raises(InvalidInput, match=r"offset\.rpm: not an RPM \(no string tag 1000"):
+        name_and_arch(path)

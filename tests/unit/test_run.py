@@ -123,3 +123,7 @@ def test_wait_for_exit_times_out_and_leaves_the_process_to_the_caller():
         proc.kill()
         proc.wait()
     assert wait_for_exit(subprocess.Popen(["sh", "-c", "exit 3"]), 10) == 3
+
+
+def test_a_timeout_too_large_for_poll_still_waits_for_the_exit():
+    assert Runner().run([sys.executable, "-c", "pass"], timeout=float(10**12)).returncode == 0
