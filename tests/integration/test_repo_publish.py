@@ -247,8 +247,7 @@ def test_rsync_mirror_receives_the_signed_tree(local_site, site_settings, tmp_pa
 
 def _primary_checksums(repo_dir: Path) -> dict[str, str]:
     """{location href: sha256} from the served primary.xml.gz."""
-    primary = next((repo_dir / "repodata").glob("*-primary.xml.gz"))
-    text = gzip.decompress(primary.read_bytes()).decode()
+    text = _served_primary(repo_dir)
     return {
         href: checksum
         for checksum, href in re.findall(

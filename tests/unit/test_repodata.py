@@ -170,16 +170,32 @@ def test_load_current_trusts_nothing_that_changed(repo):
     assert repodata.load_current(repo) is None
 
 
-def test_load_current_refuses_a_tree_that_changed_behind_the_index(repo, packages):
+def test_load_current_refuses_a_package_replaced_by_a_rename(repo, packages):
     indexed = next((repo / "Packages/k").glob("kiln-md-a-*.rpm"))
-    os.utime(indexed, ns=(indexed.stat().st_atime_ns, indexed.stat().st_mtime_ns + 1))  # re-signed in place
+    replacement = indexed.with_name(".tmp-replacement")
+    shutil.copy2(packages["kiln-md-b"], replacement)
+    os.replace(replacement, indexed)  # what rpmsign and a half-done publish do: the directory changes
     assert repodata.load_current(repo) is None
     assert repodata.changed_in_place(repo) == {f"Packages/k/{indexed.name}"}
-    os.utime(indexed, ns=(indexed.stat().st_atime_ns, indexed.stat().st_mtime_ns - 1))
+
+
+def test_changed_in_place_compares_every_package(repo):
+    indexed = next((repo / "Packages/k").glob("kiln-md-a-*.rpm"))
+    assert repodata.changed_in_place(repo) == set()
+    os.utime(indexed, ns=(indexed.stat().st_atime_ns, indexed.stat().st_mtime_ns + 1))  # rewritten in place
+    assert repodata.changed_in_place(repo) == {f"Packages/k/{indexed.name}"}
+
+
+def test_load_current_refuses_a_package_nobody_indexed(repo, packages):
     assert repodata.load_current(repo) is not None
-    _place(repo, packages["kiln-md-c"])  # a package nobody indexed (a publish that failed half-way)
+    _place(repo, packages["kiln-md-c"])  # a publish that failed half-way, or a copy by hand
     assert repodata.load_current(repo) is None
     assert repodata.changed_in_place(repo) == set()  # added, not changed: --update finds it
+
+
+def test_load_current_refuses_a_package_removed_by_hand(repo):
+    next((repo / "Packages/k").glob("kiln-md-b-*.rpm")).unlink()
+    assert repodata.load_current(repo) is None
 
 
 def test_load_current_refuses_metadata_types_added_by_hand(repo, tmp_path):
