@@ -17,7 +17,6 @@ import fcntl
 import os
 import shutil
 import uuid
-import xml.etree.ElementTree as ET
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager, suppress
@@ -53,11 +52,7 @@ def _keep_served_files(served: Path, new: Path) -> None:
     A client that fetched the old repomd.xml just before the switch asks for its checksum-named
     files next, through the same ``repodata/`` URL: they must still be there. Files of older
     generations are not carried on, so this keeps exactly one previous set."""
-    try:
-        records = repodata.repomd_records(served / "repomd.xml")
-    except (OSError, repodata.IndexStale, ET.ParseError):
-        return  # nothing served yet, or not a repomd.xml Kiln can read: nothing to keep
-    for href, _ in records.values():
+    for href, _ in repodata.served_records(served).values():
         name = Path(href).name
         if (new / name).exists() or not (served / name).is_file():
             continue
@@ -249,11 +244,7 @@ class RepoPublisher:
         (createrepo_c's --keep-all-metadata does not carry them into a separate --outputdir.) The
         files go in as they are: ``--no-compress`` keeps compressed ones compressed and plain ones
         plain, so their checksums do not change."""
-        try:
-            records = repodata.repomd_records(served / "repomd.xml")
-        except (OSError, repodata.IndexStale, ET.ParseError):
-            return
-        for kind, (href, _) in sorted(records.items()):
+        for kind, (href, _) in sorted(repodata.served_records(served).items()):
             if kind in repodata.KINDS or kind.endswith(("_db", "_zck")):  # rebuilt by createrepo_c
                 continue
             source = served / Path(href).name

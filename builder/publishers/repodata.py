@@ -276,6 +276,14 @@ def repomd_records(repomd: Path) -> dict[str, tuple[str, str]]:
     return records
 
 
+def served_records(repodata_dir: Path) -> dict[str, tuple[str, str]]:
+    """:func:`repomd_records` of ``repodata_dir/repomd.xml``; empty where there is none Kiln can read."""
+    try:
+        return repomd_records(repodata_dir / "repomd.xml")
+    except (OSError, IndexStale, ET.ParseError):
+        return {}
+
+
 def _finish(
     meta_dir: Path, written: list[_Written], packages: dict[str, FileStamp], directories: dict[str, int]
 ) -> RepoIndex:
