@@ -19,7 +19,7 @@ from pydantic import BaseModel, ValidationError
 from .errors import InvalidInput, KeyPath, Problem
 from .recipe import KINDS, RECIPE_MODELS, TEMPLATE_SYNTAX, RecipeBase
 from .workspace import PathRefused, Workspace
-from .yamlsource import LocatedDoc, deep_merge, display_path, load_file, subdoc, without_key
+from .yamlsource import LocatedDoc, deep_merge, display_path, load_file, merge_values, subdoc, without_key
 
 MAX_EXTENDS_DEPTH = 8
 DEFAULTS_FILE = "defaults.yaml"
@@ -202,7 +202,7 @@ class RecipeLoader:
         for name, overrides in variants.items():
             # Validate the whole recipe with the variant's build, so that discriminated unions and
             # key paths behave exactly as for the recipe itself.
-            merged = {**doc.data, "build": _merge_plain(raw_build, overrides)}
+            merged = {**doc.data, "build": merge_values(raw_build, overrides)}
             try:
                 out[name] = model.model_validate(merged, context=context).build  # type: ignore[attr-defined]
             except ValidationError as exc:
@@ -217,15 +217,6 @@ class RecipeLoader:
         if problems:
             raise InvalidInput(problems)
         return out
-
-
-def _merge_plain(base: Any, override: Any) -> Any:
-    if isinstance(base, dict) and isinstance(override, dict):
-        out = dict(base)
-        for key, value in override.items():
-            out[key] = _merge_plain(base[key], value) if key in base else value
-        return out
-    return override
 
 
 def _has_path(data: Any, path: KeyPath) -> bool:

@@ -306,18 +306,19 @@ def deep_merge(base: LocatedDoc, override: LocatedDoc) -> LocatedDoc:
     """
     override_locations = override.locations_source()
     return LocatedDoc(
-        _merge_values(base.data, override.data),
+        merge_values(base.data, override.data),
         file=override.file,
         compute=lambda: ChainMap(override_locations(), base.locations),  # type: ignore[arg-type]
         may_have_template_syntax=base.may_have_template_syntax or override.may_have_template_syntax,
     )
 
 
-def _merge_values(base: Any, override: Any) -> Any:
+def merge_values(base: Any, override: Any) -> Any:
+    """Mappings merged key by key (override wins), anything else replaced: plain data only."""
     if isinstance(base, Mapping) and isinstance(override, Mapping):
         out = dict(base)
         for key, value in override.items():
-            out[key] = _merge_values(base[key], value) if key in base else value
+            out[key] = merge_values(base[key], value) if key in base else value
         return out
     return override
 

@@ -21,15 +21,11 @@ from builder.ledger import Ledger, TargetState
 from builder.manifest import artifact_for
 from builder.siteconfig import SiteConfig
 from builder.targets import load_targets
+from tests.support.recipes import MINIMAL_GUEST
 
-GUEST = """
-name: g
-kind: guest-image
-arches: [x86_64]
-build:
-  builder: dib
-  distro: debian
-  release: bookworm
+GUEST = (
+    MINIMAL_GUEST
+    + """\
   elements: [vm]
   packages: [openssh-server]
   formats: [qcow2, raw]
@@ -37,6 +33,7 @@ build:
 verify:
   boot: {enabled: false}
 """
+)
 
 
 def test_env_file_and_argv_come_from_the_render_dir(workspace, write, tmp_path):
