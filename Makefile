@@ -3,7 +3,7 @@ VENV  := .venv
 KILN  := $(VENV)/bin/kiln
 DEMO_OUT := build/demo
 
-.PHONY: help bootstrap test test-slow lint demo site-down schema bench clean
+.PHONY: help bootstrap test test-slow lint demo site-down schema bench clean lock fuzz
 
 help:
 	@echo "make demo   - set up, start the local site, validate/plan/render the examples, then build,"
@@ -13,6 +13,10 @@ help:
 	@echo "make test-slow - the emulated ppc64le build and pseries boot (~20 min)"
 	@echo "make schema - regenerate schemas/recipe.schema.json"
 	@echo "make bench  - run the benchmarks in bench/ (~15 min: two real DIB builds)"
+	@echo "make fuzz N=100000 - mutate the example recipes N times through validate/plan/render;"
+	@echo "              failures (with their input) go to FUZZ_OUT (default build/fuzz)"
+	@echo "make lock   - re-resolve requirements.lock (pinned, hashed Python deps) from pyproject.toml;"
+	@echo "              make lock LOCK_ARGS=--upgrade takes the newest allowed releases"
 
 bootstrap:
 	@scripts/bootstrap.sh
@@ -23,6 +27,13 @@ lint: bootstrap
 test: bootstrap
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/python -m pytest -m "not emulated"
+
+# The fuzzer (tests/support/fuzz.py): N seeded cases on every core; `make test` runs 3,000 of them.
+N ?= 10000
+SEED ?= 1
+FUZZ_OUT ?= build/fuzz
+fuzz: bootstrap
+	$(VENV)/bin/python -m tests.support.fuzz --cases $(N) --seed $(SEED) --out $(FUZZ_OUT)
 
 # The emulated-architecture checks (a ppc64le DIB build under qemu-user, a pseries TCG boot):
 # ~20 min on 2 cores, so they are kept out of `make test`.
@@ -51,6 +62,11 @@ bench: bootstrap
 	$(VENV)/bin/python bench/plan_scale.py
 	$(VENV)/bin/python bench/publish.py
 	$(VENV)/bin/python bench/guest_overhead.py
+
+# The only way Python dependency versions change: bootstrap installs exactly what the lock pins.
+# Keeps current pins unless LOCK_ARGS says otherwise (--upgrade, --upgrade-package NAME).
+lock:
+	scripts/lock.sh $(LOCK_ARGS)
 
 clean:
 	rm -rf build .kiln .pytest_cache .ruff_cache

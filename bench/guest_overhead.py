@@ -7,7 +7,7 @@ times, in one run:
   in a fresh build root and ledger (the whole process: interpreter start-up, recipes, render, host
   probes, shims, the DIB run, manifest, ledger), against a bare ``disk-image-create`` run straight
   through ``subprocess`` with exactly the argv, cwd and environment Kiln uses. Those come from Kiln
-  itself: the bench renders the target and calls ``Builder._run_backend`` (site environment, host
+  itself: the bench renders the target and runs the DIB backend's plan (site environment, host
   shims, ``dib.plan_run``) with a runner that only replaces Kiln's subprocess handling (output
   pumped line by line into the log) by a plain ``Popen`` writing to a file. Both use the same build
   root path, so the two command lines are byte-identical; the bench compares them with the one
@@ -60,13 +60,14 @@ import yaml
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from builder.build import Builder  # noqa: E402
+from builder.backends.dib import dib_cache  # noqa: E402
 from builder.errors import CommandFailed  # noqa: E402
+from builder.host.run import KILL_GRACE_S, Runner, RunResult, stop_process_group  # noqa: E402
 from builder.ledger import Ledger  # noqa: E402
+from builder.pipeline.build import Pipeline, gather_host_facts  # noqa: E402
+from builder.pipeline.graph import Target, load_targets, select  # noqa: E402
 from builder.render import render_target, write_rendered  # noqa: E402
-from builder.run import KILL_GRACE_S, Runner, RunResult, stop_process_group  # noqa: E402
 from builder.siteconfig import SiteConfig, load_site  # noqa: E402
-from builder.targets import Target, load_targets, select  # noqa: E402
 from builder.workspace import Workspace  # noqa: E402
 
 # The issue's targets.
@@ -122,14 +123,14 @@ def _dib_arch(target: Target, workspace: Workspace) -> str:
 
 
 def _dib_cache(workspace: Workspace, target: Target, work: Path) -> Path:
-    """The DIB cache Kiln's Builder uses for this target (one per architecture, under ``$HOME``)."""
+    """The DIB cache Kiln's DIB backend uses for this target (one per architecture, under ``$HOME``)."""
     with Ledger(work / "probe-ledger.sqlite") as ledger:
-        return Builder(workspace, SiteConfig(), ledger)._dib_cache(target)
+        return dib_cache(Pipeline(workspace, SiteConfig(), ledger).cache_dir, target.arch)
 
 
 def _debootstrap_tarball(cache: Path, target: Target, workspace: Workspace) -> Path:
     # DIB's debootstrap element: $DIB_IMAGE_CACHE/debootstrap-$DISTRO_NAME-$DIB_RELEASE-$ARCH.tar.gz
-    distro = target.build.get("distro", "debian")
+    distro = target.build.distro
     return cache / f"debootstrap-{distro}-{target.release}-{_dib_arch(target, workspace)}.tar.gz"
 
 
@@ -223,8 +224,16 @@ class BareRunner(Runner):
     """Runs the command Kiln hands its runner with a plain ``Popen`` into a log file, and times it."""
 
     extra_env: dict[str, str] = field(default_factory=dict)
-    seconds: float | None = None
-    command: str | None = None
+    # Shared with copies: backends hand the command to a copy of the runner (dataclasses.replace).
+    record: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def seconds(self) -> float | None:
+        return self.record.get("seconds")
+
+    @property
+    def command(self) -> str | None:
+        return self.record.get("command")
 
     def run(  # type: ignore[override]
         self,
@@ -239,7 +248,7 @@ class BareRunner(Runner):
         kill_grace_s: float = KILL_GRACE_S,
     ) -> RunResult:
         args = [os.fspath(a) for a in argv]
-        self.command = self.describe(args, cwd, env)
+        self.record["command"] = self.describe(args, cwd, env)
         # What Runner.run gives the child: its own environment (here: the same as the Kiln
         # subprocess's, KILN_BUILD_ROOT included) overlaid with the build's.
         full_env = {**os.environ, **self.extra_env, **(env or {})}
@@ -263,23 +272,27 @@ class BareRunner(Runner):
             except BaseException:
                 stop_process_group(proc, kill_grace_s)
                 raise
-            self.seconds = time.perf_counter() - started
+            self.record["seconds"] = time.perf_counter() - started
         if check and returncode != 0:
             raise CommandFailed(f"bare disk-image-create exited {returncode} (log: {log_path})")
         return RunResult(tuple(args), returncode, self.seconds, (), log_path)
 
 
 def run_bare(workspace: Workspace, site_path: Path, target: Target, build_root: Path, ledger: Path) -> dict:
-    """Render the target and let Builder._run_backend prepare and hand over the DIB command."""
+    """Render the target and let the DIB backend prepare and hand over its command (run bare)."""
     runner = BareRunner(extra_env={"KILN_BUILD_ROOT": str(build_root)})
     site = load_site(site_path, workspace.root)
-    with Ledger(ledger) as led:  # unused by _run_backend; Builder wants one
-        builder = Builder(workspace, site, led, runner=runner, build_root=build_root)
-        directory = builder.target_dir(target)
-        render_dir, out_dir = directory / "render", directory / "out"
-        write_rendered(render_target(target, workspace.templates_dir), render_dir)
+    backend = target.spec.backend
+    assert backend is not None
+    with Ledger(ledger) as led:  # the pipeline's directories and job; nothing is recorded
+        pipeline = Pipeline(workspace, site, led, runner=runner, build_root=build_root)
+        host = gather_host_facts(target, site, backend, lambda _: None)
+        rendered = render_target(target, workspace.templates_dir)
+        write_rendered(rendered, pipeline.dirs.render(target))
+        job = pipeline.job_for(target, {f.path: f.content for f in rendered}, host, {})
         load_before = _load()
-        artifacts, _ = builder._run_backend(target, render_dir, out_dir, directory / "logs" / "bare.log")
+        log = pipeline.dirs.logs(target) / "bare.log"
+        artifacts = backend.run(backend.plan(job), job, runner, log, lambda _: None)
     assert runner.seconds is not None
     return {
         "seconds": runner.seconds,

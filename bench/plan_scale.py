@@ -48,9 +48,9 @@ from builder import render as render_mod  # noqa: E402
 from builder import yamlsource  # noqa: E402
 from builder.cli import tune_gc  # noqa: E402
 from builder.ledger import Ledger  # noqa: E402
-from builder.plan import make_plan  # noqa: E402
+from builder.pipeline.graph import load_targets  # noqa: E402
+from builder.pipeline.plan import make_plan  # noqa: E402
 from builder.render import render_target, write_rendered  # noqa: E402
-from builder.targets import load_targets  # noqa: E402
 from builder.workspace import Workspace  # noqa: E402
 
 # The targets.

@@ -57,12 +57,12 @@ sys.path.insert(0, str(REPO))
 
 import requests  # noqa: E402
 
+from builder.host.net import free_port  # noqa: E402
 from builder.manifest import BuildManifest, artifact_for  # noqa: E402
-from builder.publish import Publishing  # noqa: E402
 from builder.publishers import repodata  # noqa: E402
+from builder.publishers.from_site import SitePublishers  # noqa: E402
 from builder.publishers.glance import GlancePublisher  # noqa: E402
 from builder.publishers.repo import RepoPublisher  # noqa: E402
-from builder.site.health import free_port  # noqa: E402
 from builder.site.local import LocalSite, cache_dir  # noqa: E402
 from builder.siteconfig import LocalPorts, LocalSiteSettings, SiteConfig  # noqa: E402
 from tests.support.rpms import build_many_noarch_rpms, build_noarch_rpm  # noqa: E402
@@ -273,7 +273,7 @@ def bench_repo(
     config: SiteConfig, workdir: Path, packages: int, payload_kib: int, repeats: int, say: Say
 ) -> dict[str, Any]:
     rpms = cached_rpms(packages, payload_kib, say)
-    publisher: RepoPublisher = Publishing(config, REPO).repo()
+    publisher: RepoPublisher = SitePublishers(config, REPO).repo()
     repo_dir = publisher.repo_dir(**REPO_COORDS)
     dest = repo_dir / "Packages" / RPM_PREFIX[0]
     dest.mkdir(parents=True)

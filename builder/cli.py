@@ -11,6 +11,7 @@ import argparse
 import gc
 import json
 import os
+import shutil
 import signal
 import sys
 import textwrap
@@ -25,7 +26,8 @@ from .errors import ExitCode, InvalidInput, KilnError, Problem
 from .workspace import Workspace
 
 EPILOG = """\
-exit codes: 0 ok, 1 invalid input, 2 usage error, 3 missing tool or service, 4 build/publish failed
+exit codes: 0 ok, 1 invalid input, 2 usage error, 3 missing tool or service, 4 build/verify/publish failed,
+            70 internal error (a Kiln bug)
 docs: README.md (quickstart, recipe reference), docs/architecture.md"""
 
 
@@ -45,6 +47,30 @@ class Progress:
             if done == total:
                 sys.stderr.write("\n")
             sys.stderr.flush()
+
+
+class StepPrinter:
+    """A long build's steps on stderr. Frequent steps (a tool's phase lines, e.g. ``dib: ...``)
+    rewrite one live line on a terminal; elsewhere (CI logs) every step is a plain line."""
+
+    LIVE_PREFIXES = ("dib: ", "packer: ")
+
+    def __init__(self, prefix: str, stream: Any = None):
+        self.prefix = prefix
+        self.stream = stream or sys.stderr
+        self.tty = self.stream.isatty()
+        self.live = False
+
+    def __call__(self, step: str) -> None:
+        text = f"{self.prefix}: {step}"
+        if self.tty and step.startswith(self.LIVE_PREFIXES):
+            width = shutil.get_terminal_size((100, 20)).columns - 1
+            self.stream.write(f"\r\x1b[K{text[:width]}")
+            self.live = True
+        else:
+            self.stream.write(("\r\x1b[K" if self.live else "") + text + "\n")
+            self.live = False
+        self.stream.flush()
 
 
 def _workspace(args: argparse.Namespace) -> Workspace:
@@ -89,7 +115,7 @@ def _recipe_names(workspace: Workspace) -> dict[str, Path]:
 
 
 def _load_targets(args: argparse.Namespace, with_dependencies: bool = False) -> tuple[Workspace, list[Any]]:
-    from .targets import load_targets, select
+    from .pipeline.graph import load_targets, select
 
     workspace = _workspace(args)
     targets, problems = load_targets(
@@ -123,8 +149,8 @@ def _emit(args: argparse.Namespace, data: Any, text: str) -> None:
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
+    from .pipeline.graph import expand
     from .recipes import RecipeLoader, discover
-    from .targets import expand
 
     workspace = _workspace(args)
     files = discover(_recipe_paths(args, workspace))
@@ -152,7 +178,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 
 def cmd_schema(args: argparse.Namespace) -> int:
-    from .recipe import recipe_json_schema
+    from .kinds import recipe_json_schema
 
     text = json.dumps(recipe_json_schema(), indent=2, sort_keys=True) + "\n"
     if args.output:
@@ -164,7 +190,7 @@ def cmd_schema(args: argparse.Namespace) -> int:
 
 def cmd_plan(args: argparse.Namespace) -> int:
     from .ledger import Ledger
-    from .plan import make_plan, plan_table
+    from .pipeline.plan import make_plan, plan_table
 
     workspace, targets = _load_targets(args)
     with Ledger(_ledger_path(args, workspace)) as ledger:
@@ -174,20 +200,12 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
 
 def cmd_render(args: argparse.Namespace) -> int:
-    from .render import render_target, write_rendered
+    from .pipeline.rendering import render_into
 
     workspace, targets = _load_targets(args)
     out_dir = Path(args.output)
     progress = Progress(not args.quiet and not args.json)
-    report = []
-    for index, target in enumerate(targets, 1):
-        files = render_target(target, workspace.templates_dir)
-        target_dir = out_dir / target.slug
-        manifest = {**target.summary(), "inputs": list(target.inputs), "files": sorted(f.path for f in files)}
-        write_rendered(files, target_dir)
-        (target_dir / "target.json").write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
-        report.append({"id": target.id, "digest": target.digest, "dir": str(target_dir)})
-        progress.step(index, len(targets), target.id)
+    report = render_into(targets, workspace.templates_dir, out_dir, progress.step)
     lines = [f"{r['id']}  ->  {r['dir']}" for r in report]
     _emit(args, {"rendered": report}, "\n".join([*lines, f"rendered {len(report)} targets into {out_dir}"]))
     return ExitCode.OK
@@ -196,89 +214,61 @@ def cmd_render(args: argparse.Namespace) -> int:
 def cmd_publish(args: argparse.Namespace) -> int:
     from .ledger import Ledger
     from .manifest import read_manifest
-    from .publish import Publishing, publish_manifests
+    from .pipeline.publish import check_publishable, publish_manifests
+    from .publishers.from_site import SitePublishers
 
     workspace, site = _site(args)
     manifests = [read_manifest(Path(m)) for m in args.manifests]
     quiet = args.quiet or args.json
-    publishing = Publishing(site, workspace.root, (lambda _: None) if quiet else _stderr_step("publish"))
+    step = (lambda _: None) if quiet else StepPrinter("publish")
+    for manifest in manifests:
+        step(f"{manifest.target}: verification {manifest.verification_summary}")
+    check_publishable(manifests, allow_unverified=args.allow_unverified)
+    publishers = SitePublishers(site, workspace.root, step)
     with Ledger(_ledger_path(args, workspace)) as ledger:
-        publications = publish_manifests(manifests, publishing, ledger)
+        publications = publish_manifests(manifests, publishers, ledger, step)
     lines = [
         f"{p.target} {p.artifact} -> {p.publisher} {p.location}{' (already there)' if p.noop else ''}"
         for p in publications
     ]
-    _emit(args, {"published": [p.as_json() for p in publications]}, "\n".join(lines) or "nothing to publish")
+    verification = {m.target: m.verification_summary for m in manifests}
+    _emit(
+        args,
+        {"published": [p.as_json() for p in publications], "verification": verification},
+        "\n".join(lines) or "nothing to publish",
+    )
     return ExitCode.OK
 
 
 def cmd_build(args: argparse.Namespace) -> int:
-    from .build import Builder, DryRun, Outcome
     from .ledger import Ledger
-    from .publish import Publishing, publish_manifests
-    from .run import Runner
+    from .pipeline.build import BuildOptions, Pipeline, describe_plan
 
     workspace, targets = _load_targets(args, with_dependencies=True)  # a base image is built first
     _, site = _site(args)
-    publish = site.publish_after_build if args.publish is None else args.publish
+    options = BuildOptions(
+        publish=site.publish_after_build if args.publish is None else args.publish,
+        verify=not args.no_verify,
+        dry_run=args.dry_run,
+    )
     quiet = args.quiet or args.json
-    step = (lambda _: None) if quiet else _stderr_step("build")
-    runner = Runner(dry_run=args.dry_run, echo=(lambda line: print(line)) if args.dry_run else None)
-    outcomes: list[Outcome] = []
-    with Ledger(_ledger_path(args, workspace)) as ledger:
-        builder = Builder(workspace, site, ledger, runner=runner, on_step=step)
-        publishing = Publishing(site, workspace.root, step) if publish else None
-        for target in _dependencies_first(targets):
-            started = time.monotonic()
-            outcome = Outcome(target.id, "built")
-            try:
-                manifest = builder.existing_manifest(target)
-                if (
-                    manifest is not None
-                    and manifest.build_id is not None
-                    and (not publish or ledger.published(manifest.build_id))
-                ):
-                    outcome.status = "skipped"  # same digest, built (and published): nothing to do
-                elif manifest is not None:
-                    outcome.status = "reused"
-                else:
-                    manifest = builder.build(target)
-                    if not args.no_verify:
-                        outcome.verified = builder.verify(target, manifest)
-                if publishing is not None and outcome.status != "skipped":
-                    pubs = publish_manifests([manifest], publishing, ledger)
-                    outcome.published = [p.as_json() for p in pubs]
-                outcome.manifest = str(builder.target_dir(target) / "manifest.json")
-            except DryRun:
-                outcome.status = "dry-run"
-            except KilnError as exc:
-                outcome.status, outcome.error = "failed", str(exc)
-            outcome.seconds = round(time.monotonic() - started, 2)
-            outcomes.append(outcome)
-            step(f"{target.id}: {outcome.status} in {outcome.seconds:.1f}s")
+    step = (lambda _: None) if quiet else StepPrinter("build")
+    if options.dry_run:  # pure: no ledger (not even opened), nothing written, nothing probed
+        outcomes = Pipeline(workspace, site, None, on_step=step).run(targets, options)
+        text = "\n".join(
+            line for o in outcomes for line in (describe_plan(o) if o.plan else [f"# {o.target}: {o.error}"])
+        )
+    else:
+        with Ledger(_ledger_path(args, workspace)) as ledger:
+            outcomes = Pipeline(workspace, site, ledger, on_step=step).run(targets, options)
+        text = "\n".join(
+            f"{o.target:40} {o.status:8} {o.seconds:8.1f}s  "
+            + (o.error or f"{o.manifest or ''}  verification {o.verification}")
+            for o in outcomes
+        )
     failed = [o for o in outcomes if o.status == "failed"]
-    lines = [f"{o.target:40} {o.status:8} {o.seconds:8.1f}s  {o.error or o.manifest or ''}" for o in outcomes]
-    _emit(args, {"targets": [o.as_json() for o in outcomes], "ok": not failed}, "\n".join(lines))
+    _emit(args, {"targets": [o.as_json() for o in outcomes], "ok": not failed}, text)
     return ExitCode.FAILED if failed else ExitCode.OK
-
-
-def _dependencies_first(targets: list[Any]) -> list[Any]:
-    by_id = {t.id: t for t in targets}
-    ordered: list[Any] = []
-    seen: set[str] = set()
-
-    def visit(target: Any) -> None:
-        if target.id in seen:
-            return
-        seen.add(target.id)
-        for dep in target.depends_on:
-            if dep in by_id:
-                visit(by_id[dep])
-        ordered.append(target)
-
-    for target in targets:
-        visit(target)
-    return ordered
 
 
 def _stderr_step(prefix: str) -> Callable[[str], None]:
@@ -461,8 +451,16 @@ def build_parser() -> argparse.ArgumentParser:
         help="publish after a successful build (default: site.yaml publish_after_build)",
     )
     p.add_argument("--no-publish", dest="publish", action="store_false", help="do not publish")
-    p.add_argument("--no-verify", action="store_true", help="skip the boot test")
-    p.add_argument("--dry-run", action="store_true", help="print the exact build commands; build nothing")
+    p.add_argument(
+        "--no-verify",
+        action="store_true",
+        help="switch verification off (recorded as 'off' in the manifest and ledger; still publishable)",
+    )
+    p.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="print the exact commands, dependencies first; writes, records and probes nothing",
+    )
     p = add(
         "publish",
         cmd_publish,
@@ -474,6 +472,11 @@ def build_parser() -> argparse.ArgumentParser:
         recipes=False,
     )
     p.add_argument("manifests", nargs="+", metavar="MANIFEST", help="build manifest JSON files")
+    p.add_argument(
+        "--allow-unverified",
+        action="store_true",
+        help="publish even when a manifest's verification failed or never ran (the gate's override)",
+    )
     site = sub.add_parser(
         "site",
         parents=[common],
@@ -535,6 +538,34 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BrokenPipeError:  # `kiln plan --json | head`: the reader left; not an error of ours
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return ExitCode.OK
+    except Exception as exc:  # a Kiln bug: never reported as "invalid input"
+        where = _save_traceback(args)
+        message = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"[:300]
+        if getattr(args, "json", False):
+            json.dump({"ok": False, "internal_error": message, "traceback": where}, sys.stdout, indent=2)
+            sys.stdout.write("\n")
+        print(
+            f"kiln {args.command}: internal error (a Kiln bug, please report it): {message}; "
+            f"traceback: {where}",
+            file=sys.stderr,
+        )
+        return ExitCode.INTERNAL
+
+
+def _save_traceback(args: argparse.Namespace) -> str:
+    """The traceback of the exception being handled, in a file under ~/.cache/kiln/crashes/."""
+    import traceback
+
+    text = f"kiln {__version__}: {' '.join(sys.argv)}\n{traceback.format_exc()}"
+    try:
+        directory = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "kiln" / "crashes"
+        directory.mkdir(parents=True, exist_ok=True)
+        path = directory / f"kiln-{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}.txt"
+        path.write_text(text)
+        return str(path)
+    except OSError:
+        sys.stderr.write(text)
+        return "printed above"
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -19,6 +19,7 @@ class ExitCode(IntEnum):
     USAGE = 2  # the command line itself is malformed (argparse uses 2 too)
     ENVIRONMENT = 3  # a required tool or service is missing or unreachable
     FAILED = 4  # a build, verification or publish ran and failed
+    INTERNAL = 70  # a Kiln bug (sysexits' EX_SOFTWARE): the message points at the saved traceback
 
 
 def format_key_path(path: KeyPath) -> str:
@@ -49,6 +50,9 @@ class Problem:
     message: str
     location: Location | None = None
     key_path: KeyPath = ()
+    # A Kiln bug met while reading this input (an unexpected exception), not a fault of the input:
+    # the CLI can tell the two apart (its own exit code), and the other inputs are still checked.
+    internal: bool = False
 
     def __str__(self) -> str:
         prefix = f"{self.location}: " if self.location else ""
@@ -63,6 +67,7 @@ class Problem:
             "column": loc.column if loc else None,
             "key": format_key_path(self.key_path) or None,
             "message": self.message,
+            **({"internal": True} if self.internal else {}),
         }
 
 
@@ -96,3 +101,12 @@ class CommandFailed(KilnError):
     """A subprocess run through the runner exited non-zero or timed out."""
 
     exit_code = ExitCode.FAILED
+
+
+class LedgerError(InvalidInput, RuntimeError):
+    """The ledger file cannot be used: not a ledger, damaged, or written by a newer Kiln. The message
+    names the file and what to do. (A RuntimeError too, as the schema check raised before.)"""
+
+    def __init__(self, path: object, what: str, todo: str):
+        self.path = str(path)
+        super().__init__(Problem(f"ledger {self.path}: {what}; {todo}"))

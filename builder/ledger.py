@@ -8,7 +8,9 @@ read while a build writes.
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
+import stat
 import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
@@ -17,7 +19,14 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
+from .errors import LedgerError
+
 SCHEMA_VERSION = 1
+# Tables every ledger of SCHEMA_VERSION has; later additions to _SCHEMA are created when missing.
+_CORE_TABLES = ("meta", "targets", "builds", "artifacts", "publications")
+_SQLITE_HEADER = b"SQLite format 3\x00"
+_MOVE_AWAY = "move it away (Kiln then starts a new, empty ledger) or point --ledger / $KILN_LEDGER elsewhere"
+_RESTORE = "restore it from a backup, or " + _MOVE_AWAY + " (its build history is then lost)"
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -48,6 +57,13 @@ CREATE TABLE IF NOT EXISTS artifacts (
     path TEXT NOT NULL,
     sha256 TEXT NOT NULL,
     size INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS verifications (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    build_id INTEGER NOT NULL REFERENCES builds(id),
+    status TEXT NOT NULL CHECK (status IN ('passed', 'failed', 'off')),
+    detail TEXT NOT NULL DEFAULT '',  -- what decided: the failing case, or who switched it off
+    verified_at REAL NOT NULL
 );
 CREATE TABLE IF NOT EXISTS publications (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -90,18 +106,76 @@ class ArtifactRecord:
 
 class Ledger:
     def __init__(self, path: Path):
+        """Open the ledger at ``path``, creating it when absent (or empty: 0 bytes, as left by a
+        process stopped before its first write, or by ``touch``; there is nothing in it to lose).
+        Anything else that is not a Kiln ledger of this schema or older is refused (LedgerError)
+        and left as it is: Kiln never starts over on a file that holds something."""
         self.path = path
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(str(path), timeout=30, isolation_level=None)
-        self._db.row_factory = sqlite3.Row
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA foreign_keys=ON")
-        self._db.executescript(_SCHEMA)
-        found = self._db.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
+        _check_file(path)
+        try:
+            self._db = sqlite3.connect(str(path), timeout=30, isolation_level=None, factory=_Connection)
+            self._db.ledger_path = path
+        except sqlite3.Error as exc:
+            raise LedgerError(path, f"cannot open ({exc})", "check the path and its permissions") from None
+        try:
+            self._db.row_factory = sqlite3.Row
+            self._db.execute("PRAGMA foreign_keys=ON")
+            self._open_schema()  # before WAL is switched on: that would write to a foreign database
+            if self._db.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
+                self._db.execute("PRAGMA journal_mode=WAL")
+        except sqlite3.Error as exc:
+            self._db.close()
+            raise LedgerError(path, f"damaged or unreadable (sqlite: {exc})", _RESTORE) from None
+        except BaseException:
+            self._db.close()
+            raise
+
+    def _open_schema(self) -> None:
+        """Create the schema in a new ledger, or check an existing one, in one write transaction so
+        that two Kiln processes opening a new ledger at once create it once."""
+        db = self._db
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+            if tables:
+                self._check_existing(tables)
+            for statement in _statements(_SCHEMA):
+                db.execute(statement)
+            db.execute(
+                "INSERT OR IGNORE INTO meta (key, value) VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),)
+            )
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        db.execute("COMMIT")
+
+    def _check_existing(self, tables: set[str]) -> None:
+        path, db = self.path, self._db
+        if "meta" not in tables:
+            listed = ", ".join(sorted(tables)[:8])
+            raise LedgerError(
+                path, f"an SQLite database, but not a Kiln ledger (tables: {listed})", _MOVE_AWAY
+            )
+        found = db.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
         if found is None:
-            self._db.execute("INSERT INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
-        elif int(found[0]) > SCHEMA_VERSION:
-            raise RuntimeError(f"{path}: ledger schema {found[0]} is newer than this Kiln ({SCHEMA_VERSION})")
+            raise LedgerError(
+                path, "no schema version in its meta table: damaged, or not a Kiln ledger", _RESTORE
+            )
+        try:
+            version = int(str(found[0]).strip())
+        except ValueError:
+            raise LedgerError(
+                path, f"schema version {str(found[0])[:40]!r} is not a number: damaged", _RESTORE
+            ) from None
+        if version > SCHEMA_VERSION:
+            raise LedgerError(
+                path,
+                f"ledger schema {version} is newer than this Kiln ({SCHEMA_VERSION})",
+                "use the Kiln that wrote it (or a newer one), or another ledger",
+            )
+        missing = [t for t in _CORE_TABLES if t not in tables]
+        if missing:
+            raise LedgerError(path, f"table {', '.join(missing)} missing: damaged", _RESTORE)
 
     def close(self) -> None:
         self._db.close()
@@ -169,6 +243,21 @@ class Ledger:
                 "INSERT INTO publications (artifact_id, publisher, location, published_at) VALUES (?,?,?,?)",
                 (artifact_id, publisher, location, time.time()),
             )
+
+    def record_verification(self, build_id: int, status: str, detail: str = "") -> None:
+        """The gate's verdict for a build (the latest one counts): passed, failed or off."""
+        with self._tx() as db:
+            db.execute(
+                "INSERT INTO verifications (build_id, status, detail, verified_at) VALUES (?,?,?,?)",
+                (build_id, status, detail, time.time()),
+            )
+
+    def verification(self, build_id: int) -> tuple[str, str] | None:
+        """(status, detail) of a build's latest verification, or None when it was never verified."""
+        row = self._db.execute(
+            "SELECT status, detail FROM verifications WHERE build_id=? ORDER BY id DESC LIMIT 1", (build_id,)
+        ).fetchone()
+        return (row[0], row[1]) if row else None
 
     def published(self, build_id: int) -> bool:
         """Whether every artifact of a build has at least one publication."""
@@ -260,6 +349,76 @@ class Ledger:
             (artifact_id,),
         ).fetchall()
         return [dict(r) for r in rows]
+
+
+def _check_file(path: Path) -> None:
+    """Refuse, before sqlite opens it, what cannot be a ledger: a directory, a device or FIFO (sqlite
+    would block on it), a non-empty file that is not an SQLite database. Creates missing parents."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        info = os.stat(path)
+    except FileNotFoundError:
+        return  # a new ledger
+    except OSError as exc:
+        raise LedgerError(
+            path, f"cannot be used ({exc.strerror or exc})", "check the path and its permissions"
+        ) from None
+    if stat.S_ISDIR(info.st_mode):
+        raise LedgerError(
+            path, "is a directory, not a ledger file", "give --ledger / $KILN_LEDGER a file path"
+        )
+    if not stat.S_ISREG(info.st_mode):
+        raise LedgerError(path, "not a regular file (a device, FIFO or socket)", "give a file path")
+    if info.st_size == 0:
+        return
+    try:
+        with open(path, "rb") as stream:
+            header = stream.read(100)
+    except OSError as exc:
+        raise LedgerError(path, f"cannot be read ({exc.strerror or exc})", "check its permissions") from None
+    if header[:16] != _SQLITE_HEADER:
+        raise LedgerError(
+            path, f"not an SQLite database (it starts with {header[:16]!r}), so not a Kiln ledger", _MOVE_AWAY
+        )
+    # The header's page count is valid when its "version-valid-for" matches the change counter; a
+    # healthy database file is never shorter than that (WAL mode appends to the -wal file instead).
+    page_size = int.from_bytes(header[16:18], "big")
+    page_size = 65536 if page_size == 1 else page_size
+    pages = int.from_bytes(header[28:32], "big")
+    if len(header) < 100 or (header[24:28] == header[92:96] and pages * page_size > info.st_size):
+        raise LedgerError(
+            path, f"truncated ({info.st_size} bytes; its header says {pages} pages of {page_size})", _RESTORE
+        )
+
+
+class _Connection(sqlite3.Connection):
+    """A connection whose errors from sqlite itself (a damaged page met by a query, a lock held past
+    the timeout) become LedgerErrors naming the file; errors in Kiln's own SQL stay as they are."""
+
+    ledger_path: Path = Path()
+
+    def execute(self, sql: str, parameters: Any = (), /) -> sqlite3.Cursor:
+        try:
+            return super().execute(sql, parameters)
+        except sqlite3.DatabaseError as exc:
+            if type(exc) not in (sqlite3.DatabaseError, sqlite3.OperationalError):
+                raise
+            if "locked" in str(exc) or "busy" in str(exc):
+                raise LedgerError(
+                    self.ledger_path, f"busy ({exc})", "another process holds it: retry when it is done"
+                ) from None
+            raise LedgerError(self.ledger_path, f"damaged or unreadable (sqlite: {exc})", _RESTORE) from None
+
+
+def _statements(script: str) -> list[str]:
+    """The statements of an SQL script (``executescript`` would commit the open transaction)."""
+    statements, current = [], ""
+    for line in script.splitlines(keepends=True):
+        current += line
+        if sqlite3.complete_statement(current):
+            statements.append(current.strip())
+            current = ""
+    return statements
 
 
 def state_from(succeeded: dict[str, set[str]], target_id: str, digest: str) -> TargetState:

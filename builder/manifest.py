@@ -25,6 +25,8 @@ from .errors import InvalidInput, Problem
 
 ArtifactType = Literal["disk-image", "kernel", "ramdisk", "iso", "rpm", "srpm", "oci-layout"]
 CHUNK = 4 << 20
+VERIFICATION_STATUSES = ("passed", "failed", "off", "pending")
+PUBLISHABLE_VERIFICATION = frozenset({"passed", "off"})
 
 
 @dataclass(frozen=True)
@@ -51,7 +53,28 @@ class BuildManifest:
     build: dict[str, Any] = field(default_factory=dict)
     build_id: int | None = None
     source_commit: str | None = None
+    # The gate: {"status": passed | failed | off | pending, "by": what decided, "cases": n}. Only
+    # "passed" and "off" (switched off on purpose, e.g. --no-verify) are publishable.
+    verification: dict[str, Any] | None = None
     base_dir: Path = field(default=Path("."), compare=False)
+
+    @property
+    def verification_status(self) -> str:
+        return str((self.verification or {}).get("status") or "pending")
+
+    @property
+    def verification_ok(self) -> bool:
+        return self.verification_status in PUBLISHABLE_VERIFICATION
+
+    @property
+    def verification_summary(self) -> str:
+        """``passed (3 cases)``, ``off (kiln build --no-verify)``, ``pending (never verified)``."""
+        v = self.verification or {}
+        status = self.verification_status
+        if status == "passed":
+            return f"passed ({v.get('cases', 0)} cases)"
+        detail = v.get("by") or ("never verified" if status == "pending" else "")
+        return f"{status} ({detail})" if detail else status
 
     @property
     def arch_enum(self) -> Arch:
@@ -101,6 +124,13 @@ def read_manifest(path: Path) -> BuildManifest:
         if not isinstance(data, dict):
             raise ValueError("the top level is not an object")
         artifacts = tuple(Artifact(**a) for a in data.pop("artifacts"))
+        verification = data.get("verification")
+        if verification is not None and (
+            not isinstance(verification, dict) or verification.get("status") not in VERIFICATION_STATUSES
+        ):
+            raise ValueError(
+                f"verification must be an object with a status ({', '.join(VERIFICATION_STATUSES)})"
+            )
         return BuildManifest(**data, artifacts=artifacts, base_dir=path.parent.resolve())
     except FileNotFoundError:
         raise InvalidInput(Problem(f"{path}: no such manifest")) from None

@@ -18,7 +18,6 @@ from pydantic import (
     Field,
     StringConstraints,
     ValidationInfo,
-    model_validator,
 )
 from pydantic.fields import FieldInfo
 
@@ -43,7 +42,27 @@ EnvName = Annotated[str, StringConstraints(pattern=r"^[A-Z_][A-Z0-9_]{0,63}$")]
 MacroName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")]
 HttpUrl = Annotated[str, StringConstraints(pattern=r"^https?://[^\s]+$")]
 CudaVersion = Annotated[str, StringConstraints(pattern=r"^[0-9]+\.[0-9]+$")]
-ShortText = Annotated[str, StringConstraints(max_length=4096)]
+# Characters that end a line for some reader of a rendered file (str.splitlines, shells, env files,
+# rpm macros) or are invisible in logs: C0 and C1 controls (tab allowed), DEL, U+2028/U+2029.
+_LINE_BREAKING = re.compile("[\x00-\x08\x0a-\x1f\x7f-\x9f\u2028\u2029]")
+
+
+def _single_line(value: str) -> str:
+    """Refuse control characters: a newline in an env value or a macro would split it in two."""
+    found = _LINE_BREAKING.search(value)
+    if found is not None:
+        char = found.group()
+        name = {"\n": " (newline)", "\r": " (carriage return)", "\x00": " (NUL)"}.get(char, "")
+        raise ValueError(
+            f"must be a single line of text: control character U+{ord(char):04X}{name} at offset "
+            f"{found.start()} is not allowed"
+        )
+    return value
+
+
+# Single-line text (no control characters but tab), at most 4096 characters: env values, labels,
+# macros, commands, boot keys, descriptions.
+ShortText = Annotated[str, StringConstraints(max_length=4096), AfterValidator(_single_line)]
 
 
 def _parse_arch(value: Any) -> Any:
@@ -158,280 +177,22 @@ class BootVerify(StrictModel):
     )
 
 
-# --- guest images ---------------------------------------------------------------------------------
-
-GuestDistro = Literal["debian", "ubuntu", "centos", "rocky", "almalinux", "fedora"]
-ImageFormat = Literal["qcow2", "raw"]
-
-
-class DibGuestBuild(StrictModel):
-    builder: Literal["dib"]
-    distro: GuestDistro
-    release: Release
-    elements: Annotated[list[ElementName], AfterValidator(_unique)] = Field(
-        default_factory=list, description="DIB elements beyond the distro element."
-    )
-    packages: Annotated[list[PackageName], AfterValidator(_unique)] = Field(default_factory=list)
-    formats: Annotated[list[ImageFormat], Field(min_length=1), AfterValidator(_unique)] = Field(
-        default_factory=lambda: ["qcow2"]
-    )
-    size_gb: int | None = Field(None, ge=1, le=2048, description="Root filesystem size; default: fit.")
-    firmware: Literal["bios", "uefi"] = "bios"
-    env: dict[EnvName, ShortText] = Field(default_factory=dict, description="Extra DIB_* variables.")
-
-
-class PackerBase(StrictModel):
-    recipe: Name = Field(description="The Kiln recipe whose image this build starts from.")
-    variant: Name | None = None
-
-
-class IsoSource(StrictModel):
-    """An installer ISO: exactly one of ``url`` or ``path`` (a file in the workspace)."""
-
-    url: HttpUrl | None = None
-    path: FileRef | None = None
-    checksum: Annotated[str, StringConstraints(pattern=r"^(none|(sha256|sha512):[0-9a-f]{64,128})$")]
-    answer_file: FileRef | None = Field(None, description="preseed/kickstart served over Packer's HTTP.")
-    boot_command: list[ShortText] = Field(
-        default_factory=list,
-        description="Keys Packer types at boot; write @@HTTP@@ for the URL of Packer's HTTP server.",
-    )
-
-    @model_validator(mode="after")
-    def _exactly_one(self) -> IsoSource:
-        if (self.url is None) == (self.path is None):
-            raise ValueError("needs exactly one of url, path")
-        return self
-
-
-class FileCopy(StrictModel):
-    source: FileRef
-    destination: Annotated[str, StringConstraints(pattern=r"^/[^\x00]*$")]
-
-
-class Provisioner(StrictModel):
-    """Exactly one of ``shell`` (inline commands), ``script`` (a file) or ``file`` (a copy)."""
-
-    shell: list[ShortText] | None = None
-    script: FileRef | None = None
-    file: FileCopy | None = None
-
-    @model_validator(mode="after")
-    def _exactly_one(self) -> Provisioner:
-        given = [k for k in ("shell", "script", "file") if getattr(self, k) is not None]
-        if len(given) != 1:
-            raise ValueError(f"needs exactly one of shell, script, file (got {', '.join(given) or 'none'})")
-        return self
-
-
-class PackerGuestBuild(StrictModel):
-    builder: Literal["packer"]
-    distro: GuestDistro
-    release: Release
-    base: PackerBase | None = Field(None, description="Start from another Kiln target's image.")
-    iso: IsoSource | None = Field(None, description="Or install from an ISO with an answer file.")
-    provisioners: list[Provisioner] = Field(default_factory=list)
-    formats: Annotated[list[ImageFormat], Field(min_length=1), AfterValidator(_unique)] = Field(
-        default_factory=lambda: ["qcow2"]
-    )
-    disk_size_gb: int = Field(8, ge=1, le=2048)
-    memory_mb: int = Field(2048, ge=256, le=262144)
-    cpus: int = Field(2, ge=1, le=256)
-    ssh_username: Annotated[str, StringConstraints(pattern=r"^[a-z_][a-z0-9_-]{0,31}$")] = "debian"
-    firmware: Literal["bios", "uefi"] = "bios"
-
-    @model_validator(mode="after")
-    def _one_source(self) -> PackerGuestBuild:
-        if (self.base is None) == (self.iso is None):
-            raise ValueError("needs exactly one of base (another recipe's image) or iso")
-        return self
-
-
-GuestBuild = Annotated[DibGuestBuild | PackerGuestBuild, Field(discriminator="builder")]
-
-
-class GuestVerify(StrictModel):
-    boot: BootVerify = Field(default_factory=BootVerify)
-
-
-class GuestPublish(StrictModel):
-    glance: GlancePublish | None = None
-
-
-# --- IPA ramdisks ---------------------------------------------------------------------------------
-
-
-class IpaBuild(StrictModel):
-    distro: Literal["debian", "ubuntu", "centos"] = "debian"
-    release: Release
-    elements: Annotated[list[ElementName], AfterValidator(_unique)] = Field(default_factory=list)
-    ipa_version: Annotated[str, StringConstraints(pattern=r"^[0-9]+(\.[0-9]+)*$")] | None = Field(
-        None, description="ironic-python-agent release from PyPI; default: the newest."
-    )
-    iso: bool = Field(True, description="Also build an ISO for virtual-media boot.")
-    compression: Literal["gzip", "xz"] = "gzip"
-    components: Annotated[list[Name], Field(min_length=1)] = Field(
-        default_factory=lambda: ["main"], description="Debian archive components (firmware is in non-free)."
-    )
-    env: dict[EnvName, ShortText] = Field(default_factory=dict)
-
-
-class IpaVerify(StrictModel):
-    boot: BootVerify = Field(default_factory=lambda: BootVerify(memory_mb=3072, timeout_s=1200))
-
-
-class IpaPublish(StrictModel):
-    glance: GlancePublish | None = None
-
-
-# --- ppc64le SRPM rebuilds ------------------------------------------------------------------------
-
-
-class SrpmSource(StrictModel):
-    """Exactly one of ``path`` (a file in the workspace), ``url``, or ``package`` (+ ``repo``)."""
-
-    path: FileRef | None = None
-    url: HttpUrl | None = None
-    package: PackageName | None = None
-    repo: HttpUrl | None = Field(None, description="Repo base URL to find `package` in.")
-    sha256: Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")] | None = None
-
-    @model_validator(mode="after")
-    def _exactly_one(self) -> SrpmSource:
-        given = [k for k in ("path", "url", "package") if getattr(self, k) is not None]
-        if len(given) != 1:
-            raise ValueError(f"needs exactly one of path, url, package (got {', '.join(given) or 'none'})")
-        if self.package is not None and self.repo is None:
-            raise ValueError("package needs repo (the base URL of the repo that has it)")
-        if self.url is not None and self.sha256 is None:
-            raise ValueError("url needs sha256 so that the download can be checked")
-        return self
-
-
-class RpmRebuildBuild(StrictModel):
-    source: SrpmSource
-    distro: Literal["el", "fedora"] = "el"
-    release: Release
-    dist: Annotated[str, StringConstraints(pattern=r"^\.[a-z0-9_.]{1,32}$")] | None = Field(
-        None, description="Value of %dist; default: .el<release> / .fc<release>."
-    )
-    release_suffix: Annotated[str, StringConstraints(pattern=r"^\.?[A-Za-z0-9_.]{1,32}$")] = Field(
-        ".kiln1", description="Appended to the spec's Release so the rebuild sorts after upstream."
-    )
-    defines: dict[MacroName, ShortText] = Field(default_factory=dict, description="Extra rpm macros.")
-    patches: list[FileRef] = Field(default_factory=list, description="Patches applied after upstream's.")
-    without: list[Annotated[str, StringConstraints(pattern=r"^[a-z0-9_]{1,64}$")]] = Field(
-        default_factory=list, description="bconds to build --without (e.g. tests, docs)."
-    )
-    run_check: bool = Field(True, description="Run %check (under emulation on a foreign host).")
-
-
-class RpmVerify(StrictModel):
-    install: bool = Field(True, description="dnf-install the built packages into an installroot.")
-
-
-class RpmPublish(StrictModel):
-    repo: RepoPublish | None = Field(default_factory=RepoPublish)
-
-
-# --- CUDA containers ------------------------------------------------------------------------------
-
-
-class ContainerBuild(StrictModel):
-    distro: Literal["debian", "ubuntu"] = "debian"
-    release: Release
-    cuda: CudaVersion | None = Field(None, description="CUDA version, e.g. '11.8'.")
-    packages: Annotated[list[PackageName], AfterValidator(_unique)] = Field(default_factory=list)
-    components: Annotated[list[Name], Field(min_length=1)] = Field(default_factory=lambda: ["main"])
-    env: dict[EnvName, ShortText] = Field(default_factory=dict)
-    labels: dict[Annotated[str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9._/-]{0,127}$")], ShortText] = (
-        Field(default_factory=dict)
-    )
-    cmd: list[ShortText] | None = None
-
-
-class ContainerVerify(StrictModel):
-    commands: list[list[ShortText]] = Field(
-        default_factory=list,
-        description="Commands (argument lists) run in the built image; each must exit 0.",
-    )
-
-
-class ContainerPublish(StrictModel):
-    registry: RegistryPublish | None = None
-
-
 # --- the recipes ----------------------------------------------------------------------------------
-
-Kind = Literal["guest-image", "ipa-ramdisk", "rpm-rebuild", "container"]
 
 
 class RecipeBase(StrictModel):
+    """The keys every recipe has; builder/kinds/ adds ``kind``, ``build``, ``verify`` and ``publish``
+    per kind (the registry makes one model per kind name)."""
+
     name: Name
-    kind: Kind
     description: ShortText = ""
     arches: Annotated[list[ArchName], Field(min_length=1), AfterValidator(_unique)]
     matrix: Matrix = Field(default_factory=Matrix)
 
 
-class GuestImageRecipe(RecipeBase):
-    kind: Literal["guest-image"]
-    build: GuestBuild
-    verify: GuestVerify = Field(default_factory=GuestVerify)
-    publish: GuestPublish = Field(default_factory=GuestPublish)
-
-
-class IpaRamdiskRecipe(RecipeBase):
-    kind: Literal["ipa-ramdisk"]
-    build: IpaBuild
-    verify: IpaVerify = Field(default_factory=IpaVerify)
-    publish: IpaPublish = Field(default_factory=IpaPublish)
-
-
-class RpmRebuildRecipe(RecipeBase):
-    kind: Literal["rpm-rebuild"]
-    build: RpmRebuildBuild
-    verify: RpmVerify = Field(default_factory=RpmVerify)
-    publish: RpmPublish = Field(default_factory=RpmPublish)
-
-
-class ContainerRecipe(RecipeBase):
-    kind: Literal["container"]
-    build: ContainerBuild
-    verify: ContainerVerify = Field(default_factory=ContainerVerify)
-    publish: ContainerPublish = Field(default_factory=ContainerPublish)
-
-
-Recipe = GuestImageRecipe | IpaRamdiskRecipe | RpmRebuildRecipe | ContainerRecipe
-
-RECIPE_MODELS: dict[str, type[RecipeBase]] = {
-    "guest-image": GuestImageRecipe,
-    "ipa-ramdisk": IpaRamdiskRecipe,
-    "rpm-rebuild": RpmRebuildRecipe,
-    "container": ContainerRecipe,
-}
-KINDS: tuple[str, ...] = tuple(RECIPE_MODELS)
-
 # Recipe values are data. Template delimiters in them would be inert in Kiln's own Jinja
 # rendering, but Packer's Go templates and some downstream tools would evaluate them: refuse early.
 TEMPLATE_SYNTAX = re.compile(r"\{\{|\{%|\{#")
-
-
-def recipe_json_schema() -> dict[str, Any]:
-    """The JSON Schema editors use for completion (``kiln schema``)."""
-    from pydantic import TypeAdapter
-
-    schema = TypeAdapter(Annotated[Recipe, Field(discriminator="kind")]).json_schema()
-    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
-    schema["title"] = "Kiln recipe"
-    # "extends" is resolved before validation, so the models do not know it; editors should.
-    for definition in schema.get("$defs", {}).values():
-        if definition.get("title", "").endswith("Recipe"):
-            definition["properties"]["extends"] = {
-                "type": "string",
-                "description": "A base recipe file (relative path) whose keys this recipe overrides.",
-            }
-    return schema
 
 
 def _annotation_is_file_ref(annotation: Any) -> bool:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import difflib
 import os
+import traceback
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,12 +17,13 @@ from typing import Any, Union, get_args, get_origin
 
 from pydantic import BaseModel, ValidationError
 
-from .errors import InvalidInput, KeyPath, Problem
-from .recipe import KINDS, RECIPE_MODELS, TEMPLATE_SYNTAX, RecipeBase
+from . import kinds
+from .errors import InvalidInput, KeyPath, Location, Problem
+from .limits import MAX_BASE_DEPTH, MAX_EXTENDS_DEPTH, MAX_TARGETS_PER_RECIPE, MAX_TARGETS_PER_WORKSPACE
+from .recipe import TEMPLATE_SYNTAX, RecipeBase
 from .workspace import PathRefused, Workspace
 from .yamlsource import LocatedDoc, deep_merge, display_path, load_file, merge_values, subdoc, without_key
 
-MAX_EXTENDS_DEPTH = 8
 DEFAULTS_FILE = "defaults.yaml"
 
 
@@ -49,16 +51,48 @@ def is_recipe_file(path: Path) -> bool:
 
 
 def discover(paths: Iterable[Path]) -> list[Path]:
-    """Recipe files named directly, or found below directories (sorted, defaults and _partials skipped)."""
+    """Recipe files named directly, or found below directories (sorted, defaults and _partials skipped).
+
+    Below a directory, symlinked directories are not followed (a link loop would never end) and a
+    symlink with a recipe's name is listed whatever it points to, so that loading reports it
+    (a loop, a link out of the workspace) instead of skipping it silently."""
     found: list[Path] = []
     for path in paths:
-        if path.is_dir():
-            found.extend(sorted(p for p in path.rglob("*") if p.is_file() and is_recipe_file(p)))
-        elif path.exists():
+        try:
+            is_dir = path.is_dir()
+            exists = is_dir or os.path.lexists(path)
+        except (OSError, ValueError) as exc:  # a name too long, a NUL byte
+            raise InvalidInput(Problem(f"cannot use {str(path)[:200]!r}: {_reason(exc)}")) from None
+        if is_dir:
+            found.extend(_walk(path))
+        elif exists:
             found.append(path)
         else:
             raise InvalidInput(Problem(f"no such recipe file or directory: {path}"))
     return found
+
+
+def _walk(top: Path) -> list[Path]:
+    out: list[Path] = []
+    # A directory that cannot be listed (its path over PATH_MAX, no permission) is listed itself:
+    # loading it then says why, where skipping it would hide the recipes below it.
+    for dirpath, dirnames, filenames in os.walk(
+        top, followlinks=False, onerror=lambda e: out.append(Path(e.filename))
+    ):
+        here = Path(dirpath)
+        out.extend(here / name for name in filenames if is_recipe_file(here / name))
+        # A symlink to a directory is listed among dirnames (and not entered); one named like a
+        # recipe file is listed, so that loading says what is wrong with it.
+        out.extend(here / n for n in dirnames if is_recipe_file(here / n) and (here / n).is_symlink())
+    return sorted(out)
+
+
+def _reason(exc: BaseException) -> str:
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror
+    if isinstance(exc, RuntimeError):  # pathlib's "Symlink loop from ..."
+        return "symlink loop"
+    return str(exc) or type(exc).__name__
 
 
 class RecipeLoader:
@@ -79,12 +113,23 @@ class RecipeLoader:
         loaded: list[LoadedRecipe] = []
         problems: list[Problem] = []
         seen: dict[str, LoadedRecipe] = {}
+        reported: set[Problem] = set()
+        targets = 0
         for path in paths:
             try:
                 recipe = self.load(path)
             except InvalidInput as exc:
-                problems.extend(exc.problems)
+                problems.extend(p for p in exc.problems if p not in reported)  # a broken defaults
+                reported.update(exc.problems)  # file or base is reported once, not per recipe
                 continue
+            except Exception as exc:  # a Kiln bug met by one file: reported for it, the others go on
+                problems.append(_internal_problem(path, exc))
+                continue
+            targets += target_count(recipe.recipe)
+            if targets > MAX_TARGETS_PER_WORKSPACE:
+                message = f"with this recipe, over {MAX_TARGETS_PER_WORKSPACE} targets in one run; refused"
+                problems.append(recipe.problem((), message))
+                break
             first = seen.get(recipe.name)
             if first is not None:
                 problems.append(
@@ -93,23 +138,28 @@ class RecipeLoader:
                 continue
             seen[recipe.name] = recipe
             loaded.append(recipe)
+        too_deep = _too_deep_bases(loaded)
+        if too_deep:
+            problems.extend(too_deep.values())
+            loaded = [r for r in loaded if r.name not in too_deep]
         return loaded, problems
 
     def load(self, path: Path) -> LoadedRecipe:
-        path = self._resolve(path)
+        path = self._checked(path)
         doc = self._load_with_bases(path, chain=())
         if not isinstance(doc.data, dict):
             raise InvalidInput(doc.problem((), "a recipe must be a mapping of keys to values"))
         kind = doc.data.get("kind")
         if kind is None:
-            raise InvalidInput(doc.problem(("kind",), f"required key is missing (one of {', '.join(KINDS)})"))
-        if kind not in RECIPE_MODELS:
-            raise InvalidInput(doc.problem(("kind",), _one_of_message(str(kind), KINDS)))
+            known = kinds.names()
+            raise InvalidInput(doc.problem(("kind",), f"required key is missing (one of {', '.join(known)})"))
+        if not isinstance(kind, str) or kind not in kinds.names():
+            raise InvalidInput(doc.problem(("kind",), _one_of_message(str(kind), kinds.names())))
         defaults = self._defaults_for(str(kind))
         if defaults is not None:
             doc = deep_merge(defaults, doc)
         _refuse_template_syntax(doc)
-        model = RECIPE_MODELS[str(kind)]
+        model = kinds.recipe_model(kind)
         context = {
             "workspace": self.workspace,
             "base_dir": path.parent,
@@ -119,6 +169,15 @@ class RecipeLoader:
             recipe = model.model_validate(doc.data, context=context)
         except ValidationError as exc:
             raise InvalidInput(problems_from_validation(exc, doc, model)) from None
+        count = target_count(recipe)
+        if count > MAX_TARGETS_PER_RECIPE:
+            raise InvalidInput(
+                doc.problem(
+                    ("matrix",) if "matrix" in doc.data else ("arches",),
+                    f"{count} targets (arches x releases x variants: {_matrix_sizes(recipe)}); "
+                    f"more than {MAX_TARGETS_PER_RECIPE} per recipe are refused",
+                )
+            )
         variant_builds = self._variant_builds(recipe, doc, context)
         return LoadedRecipe(
             recipe=recipe,
@@ -129,6 +188,24 @@ class RecipeLoader:
         )
 
     # -- pieces ---------------------------------------------------------------------------------
+
+    def _checked(self, path: Path) -> Path:
+        """``path`` resolved; refused when it cannot be (a symlink loop, a name too long) or when it
+        lies in the workspace but is a symlink to a file outside it."""
+        try:
+            resolved = self._resolve(path)
+        except (OSError, RuntimeError, ValueError) as exc:
+            where = Location(display_path(path, resolved=True)[:4096], 1, 1)
+            raise InvalidInput(Problem(f"cannot read: {_reason(exc)}", where)) from None
+        root = self.workspace._resolved_root()
+        if not resolved.is_relative_to(root):
+            given = Path(os.path.abspath(path))
+            if given.is_relative_to(self.workspace.root) or given.is_relative_to(root):
+                where = Location(display_path(given, resolved=True), 1, 1)
+                raise InvalidInput(
+                    Problem(f"a symlink to {resolved}, outside the workspace ({root}); refused", where)
+                )
+        return resolved
 
     def _resolve(self, path: Path) -> Path:
         """``path.resolve()``, each directory resolved once per loader: realpath costs an lstat and
@@ -174,13 +251,17 @@ class RecipeLoader:
     def _defaults_section(self, kind: str) -> LocatedDoc | None:
         if self._defaults is None:
             path = self.workspace.recipes_dir / DEFAULTS_FILE
-            self._defaults = load_file(path) if path.is_file() else LocatedDoc(data={}, file=str(path))
-            data = self._defaults.data
+            if os.path.lexists(path):  # not is_file(): a directory, FIFO or loop there is reported
+                defaults = load_file(self._checked(path), resolved=True)
+            else:
+                defaults = LocatedDoc(data={}, file=str(path))
+            data = defaults.data
             if not isinstance(data, dict):
-                raise InvalidInput(self._defaults.problem((), "defaults must map a kind to its default keys"))
+                raise InvalidInput(defaults.problem((), "defaults must map a kind to its default keys"))
             for key in data:
-                if key not in KINDS:
-                    raise InvalidInput(self._defaults.problem((key,), _one_of_message(key, KINDS)))
+                if key not in kinds.names():
+                    raise InvalidInput(defaults.problem((key,), _one_of_message(key, kinds.names())))
+            self._defaults = defaults  # only once checked: every recipe meets a broken one again
         if kind not in self._defaults.data:
             return None
         section = subdoc(self._defaults, (kind,))
@@ -217,6 +298,82 @@ class RecipeLoader:
         if problems:
             raise InvalidInput(problems)
         return out
+
+
+def target_count(recipe: RecipeBase) -> int:
+    """How many targets a recipe expands to at most (before capability rules): arches x releases
+    x variants. Known from the matrix alone, so a huge matrix is refused before any expansion."""
+    matrix = recipe.matrix
+    return len(recipe.arches) * max(1, len(matrix.releases)) * max(1, len(matrix.variants))
+
+
+def _matrix_sizes(recipe: RecipeBase) -> str:
+    matrix = recipe.matrix
+    return f"{len(recipe.arches)} x {max(1, len(matrix.releases))} x {max(1, len(matrix.variants))}"
+
+
+def _too_deep_bases(loaded: list[LoadedRecipe]) -> dict[str, Problem]:
+    """Recipes whose ``build.base`` chain (among ``loaded``) is longer than MAX_BASE_DEPTH, each
+    with its problem. Iterative: a chain of thousands must not exhaust Python's stack, here or in
+    expansion (which follows the chain recursively). A cycle ends a chain; expansion reports it."""
+    by_name = {r.name: r for r in loaded}
+    bases: dict[str, list[str]] = {}
+    for r in loaded:
+        names = {getattr(getattr(b, "base", None), "recipe", None) for b in r.variant_builds.values()}
+        bases[r.name] = sorted(n for n in names if isinstance(n, str) and n in by_name)
+    if not any(bases.values()):
+        return {}
+    depth: dict[str, int] = {}
+    through: dict[str, str] = {}  # name -> the base its longest chain goes through
+    for start in bases:
+        if start in depth:
+            continue
+        stack = [(start, iter(bases[start]))]
+        on_stack = {start}
+        while stack:
+            name, children = stack[-1]
+            child = next(children, None)
+            if child is None:
+                stack.pop()
+                on_stack.discard(name)
+                depth[name], through[name] = max(
+                    ((depth.get(c, 0) + 1, c) for c in bases[name] if c not in on_stack), default=(0, "")
+                )
+            elif child not in depth and child not in on_stack:
+                stack.append((child, iter(bases[child])))
+                on_stack.add(child)
+    problems: dict[str, Problem] = {}
+    for name, level in depth.items():
+        if level > MAX_BASE_DEPTH:
+            chain = [name]
+            while len(chain) < 4 and through.get(chain[-1]):
+                chain.append(through[chain[-1]])
+            problems[name] = by_name[name].problem(
+                ("build", "base", "recipe"),
+                f"builds on a chain of {level} base recipes ({' -> '.join(chain)} -> ...); "
+                f"more than {MAX_BASE_DEPTH} levels of build.base are refused",
+            )
+    return problems
+
+
+def _internal_problem(path: Path, exc: Exception) -> Problem:
+    """An unexpected exception while loading one file: a Kiln bug, reported against that file."""
+    try:
+        shown = display_path(path)
+    except Exception:  # the path itself may be what broke
+        shown = str(path)[:4096]
+    text = str(exc).splitlines()[0][:200] if str(exc) else ""
+    frames = [f for f in traceback.extract_tb(exc.__traceback__) if "/builder/" in f.filename]
+    where = ""
+    if frames:  # the innermost frame in Kiln's code, for the bug report
+        inner = frames[-1]
+        where = f" at builder/{inner.filename.rsplit('/builder/', 1)[1]}:{inner.lineno} in {inner.name}"
+    return Problem(
+        f"internal error while loading this file ({type(exc).__name__}{where}{': ' + text if text else ''}); "
+        "this is a bug in Kiln, please report it with this file",
+        Location(shown, 1, 1),
+        internal=True,
+    )
 
 
 def _has_path(data: Any, path: KeyPath) -> bool:

@@ -256,54 +256,6 @@ def template_closure(templates_dir: Path, names: list[str]) -> list[str]:
     return sorted(out)
 
 
-# --- what each kind renders ----------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Output:
-    path: str  # relative to the target's render directory
-    template: str  # relative to templates/
-    mode: int = 0o644
-
-
-# What each kind renders, built once: Outputs are frozen, and this runs twice per target.
-_DIB_OUTPUTS = (Output("dib.env", "dib/environment.j2"), Output("build.json", "dib/build.json.j2"))
-_PACKER_OUTPUTS = (
-    Output("image.pkr.hcl", "packer/qemu.pkr.hcl.j2"),
-    Output("seed/meta-data", "packer/meta-data.j2"),
-)
-_IPA_OUTPUTS = (Output("dib.env", "ipa/environment.j2"), Output("build.json", "ipa/build.json.j2"))
-_RPM_OUTPUTS = (
-    Output("kiln.macros", "rpm/kiln.macros.j2"),
-    Output("spec-changes.json", "rpm/spec-changes.json.j2"),
-    Output("build.json", "rpm/build.json.j2"),
-)
-
-
-def outputs_for(kind: str, build: Any, arch: Arch) -> list[Output]:
-    """The files a target of this kind renders. Pure: used for digests as well as for rendering."""
-    if kind == "guest-image" and build.builder == "dib":
-        return list(_DIB_OUTPUTS)
-    if kind == "guest-image" and build.builder == "packer":
-        return list(_PACKER_OUTPUTS)
-    if kind == "ipa-ramdisk":
-        return list(_IPA_OUTPUTS)
-    if kind == "rpm-rebuild":
-        return list(_RPM_OUTPUTS)
-    if kind == "container":
-        return [Output("Dockerfile", f"containers/Dockerfile.{build.distro}.j2")]
-    raise ValueError(f"no render plan for kind {kind!r}")
-
-
-def kiln_elements(kind: str, build: Any, arch: Arch) -> list[str]:
-    """Kiln's own DIB elements (from elements/) that every build of this kind gets."""
-    if kind not in ("guest-image", "ipa-ramdisk") or getattr(build, "builder", "dib") != "dib":
-        return []
-    if arch is Arch.PPC64LE and getattr(build, "distro", "") in ("debian", "ubuntu"):
-        return ["kiln-extra-ca", "kiln-ppc64le-boot"]
-    return ["kiln-extra-ca"]
-
-
 # --- rendering ---------------------------------------------------------------------------------------
 
 
@@ -319,7 +271,7 @@ def render_target(target: Any, templates_dir: Path) -> list[RenderedFile]:
     env = environment(templates_dir)
     context = template_context(target)
     rendered = []
-    for output in outputs_for(target.kind, target.build_model, target.arch):
+    for output in target.spec.outputs(target.build, target.arch):
         try:
             text = env.get_template(output.template).render(context)
         except jinja2.TemplateSyntaxError as exc:
@@ -377,10 +329,10 @@ def template_context(target: Any) -> dict[str, Any]:
             "variant": target.variant,
             "image_name": target.image_name,
         },
-        "build": target.build,
+        "build": target.build_json,
         "arch": dict(_ARCH_CONTEXT[target.arch]),  # a copy: what one render does stays in it
         "elements": list(target.dib_elements),
-        "verify": target.verify,
+        "verify": target.verify_json,
     }
 
 

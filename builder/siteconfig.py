@@ -23,13 +23,15 @@ mirrors:
 from __future__ import annotations
 
 import os
+import re
+from dataclasses import replace
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import BeforeValidator, Field, StringConstraints, ValidationError, model_validator
 
 from .arch import Arch
-from .errors import EnvironmentProblem, InvalidInput
+from .errors import EnvironmentProblem, InvalidInput, Problem
 from .recipe import ArchName, HttpUrl, StrictModel
 from .recipes import problems_from_validation
 from .yamlsource import LocatedDoc, load_file
@@ -178,9 +180,12 @@ class SiteConfig(StrictModel):
 def load_site(path: Path | None, root: Path) -> SiteConfig:
     """site.yaml from ``path``, ``$KILN_SITE`` or ``ROOT/site.yaml``; defaults when none exists."""
     chosen = path or (Path(os.environ["KILN_SITE"]) if os.environ.get("KILN_SITE") else root / "site.yaml")
-    if path is None and not chosen.exists():
+    if path is None and not os.path.exists(chosen):
         return SiteConfig()
-    doc = load_file(chosen)
+    try:
+        doc = load_file(chosen)
+    except InvalidInput as exc:  # a YAML error may quote the text (a tag on a URL with a password)
+        raise InvalidInput([_masked(p) for p in exc.problems]) from None
     if doc.data in (None, {}):
         return SiteConfig()
     if not isinstance(doc.data, dict):
@@ -192,4 +197,31 @@ def _validate(doc: LocatedDoc) -> SiteConfig:
     try:
         return SiteConfig.model_validate(doc.data)
     except ValidationError as exc:
-        raise InvalidInput(problems_from_validation(exc, doc, SiteConfig)) from None
+        raise InvalidInput([_masked(p) for p in problems_from_validation(exc, doc, SiteConfig)]) from None
+
+
+# --- secrets in messages ------------------------------------------------------------------------------
+
+MASK = "***"
+# Credentials in a URL ("https://user:pass@host", "user:pass@host", "token@host"): the userinfo part.
+# Greedy up to the last "@" before the host, as URL parsers read a password with an "@" in it.
+_URL_USERINFO = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://)[^\s/?#'\"]+@")
+_BARE_USERINFO = re.compile(r"(?<![\w.:/-])[\w.%~!$&*+,;=-]+:[^\s/?#'\"]*@(?=[\w.-])")
+# Keys whose values are secrets whatever they look like.
+SECRET_KEY = re.compile(r"(?i)(pass(word|wd|phrase)?|secret|token|credential|api[_-]?key|private[_-]?key)")
+
+
+def mask_secrets(text: str) -> str:
+    """``text`` with the credentials of every URL in it replaced by ``***``."""
+    text = _URL_USERINFO.sub(lambda m: m.group(1) + MASK + "@", text)
+    return _BARE_USERINFO.sub(MASK + "@", text)
+
+
+def _masked(problem: Problem) -> Problem:
+    """A site.yaml problem safe to print: URL credentials masked, and the value of a key named like
+    a secret (password, token, ...) never shown, however the message quotes it."""
+    message = mask_secrets(problem.message)
+    if any(isinstance(part, str) and SECRET_KEY.search(part) for part in problem.key_path):
+        message = re.sub(r"\(got .*\)", f"(got {MASK})", message, flags=re.S)
+        message = re.sub(r"'(?:[^'\\]|\\.)*'|\"(?:[^\"\\]|\\.)*\"", MASK, message)
+    return problem if message == problem.message else replace(problem, message=message)

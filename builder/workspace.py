@@ -28,6 +28,11 @@ def relative_text(path: Path, root: Path) -> str:
     return path.relative_to(root).as_posix()
 
 
+def _shown(reference: str) -> str:
+    """A path from a recipe, quoted for a message, shortened when it is very long."""
+    return repr(reference) if len(reference) <= 200 else repr(reference[:200]) + "..."
+
+
 class PathRefused(ValueError):
     """A referenced path that is absolute, escapes the workspace or does not exist."""
 
@@ -82,16 +87,26 @@ class Workspace:
         pure = PurePosixPath(reference)
         if pure.is_absolute() or reference.startswith("~") or (len(reference) > 1 and reference[1] == ":"):
             raise PathRefused(f"absolute path {reference!r} refused: paths are relative to the recipe file")
-        candidate = (base_dir / pure).resolve()
+        try:
+            candidate = (base_dir / pure).resolve()
+        except RuntimeError:  # pathlib: "Symlink loop from ..."
+            raise PathRefused(f"{_shown(reference)} is a symlink loop") from None
         root = self._resolved_root()
         if not candidate.is_relative_to(root):
-            raise PathRefused(f"{reference!r} resolves outside the workspace ({root}); refused")
-        if not candidate.exists():
-            raise PathRefused(f"{reference!r} does not exist (looked at {self.relative_or_abs(candidate)})")
-        if want_dir and not candidate.is_dir():
-            raise PathRefused(f"{reference!r} is not a directory")
-        if not want_dir and not candidate.is_file():
-            raise PathRefused(f"{reference!r} is not a regular file")
+            raise PathRefused(f"{_shown(reference)} resolves outside the workspace ({root}); refused")
+        try:
+            exists = candidate.exists()
+            is_dir = exists and candidate.is_dir()
+            is_file = exists and candidate.is_file()
+        except OSError as exc:  # a name over 255 bytes, a path over PATH_MAX, permissions
+            raise PathRefused(f"{_shown(reference)} cannot be used: {exc.strerror or exc}") from None
+        if not exists:
+            shown = self.relative_or_abs(candidate, resolved=True)
+            raise PathRefused(f"{_shown(reference)} does not exist (looked at {shown})")
+        if want_dir and not is_dir:
+            raise PathRefused(f"{_shown(reference)} is not a directory")
+        if not want_dir and not is_file:
+            raise PathRefused(f"{_shown(reference)} is not a regular file")
         return candidate
 
     def relative_or_abs(self, path: Path, *, resolved: bool = False) -> str:

@@ -9,6 +9,7 @@ node it produces so that an alias bomb is refused after a bounded amount of work
 from __future__ import annotations
 
 import os
+import stat
 from collections import ChainMap
 from collections.abc import Callable, Mapping
 from functools import lru_cache
@@ -19,18 +20,17 @@ import yaml
 import yaml.constructor
 
 from .errors import InvalidInput, KeyPath, Location, Problem
+from .limits import MAX_DEPTH, MAX_FILE_BYTES, MAX_NODES
 from .workspace import relative_text
-
-# A recipe is a few hundred nodes; the biggest sane one a few thousand. Past this, something is
-# expanding aliases on purpose.
-MAX_NODES = 20_000
-MAX_DEPTH = 64
-MAX_FILE_BYTES = 1 << 20
 
 _Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 _scalar_constructor = yaml.constructor.SafeConstructor()
 _STR_TAG = "tag:yaml.org,2002:str"
 _MERGE_TAG = "tag:yaml.org,2002:merge"
+# Scalar tags a recipe may use (implicitly or written out); their values are checked by PyYAML's
+# safe constructors. Everything else (!!binary, !!python/..., custom !tags) is refused: recipes are
+# text, and binary values would slip past the template-syntax check as bytes.
+_SCALAR_TAGS = {f"tag:yaml.org,2002:{name}": name for name in ("int", "float", "bool", "null", "timestamp")}
 
 _Resolvers = tuple[tuple[str, Any], ...]  # (tag, regexp) pairs, tried in order
 
@@ -139,14 +139,40 @@ def display_path(path: Path, *, resolved: bool = False) -> str:
         return str(path)
 
 
-def load_file(path: Path, *, resolved: bool = False) -> LocatedDoc:
-    shown = display_path(path, resolved=resolved)
+def read_limited(path: Path, shown: str) -> bytes:
+    """The bytes of a regular file of at most MAX_FILE_BYTES, checked before reading: a device
+    (``/dev/zero``), a FIFO (opened without blocking, so nothing waits for a writer) or a
+    directory is refused at once, and a file that grows while read is cut at the limit."""
+    where = Location(shown, 1, 1)
     try:
-        raw = path.read_bytes()
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except (OSError, ValueError) as exc:  # ValueError: a NUL byte in the path
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        raise InvalidInput(Problem(f"cannot read: {reason}", where)) from None
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            what = "a directory" if stat.S_ISDIR(info.st_mode) else "a device, FIFO or socket"
+            raise InvalidInput(Problem(f"not a regular file ({what}); refused", where))
+        if info.st_size > MAX_FILE_BYTES:
+            raise InvalidInput(Problem(f"file is larger than {MAX_FILE_BYTES} bytes", where))
+        with os.fdopen(fd, "rb", closefd=False) as stream:
+            raw = stream.read(MAX_FILE_BYTES + 1)
     except OSError as exc:
-        raise InvalidInput(Problem(f"cannot read: {exc.strerror or exc}", Location(shown, 1, 1))) from exc
+        raise InvalidInput(Problem(f"cannot read: {exc.strerror or exc}", where)) from None
+    finally:
+        os.close(fd)
     if len(raw) > MAX_FILE_BYTES:
-        raise InvalidInput(Problem(f"file is larger than {MAX_FILE_BYTES} bytes", Location(shown, 1, 1)))
+        raise InvalidInput(Problem(f"file is larger than {MAX_FILE_BYTES} bytes", where))
+    return raw
+
+
+def load_file(path: Path, *, resolved: bool = False) -> LocatedDoc:
+    try:
+        shown = display_path(path, resolved=resolved)
+    except (OSError, RuntimeError):  # a symlink loop or an over-long name: refused by the read below
+        shown = str(path)
+    raw = read_limited(path, shown)
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -185,6 +211,8 @@ def load_text(text: str, file: str = "<string>") -> LocatedDoc:
         mark = exc.problem_mark or exc.context_mark
         loc = Location(file, mark.line + 1, mark.column + 1) if mark else Location(file, 1, 1)
         raise InvalidInput(Problem(f"YAML syntax error: {exc.problem or exc}", loc)) from exc
+    except yaml.reader.ReaderError as exc:
+        raise InvalidInput(_reader_problem(exc, text, file)) from None
     except yaml.YAMLError as exc:
         raise InvalidInput(Problem(f"YAML error: {exc}", Location(file, 1, 1))) from exc
     # Backslashes could spell "{{" as escapes; any of these makes the value-by-value check run.
@@ -205,6 +233,24 @@ def load_text(text: str, file: str = "<string>") -> LocatedDoc:
     return LocatedDoc(data, file=file, compute=locations, may_have_template_syntax=suspicious)
 
 
+def _reader_problem(exc: yaml.reader.ReaderError, text: str, file: str) -> Problem:
+    """A character YAML does not allow (a control character), at its own line and column.
+    libyaml gives the position as a byte offset into the UTF-8 text."""
+    before = text.encode("utf-8", "surrogatepass")[: max(exc.position, 0)].decode("utf-8", "ignore")
+    line = before.count("\n") + 1
+    column = len(before) - (before.rfind("\n") + 1) + 1
+    char = exc.character
+    if isinstance(char, int) and (char < 0x20 or 0x7F <= char < 0xA0):
+        message = (
+            f"control character U+{char:04X} is not allowed in YAML text; if it is meant, write it "
+            f'as an escape ("\\x{char:02x}") in a double-quoted string'
+        )
+    else:
+        what = f"U+{char:04X}" if isinstance(char, int) else repr(char)
+        message = f"character {what} is not allowed in YAML ({exc.reason})"
+    return Problem(message, Location(file, line, column))
+
+
 class _Builder:
     """Builds plain data from a node graph, counting nodes (alias bombs) and depth. With ``record``,
     it also notes the location of every key path (done again, lazily, only when an error needs it)."""
@@ -214,6 +260,15 @@ class _Builder:
         self.record = record
         self.locations: dict[KeyPath, Location] = {(): Location(file, 1, 1)}
         self.count = 0
+        self._open: set[int] = set()  # ids of the collections being built (cycles through aliases)
+
+    def _tick(self, node: yaml.Node, path: KeyPath) -> None:
+        """Count one unit of work (a node built, a key looked at) against MAX_NODES."""
+        self.count += 1
+        if self.count > MAX_NODES:
+            raise self._refuse(
+                node, path, f"document expands to more than {MAX_NODES} nodes (an alias bomb?); refused"
+            )
 
     def _loc(self, node: yaml.Node) -> Location:
         return Location(self.file, node.start_mark.line + 1, node.start_mark.column + 1)
@@ -222,23 +277,19 @@ class _Builder:
         return InvalidInput(Problem(message, self._loc(node), path))
 
     def build(self, node: yaml.Node, path: KeyPath, depth: int) -> Any:
-        self.count += 1
-        if self.count > MAX_NODES:
-            raise self._refuse(
-                node, path, f"document expands to more than {MAX_NODES} nodes (an alias bomb?); refused"
-            )
+        self._tick(node, path)
         if depth > MAX_DEPTH:
             raise self._refuse(node, path, f"nesting deeper than {MAX_DEPTH} levels; refused")
         if isinstance(node, yaml.ScalarNode):
-            if node.tag == _STR_TAG:
-                return node.value
-            try:
-                return _scalar_constructor.construct_object(node, deep=True)
-            except yaml.constructor.ConstructorError as exc:
-                raise self._refuse(node, path, f"unsupported YAML value: {exc.problem}") from exc
-            finally:
-                _scalar_constructor.constructed_objects.clear()
-        if isinstance(node, yaml.SequenceNode):
+            return self._scalar(node, path)
+        if not isinstance(node, yaml.SequenceNode | yaml.MappingNode):
+            raise self._refuse(node, path, f"unsupported YAML node {type(node).__name__}")
+        if id(node) in self._open:
+            raise self._refuse(node, path, "an alias refers to a collection that contains it; refused")
+        self._open.add(id(node))
+        try:
+            if isinstance(node, yaml.MappingNode):
+                return self._mapping(node, path, depth)
             items = []
             for index, item in enumerate(node.value):
                 if self.record:
@@ -246,9 +297,27 @@ class _Builder:
                 value = self._plain_str(item, depth)
                 items.append(value if value is not None else self.build(item, (*path, index), depth + 1))
             return items
-        if isinstance(node, yaml.MappingNode):
-            return self._mapping(node, path, depth)
-        raise self._refuse(node, path, f"unsupported YAML node {type(node).__name__}")
+        finally:
+            self._open.discard(id(node))
+
+    def _scalar(self, node: yaml.ScalarNode, path: KeyPath) -> Any:
+        if node.tag == _STR_TAG:
+            return node.value
+        name = _SCALAR_TAGS.get(node.tag)
+        if name is None:
+            shown = node.tag.replace("tag:yaml.org,2002:", "!!")
+            if shown == "!!merge":
+                raise self._refuse(node, path, "unsupported YAML value: '<<' is a merge key, not a value")
+            raise self._refuse(node, path, f"unsupported YAML value: the tag {shown} is not accepted")
+        try:
+            return _scalar_constructor.construct_object(node, deep=True)
+        except Exception:  # PyYAML raises ValueError, KeyError, AttributeError...
+            # ... for a tag on text it does not fit (!!int abc), or an int too long to convert.
+            raise self._refuse(
+                node, path, f"unsupported YAML value: {_short_text(node.value)} is not a valid !!{name}"
+            ) from None
+        finally:
+            _scalar_constructor.constructed_objects.clear()
 
     def _plain_str(self, node: yaml.Node, parent_depth: int) -> str | None:
         """A string scalar's value, counted as ``build`` counts it, without the call and the key
@@ -274,7 +343,10 @@ class _Builder:
         for key_node, value_node in node.value:
             if key_node.tag == _MERGE_TAG:
                 is_list = isinstance(value_node, yaml.SequenceNode)
-                merged_from.extend(value_node.value if is_list else [value_node])
+                for source in value_node.value if is_list else [value_node]:
+                    # A mapping listed twice adds nothing the second time (its keys are all set).
+                    if not any(source is seen for seen in merged_from):
+                        merged_from.append(source)
                 continue
             if not isinstance(key_node, yaml.ScalarNode):
                 raise self._refuse(key_node, path, "mapping keys must be plain strings")
@@ -282,17 +354,35 @@ class _Builder:
             if key in result:
                 raise self._refuse(key_node, (*path, key), "duplicate key (the first one would be ignored)")
             if key in skip:
+                # Not built, but looked at: merges of merges that only repeat keys still cost work,
+                # and a few hundred bytes of them would otherwise run for minutes.
+                self._tick(key_node, path)
                 continue
             if self.record:
                 self.locations[(*path, key)] = self._loc(key_node)
             value = self._plain_str(value_node, depth)
             result[key] = value if value is not None else self.build(value_node, (*path, key), depth + 1)
         # YAML merge keys ("<<: *defaults"): explicit keys win, then the first merged mapping.
+        if not merged_from:
+            return result
         for source in merged_from:
+            self._tick(source, path)
             if not isinstance(source, yaml.MappingNode):
                 raise self._refuse(source, path, "'<<' must merge a mapping or a list of mappings")
-            result.update(self._mapping(source, path, depth + 1, skip=skip | frozenset(result)))
+            if id(source) in self._open:
+                raise self._refuse(source, path, "a mapping merges itself ('<<' of an enclosing anchor)")
+            if depth + 1 > MAX_DEPTH:
+                raise self._refuse(source, path, f"merges nested deeper than {MAX_DEPTH} levels; refused")
+            self._open.add(id(source))
+            try:
+                result.update(self._mapping(source, path, depth + 1, skip=skip | frozenset(result)))
+            finally:
+                self._open.discard(id(source))
         return result
+
+
+def _short_text(value: str) -> str:
+    return repr(value) if len(value) <= 40 else repr(value[:37]) + "..."
 
 
 def deep_merge(base: LocatedDoc, override: LocatedDoc) -> LocatedDoc:

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Idempotent set-up for `make test` and `make demo` on a fresh Debian machine, as root:
 #   1. the Debian packages Kiln's tests and demo run (apt-get, only what is missing);
-#   2. a virtual environment in .venv with Kiln and its test tools (pip, only when pyproject changed).
+#   2. a virtual environment in .venv with Kiln and its test tools, exactly as requirements.lock pins
+#      them (pip, only when pyproject.toml or the lock changed).
 # A second run does nothing but check. Set KILN_SKIP_APT=1 to skip step 1 (non-Debian hosts).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -21,6 +22,7 @@ APT_PACKAGES=(
 )
 VENV=.venv
 STAMP=$VENV/.kiln-bootstrap
+LOCK=requirements.lock
 
 say() { printf 'bootstrap: %s\n' "$*" >&2; }
 
@@ -56,12 +58,15 @@ python=${PYTHON:-python3}
 "$python" -c 'import sys; sys.exit(sys.version_info < (3, 11))' || {
     say "Kiln needs Python >= 3.11 ($python is $("$python" --version 2>&1))"; exit 3; }
 
-want=$(cat pyproject.toml | sha256sum | cut -d' ' -f1)
+# Python packages come only from requirements.lock (exact versions, sha256 of every file; refresh
+# it on purpose with `make lock`), then Kiln itself, editable, with nothing more resolved.
+want=$(cat pyproject.toml "$LOCK" | sha256sum | cut -d' ' -f1)
 if [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$want" ] && [ -x "$VENV/bin/kiln" ]; then
     exit 0
 fi
 [ -x "$VENV/bin/python" ] || { say "creating $VENV"; "$python" -m venv "$VENV"; }
-say "installing Kiln and its test tools into $VENV"
-"$VENV/bin/python" -m pip install -q --disable-pip-version-check --upgrade pip
-"$VENV/bin/python" -m pip install -q --disable-pip-version-check -e '.[test]'
+say "installing Kiln and its test tools into $VENV from $LOCK"
+pip=("$VENV/bin/python" -m pip install -q --disable-pip-version-check)
+"${pip[@]}" --require-hashes --only-binary :all: -r "$LOCK"
+"${pip[@]}" --no-deps --no-build-isolation -e .
 echo "$want" > "$STAMP"

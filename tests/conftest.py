@@ -1,8 +1,13 @@
 """Shared fixtures: a throwaway workspace, a recipe writer, and (session-wide, started once for
-integration and e2e tests alike) the real local site on free loopback ports and the docker engine."""
+integration and e2e tests alike) the real local site on free loopback ports and the docker engine.
+
+At the end of the run, after every fixture's teardown, no process the tests started may be left
+(``pytest_sessionfinish`` below): a leftover fails the run, is named, and is stopped."""
 
 from __future__ import annotations
 
+import os
+import secrets
 import shutil
 import subprocess
 import textwrap
@@ -12,12 +17,58 @@ from pathlib import Path
 
 import pytest
 
-from builder.site.health import free_port
+from builder.host.net import free_port
+from builder.host.run import stop_processes
 from builder.site.local import LocalSite
 from builder.siteconfig import LocalPorts, LocalSiteSettings, SiteConfig
 from builder.workspace import PACKAGE_ROOT, Workspace
+from tests.support import processes
 
 REPO = PACKAGE_ROOT
+
+
+# --- nothing the tests start outlives them -------------------------------------------------------------
+
+_RUN: dict[str, object] = {}
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    # Every process started from here on inherits the mark (daemons that leave their process group too).
+    token = secrets.token_hex(8)
+    os.environ[processes.RUN_MARK] = token
+    _RUN.update(token=token, before=processes.pids())
+
+
+def leftover_processes(session: pytest.Session) -> dict[int, tuple[str, ...]]:
+    """Processes this run started that are still running: they carry the run's mark in their
+    environment, or name a path under the run's temporary directory (sudo drops the environment)."""
+    if "token" not in _RUN:
+        return {}
+    found = processes.marked(str(_RUN["token"]))
+    factory = getattr(session.config, "_tmp_path_factory", None)
+    basetemp = getattr(factory, "_basetemp", None)  # None: no test asked for a temporary directory
+    if basetemp is not None:
+        found.update(processes.naming(Path(basetemp)))
+    before = _RUN["before"]
+    assert isinstance(before, set)
+    return {pid: argv for pid, argv in found.items() if pid not in before}
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """Runs after the session fixtures' teardown (``local_site`` is down by now)."""
+    left = leftover_processes(session)
+    if not left:
+        return
+    lines = [f"  {pid}: {' '.join(argv)[:300]}" for pid, argv in sorted(left.items())]
+    report = "processes started by this test run outlived it:\n" + "\n".join(lines)
+    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    if reporter is not None:
+        reporter.write_sep("=", "LEFTOVER PROCESSES", red=True)
+        reporter.write_line(report)
+    else:
+        print(report)
+    stop_processes(left, grace_s=5)  # reported; now leave nothing behind for the next run either
+    session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 
 @pytest.fixture

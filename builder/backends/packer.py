@@ -1,33 +1,28 @@
 """Guest images with Packer (1.6.6's qemu builder): provision on top of another target's image.
 
-The HCL comes from the render directory; at build time Kiln adds what is site- or run-specific as
-``-var``: the base image (the dependency's artifact), an SSH key made for this build (its public
-half goes into the NoCloud seed's user-data), the output directory, the workspace root (recipe
-file paths are relative to it) and the accelerator (KVM only where the probe says it works).
+The HCL comes from the rendered files; ``plan`` adds what is site- or run-specific as ``-var``: the
+base image (the dependency's artifact), an SSH key made for this build (its public half goes into
+the NoCloud seed's user-data), the output directory, the workspace root (recipe file paths are
+relative to it) and the accelerator (KVM only where the probe says it works).
 Packer's ``-machine-readable`` output is turned into Kiln's progress lines.
 """
 
 from __future__ import annotations
 
 import shutil
-from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from ..errors import CommandFailed
-from ..manifest import Artifact, artifact_for
-from ..run import Runner
+from ..errors import InvalidInput, Problem
+from ..manifest import Artifact
+from .base import BuildJob, BuildRun, Command, ExpectedOutput, Step, collect_outputs
+
+if TYPE_CHECKING:
+    from ..host.run import Runner
 
 BUILD_TIMEOUT_S = 2 * 3600
-
-
-@dataclass(frozen=True)
-class PackerRun:
-    argv: list[str]
-    env: dict[str, str]
-    cwd: Path
-    output: Path
-    fmt: str
+UNPROBED_ACCELERATOR = "kvm-or-tcg"  # what a dry run shows: the KVM probe runs at build time
 
 
 def machine_readable_step(line: str) -> str | None:
@@ -38,18 +33,16 @@ def machine_readable_step(line: str) -> str | None:
     return None
 
 
-def plan_run(
+def packer_command(
     render_dir: Path,
     out_dir: Path,
     *,
-    slug: str,
-    fmt: str,
     base_image: Path | None,
     workspace_root: Path,
     accelerator: str,
     ssh_private_key: Path,
     cache_dir: Path,
-) -> PackerRun:
+) -> Command:
     variables = {
         "output_dir": str(out_dir / "image"),
         "seed_dir": str(render_dir / "seed"),
@@ -64,36 +57,82 @@ def plan_run(
         argv += ["-var", f"{name}={value}"]
     argv.append("image.pkr.hcl")
     env = {"CHECKPOINT_DISABLE": "1", "PACKER_CACHE_DIR": str(cache_dir / "packer"), "PACKER_NO_COLOR": "1"}
-    return PackerRun(argv, env, render_dir, out_dir / "image" / f"{slug}.{fmt}", fmt)
+    return Command(tuple(argv), env, cwd=render_dir, timeout_s=BUILD_TIMEOUT_S, kill_grace_s=30)
 
 
-def write_seed(render_dir: Path, ssh_public_key: str) -> None:
+def seed_user_data(ssh_public_key: str) -> str:
     """user-data next to the rendered meta-data: the build's SSH key for the image's default user."""
-    (render_dir / "seed" / "user-data").write_text(
-        f"#cloud-config\nssh_authorized_keys:\n  - {ssh_public_key}\n"
-    )
+    return f"#cloud-config\nssh_authorized_keys:\n  - {ssh_public_key}\n"
 
 
-def run_build(
-    run: PackerRun, runner: Runner, log_path: Path, on_step: Callable[[str], None]
-) -> list[Artifact]:
-    shutil.rmtree(run.output.parent, ignore_errors=True)  # packer refuses an existing output dir
-    run.output.parent.parent.mkdir(parents=True, exist_ok=True)
-    progress = Runner(
-        dry_run=runner.dry_run,
-        secrets=runner.secrets,
-        echo=runner.echo,
-        on_line=lambda line: _report(line, on_step),
-    )
-    progress.run(
-        run.argv, cwd=run.cwd, env=run.env, log_path=log_path, timeout=BUILD_TIMEOUT_S, kill_grace_s=30
-    )
-    if not run.output.exists():
-        raise CommandFailed(f"packer finished but did not write {run.output} (log: {log_path})")
-    return [artifact_for(run.output.parent.parent, run.output, "image", "disk-image", run.fmt)]
+class PackerBackend:
+    tool = "packer"
+    needs_accelerator = True  # the KVM probe runs before planning (never in a dry run)
+
+    def plan(self, job: BuildJob) -> BuildRun:
+        target = job.target
+        base_image = None
+        for dependency in target.depends_on:
+            base_image = job.dependencies.get(dependency)
+            if base_image is None:
+                raise InvalidInput(Problem(f"{target.id} builds on {dependency}, whose image is unknown"))
+        key = self.key_path(job)
+        keygen = Command(
+            ("ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", f"kiln-{target.slug}", "-f", str(key)),
+            timeout_s=60,
+        )
+        fmt = str(target.build.formats[0])
+        build = packer_command(
+            job.render_dir,
+            job.out_dir,
+            base_image=base_image,
+            workspace_root=job.workspace_root,
+            accelerator=job.host.accelerator or UNPROBED_ACCELERATOR,
+            ssh_private_key=key,
+            cache_dir=job.cache_dir,
+        )
+        output = ExpectedOutput(job.out_dir / "image" / f"{target.slug}.{fmt}", "image", "disk-image", fmt)
+        notes = () if job.host.accelerator else ("accelerator: KVM is probed at build time, else TCG",)
+        return BuildRun(self.tool, (keygen, build), (output,), job.out_dir.parent, notes=notes)
+
+    @staticmethod
+    def key_path(job: BuildJob) -> Path:
+        return job.render_dir / "ssh" / "id_ed25519"
+
+    def run(self, run: BuildRun, job: BuildJob, runner: Runner, log: Path, on_step: Step) -> list[Artifact]:
+        keygen, build = run.commands
+        key = self.key_path(job)
+        key.parent.mkdir(parents=True, exist_ok=True)
+        for stale in (key, key.with_suffix(".pub")):
+            stale.unlink(missing_ok=True)
+        [output] = run.outputs
+        shutil.rmtree(output.path.parent, ignore_errors=True)  # packer refuses an existing output dir
+        output.path.parent.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            runner.run(keygen.argv, timeout=keygen.timeout_s, log_path=log)
+            seed = job.render_dir / "seed" / "user-data"
+            seed.parent.mkdir(parents=True, exist_ok=True)
+            seed.write_text(seed_user_data(key.with_suffix(".pub").read_text().strip()))
+            progress = replace(runner, on_line=lambda line: _report(line, on_step))
+            progress.run(
+                build.argv,
+                cwd=build.cwd,
+                env=dict(build.env),
+                log_path=log,
+                timeout=build.timeout_s,
+                kill_grace_s=build.kill_grace_s,
+            )
+        finally:
+            shutil.rmtree(key.parent, ignore_errors=True)  # the key was for this build only
+        return collect_outputs(run, log)
+
+    def tool_versions(self, runner: Runner) -> dict[str, str]:
+        from ..host.run import tool_version
+
+        return {"packer": tool_version(["packer", "version"], runner)}
 
 
-def _report(line: str, on_step: Callable[[str], None]) -> None:
+def _report(line: str, on_step: Step) -> None:
     message = machine_readable_step(line)
     if message:
         on_step(f"packer: {message[:200]}")

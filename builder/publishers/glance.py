@@ -28,6 +28,7 @@ from typing import Any, BinaryIO
 from ..arch import Arch
 from ..errors import CommandFailed, EnvironmentProblem
 from ..manifest import Artifact, BuildManifest
+from ..recipe import GlancePublish
 
 CANDIDATE_MARK = "kiln_candidate"
 HASH_ALGO = "sha512"  # Glance's default os_hash_algo
@@ -67,6 +68,10 @@ def image_properties(manifest: BuildManifest, extra: dict[str, str]) -> dict[str
     # rotation by kiln_target and kiln_digest.
     props.update({k: v for k, v in extra.items() if not k.startswith("kiln_")})
     return props
+
+
+# Defaults are the recipe model's (stated once, in builder/recipe.py): what a recipe gets by omission.
+_GLANCE_DEFAULTS = GlancePublish()
 
 
 class HashingReader:
@@ -158,8 +163,8 @@ class GlancePublisher:
         artifact: Artifact,
         *,
         name: str,
-        visibility: str = "private",
-        keep: int = 3,
+        visibility: str = _GLANCE_DEFAULTS.visibility,
+        keep: int = _GLANCE_DEFAULTS.keep,
         properties: dict[str, str] | None = None,
         on_progress: Callable[[int], None] | None = None,
     ) -> GlanceResult:

@@ -7,11 +7,13 @@ yet. So: packages, then the checksum-named metadata files, then ``repomd.xml.asc
 
 from __future__ import annotations
 
+import base64
+import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..run import Runner
+from ..host.run import Runner
 
 
 def _upload_order(repo_dir: Path) -> list[tuple[Path, str]]:
@@ -94,3 +96,20 @@ class RsyncMirror:
         self.runner.run([*common, "--exclude", "repodata", f"{repo_dir}/", dest], timeout=3600)
         self.runner.run([*common, "--delay-updates", f"{repo_dir}/", dest], timeout=3600)
         return SyncResult((dest,), 0)
+
+
+def add_content_md5_for_delete(client: Any) -> None:
+    """Make a boto3 S3 client send Content-MD5 with DeleteObjects.
+
+    botocore >= 1.36 sends a CRC32 checksum instead, and Swift's s3api rejects a multi-object delete
+    without Content-MD5 (InvalidRequest: Missing required header for this request: Content-MD5).
+    """
+
+    def _add(params: dict[str, Any], **_: Any) -> None:
+        body = params.get("body") or b""
+        if isinstance(body, str):
+            body = body.encode()
+        digest = hashlib.md5(body, usedforsecurity=False).digest()  # S3's integrity header
+        params["headers"]["Content-MD5"] = base64.b64encode(digest).decode()
+
+    client.meta.events.register("before-call.s3.DeleteObjects", _add)

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import CommandFailed, InvalidInput, Problem
-from ..run import Runner
+from ..host.run import Runner
 from . import repodata, rpmheader
 
 KEEP_OLD_METADATA = 1  # previous metadata dirs kept for readers still fetching them

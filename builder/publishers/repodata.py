@@ -36,7 +36,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from ..errors import CommandFailed, InvalidInput, Problem
-from ..run import Runner
+from ..host.run import Runner
 
 KINDS = ("primary", "filelists", "other")
 ROOT_ELEMENT = {"primary": "metadata", "filelists": "filelists", "other": "otherdata"}

@@ -15,7 +15,7 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from .health import http_ok
+from ..host.net import http_ok
 from .process import ServiceSpec, run_once
 
 PROJECT_ID = "kiln"

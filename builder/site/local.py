@@ -8,64 +8,48 @@ stops only processes whose pid files this site wrote. ``status`` probes health.
 from __future__ import annotations
 
 import json
-import shutil
-import subprocess
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..endpoints import REPO_KEY_FILE, LocalEndpoints, SiteURLs, urls_for
 from ..errors import EnvironmentProblem
+from ..host.net import http_ok
+from ..host.run import Runner
+from ..publishers import signing
 from ..siteconfig import LocalSiteSettings
-from . import glance, registry, signing
-from .health import http_ok
+from . import glance, registry
 from .process import ServiceProcess, ServiceSpec
-
-REPO_KEY_FILE = "RPM-GPG-KEY-kiln"
 
 
 def cache_dir() -> Path:
     return Path.home() / ".cache" / "kiln"
 
 
-@dataclass(frozen=True)
-class SiteURLs:
-    glance: str
-    registry: str  # host:port, as docker and skopeo spell it
-    repo: str
-    s3: str
-
-    def as_json(self) -> dict[str, str]:
-        return {"glance": self.glance, "registry": self.registry, "repo": self.repo, "s3": self.s3}
-
-
 class LocalSite:
-    def __init__(self, state: Path, settings: LocalSiteSettings):
+    def __init__(self, state: Path, settings: LocalSiteSettings, runner: Runner | None = None):
         self.state = state
+        self.runner = runner or Runner()
         self.settings = settings
         self.ports = settings.ports
         self.run_dir = state / "run"
         self.log_dir = state / "logs"
+        # Where it listens and keeps its files: the same endpoints publishers compute from site.yaml.
+        self.endpoints = LocalEndpoints(state, urls_for(settings.ports))
 
     @property
     def urls(self) -> SiteURLs:
-        p = self.ports
-        return SiteURLs(
-            glance=f"http://127.0.0.1:{p.glance}",
-            registry=f"127.0.0.1:{p.registry}",
-            repo=f"http://127.0.0.1:{p.repo}",
-            s3=f"http://127.0.0.1:{p.s3}",
-        )
+        return self.endpoints.urls
 
     @property
     def repo_root(self) -> Path:
-        return self.state / "repo"
+        return self.endpoints.repo_root
 
     @property
     def gnupghome(self) -> Path:
-        return self.state / "gnupg"
+        return self.endpoints.gnupghome
 
     # -- components ---------------------------------------------------------------------------------
 
@@ -128,7 +112,9 @@ class LocalSite:
             swift.prepare(self.state / "swift", self._swift_ports())
 
     def processes(self, component: str) -> list[ServiceProcess]:
-        return [ServiceProcess(spec, self.run_dir, self.log_dir) for spec in self._specs(component)]
+        return [
+            ServiceProcess(spec, self.run_dir, self.log_dir, self.runner) for spec in self._specs(component)
+        ]
 
     # -- verbs -------------------------------------------------------------------------------------
 
@@ -171,12 +157,7 @@ class LocalSite:
                 if proc.stop():
                     stopped.append(proc.spec.name)
         # gpg starts an agent per GNUPGHOME on first use (signing); it would outlive the site.
-        if self.gnupghome.exists() and shutil.which("gpgconf"):
-            subprocess.run(
-                ["gpgconf", "--homedir", str(self.gnupghome), "--kill", "all"],
-                capture_output=True,
-                check=False,
-            )
+        signing.stop_daemons(self.gnupghome, self.runner)
         return stopped
 
     def status(self) -> dict[str, dict[str, Any]]:

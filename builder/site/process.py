@@ -7,15 +7,13 @@ still matches, so ``kiln site down`` never kills a stranger.
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
-import signal
-import subprocess
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+
+from ..host.run import Runner, stop_process_group
 
 
 @dataclass(frozen=True)
@@ -39,8 +37,9 @@ def _start_time(pid: int) -> str | None:
 
 
 class ServiceProcess:
-    def __init__(self, spec: ServiceSpec, run_dir: Path, log_dir: Path):
+    def __init__(self, spec: ServiceSpec, run_dir: Path, log_dir: Path, runner: Runner | None = None):
         self.spec = spec
+        self.runner = runner or Runner()
         self.pid_file = run_dir / f"{spec.name}.pid"
         self.log_path = log_dir / f"{spec.name}.log"
 
@@ -59,27 +58,22 @@ class ServiceProcess:
     def running(self) -> bool:
         return self.pid() is not None
 
-    def start(self) -> int:
+    def start(self) -> int | None:
+        """Start the service detached (it outlives ``kiln site up``); its pid, or None in a dry run."""
         existing = self.pid()
         if existing is not None:
             return existing
         self.pid_file.parent.mkdir(parents=True, exist_ok=True)
-        self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        with self.log_path.open("ab") as log:
-            proc = subprocess.Popen(
-                list(self.spec.argv),
-                cwd=self.spec.cwd,
-                env={**os.environ, **self.spec.env},
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,  # outlives `kiln site up`; its own process group
-            )
-        record = {"pid": proc.pid, "start": _start_time(proc.pid), "argv": list(self.spec.argv)}
+        started = self.runner.start(
+            self.spec.argv, log_path=self.log_path, env=self.spec.env, cwd=self.spec.cwd, detach=True
+        )
+        if started.pid is None:
+            return None
+        record = {"pid": started.pid, "start": _start_time(started.pid), "argv": list(self.spec.argv)}
         tmp = self.pid_file.with_suffix(".tmp")
         tmp.write_text(json.dumps(record))
         tmp.replace(self.pid_file)
-        return proc.pid
+        return started.pid
 
     def wait_healthy(self, timeout_s: float) -> bool:
         deadline = time.monotonic() + timeout_s
@@ -97,13 +91,7 @@ class ServiceProcess:
         if pid is None:
             self.pid_file.unlink(missing_ok=True)
             return False
-        _signal_group(pid, signal.SIGTERM)
-        deadline = time.monotonic() + grace_s
-        while time.monotonic() < deadline and _start_time(pid) is not None:
-            time.sleep(0.1)
-        if _start_time(pid) is not None:
-            _signal_group(pid, signal.SIGKILL)
-        _reap(pid)
+        stop_process_group(pid, grace_s)  # ours: the start time matched
         self.pid_file.unlink(missing_ok=True)
         return True
 
@@ -114,22 +102,6 @@ class ServiceProcess:
             return ""
 
 
-def _signal_group(pid: int, sig: int) -> None:
-    try:
-        os.killpg(pid, sig)
-    except ProcessLookupError:
-        pass
-    except PermissionError:
-        os.kill(pid, sig)
-
-
-def _reap(pid: int) -> None:
-    with contextlib.suppress(ChildProcessError):  # not our child: nothing to reap
-        os.waitpid(pid, os.WNOHANG)
-
-
 def run_once(argv: Sequence[str], env: Mapping[str, str] | None = None, cwd: Path | None = None) -> str:
     """A short set-up command (db_sync, ring builder); raises with its output on failure."""
-    from ..run import Runner
-
     return Runner().run(list(argv), env=dict(env or {}), cwd=cwd, timeout=300).output

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .health import http_ok
+from ..host.net import http_ok
 from .process import ServiceSpec
 
 

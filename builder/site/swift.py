@@ -20,8 +20,6 @@ Two defaults of the stock scripts a local site cannot use, changed by a launcher
 
 from __future__ import annotations
 
-import base64
-import hashlib
 import json
 import os
 import pwd
@@ -29,14 +27,12 @@ import shutil
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
-from .health import http_ok, tcp_open
+from ..endpoints import LOCAL_S3_ACCESS_KEY as S3_ACCESS_KEY
+from ..endpoints import LOCAL_S3_SECRET_KEY as S3_SECRET_KEY
+from ..host.net import http_ok, tcp_open
 from .process import ServiceSpec, run_once
 
-# Local-only credentials (the proxy listens on 127.0.0.1): tempauth user "kiln" in account "kiln".
-S3_ACCESS_KEY = "kiln:kiln"
-S3_SECRET_KEY = "kiln-local-secret"
 S3_REGION = "us-east-1"
 
 SYSTEM_PYTHON = "/usr/bin/python3"  # what Debian's swift scripts run under
@@ -273,20 +269,3 @@ def services(state: Path, ports: SwiftPorts) -> list[ServiceSpec]:
         _server(state, "object", ports.object),
         _server(state, "proxy", ports.proxy),
     ]
-
-
-def add_content_md5_for_delete(client: Any) -> None:
-    """Make a boto3 S3 client send Content-MD5 with DeleteObjects.
-
-    botocore >= 1.36 sends a CRC32 checksum instead, and Swift's s3api rejects a multi-object delete
-    without Content-MD5 (InvalidRequest: Missing required header for this request: Content-MD5).
-    """
-
-    def _add(params: dict[str, Any], **_: Any) -> None:
-        body = params.get("body") or b""
-        if isinstance(body, str):
-            body = body.encode()
-        digest = hashlib.md5(body, usedforsecurity=False).digest()  # S3's integrity header
-        params["headers"]["Content-MD5"] = base64.b64encode(digest).decode()
-
-    client.meta.events.register("before-call.s3.DeleteObjects", _add)

@@ -16,8 +16,6 @@ from __future__ import annotations
 import os
 import secrets
 import shutil
-import signal
-import subprocess
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -26,8 +24,9 @@ from pathlib import Path
 
 from ..arch import Arch
 from ..errors import EnvironmentProblem
-from ..run import Runner
-from ..site.health import free_port
+from ..host.net import free_port
+from ..host.run import Runner
+from ..recipe import BootVerify
 
 # A boot sector: set DS=0, write "KVMOK" to COM1 (port 0x3f8), halt. 16-bit real mode, org 0x7c00.
 _PROBE_SECTOR = bytes.fromhex("31c08ed8be147cac84c07406baf803eeebf5faf4") + b"KVMOK\x00"
@@ -43,7 +42,7 @@ def probe_kvm(timeout_s: float = 15.0) -> bool:
         disk = Path(tmp) / "probe.img"
         disk.write_bytes(_PROBE_SECTOR.ljust(510, b"\0") + b"\x55\xaa")
         log = Path(tmp) / "serial.log"
-        proc = subprocess.Popen(
+        probe = Runner().start(
             [
                 binary,
                 "-accel",
@@ -58,20 +57,17 @@ def probe_kvm(timeout_s: float = 15.0) -> bool:
                 f"file:{log}",
                 "-drive",
                 f"format=raw,file={disk},if=ide",
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            start_new_session=True,
+            ]
         )
         try:
             deadline = time.monotonic() + timeout_s
-            while time.monotonic() < deadline and proc.poll() is None:
+            while time.monotonic() < deadline and probe.poll() is None:
                 if log.exists() and b"KVMOK" in log.read_bytes():
                     return True
                 time.sleep(0.2)
             return log.exists() and b"KVMOK" in log.read_bytes()
         finally:
-            _kill(proc)
+            probe.stop(grace_s=10)
 
 
 # A Linux guest under working KVM reaches cloud-init in well under this; TCG needs ~130 s.
@@ -159,13 +155,17 @@ def qemu_argv(
     return argv
 
 
+# Defaults are the recipe model's (stated once, in builder/recipe.py).
+_BOOT_DEFAULTS = BootVerify()
+
+
 def boot_check(
     image: Path,
     arch: Arch,
     workdir: Path,
     *,
-    timeout_s: int = 900,
-    memory_mb: int = 1024,
+    timeout_s: int = _BOOT_DEFAULTS.timeout_s,
+    memory_mb: int = _BOOT_DEFAULTS.memory_mb,
     checks: list[str] | None = None,
     ssh_user: str = "debian",
     runner: Runner | None = None,
@@ -254,10 +254,15 @@ def _boot_once(
         raise EnvironmentProblem(
             f"{argv[0]} is not installed (Debian: qemu-system-{'ppc' if arch is Arch.PPC64LE else 'x86'})"
         )
+    qemu_log = workdir / "qemu.log"
+    qemu_log.unlink(missing_ok=True)
     started = time.monotonic()
-    with (workdir / "qemu.log").open("wb") as qemu_log:
-        proc = subprocess.Popen(argv, stdout=qemu_log, stderr=subprocess.STDOUT, start_new_session=True)
+    proc = runner.start(argv, log_path=qemu_log)
     result = BootResult(False, 0.0, accel, serial_log)
+    if proc.dry_run:
+        overlay.unlink(missing_ok=True)
+        result.reason = "dry run: not booted"
+        return result
     try:
         deadline = started + timeout_s
         while time.monotonic() < deadline:
@@ -273,18 +278,20 @@ def _boot_once(
         result.seconds = time.monotonic() - started
         if result.passed and checks and key is not None and ssh_port is not None:
             for command in checks:
-                ok, output = _ssh_check(key, ssh_port, ssh_user, command, deadline)
+                ok, output = _ssh_check(runner, key, ssh_port, ssh_user, command, deadline)
                 result.checks.append((command, ok, output))
                 if not ok:
                     result.passed = False
                     result.reason = f"check failed: {command}"
     finally:
-        _kill(proc)
+        proc.stop(grace_s=10)
         overlay.unlink(missing_ok=True)
     return result
 
 
-def _ssh_check(key: Path, port: int, user: str, command: str, deadline: float) -> tuple[bool, str]:
+def _ssh_check(
+    runner: Runner, key: Path, port: int, user: str, command: str, deadline: float
+) -> tuple[bool, str]:
     """Run one check over SSH, retrying the connection until sshd answers or the deadline passes."""
     argv = [
         "ssh",
@@ -305,23 +312,11 @@ def _ssh_check(key: Path, port: int, user: str, command: str, deadline: float) -
     ]
     output = ""
     while time.monotonic() < deadline:
-        done = subprocess.run(argv, capture_output=True, text=True, timeout=120)
-        output = (done.stdout + done.stderr)[-2000:]
+        done = runner.capture(argv, timeout=120, query=False)
+        output = done.output[-2000:]
+        if done.returncode is None:  # timed out (or ssh is missing): the check did not pass
+            return False, f"{done.error}: {output}"
         if done.returncode != 255:  # 255: ssh itself failed (not up yet); anything else is the command
             return done.returncode == 0, output
         time.sleep(5)
     return False, f"ssh never connected: {output}"
-
-
-def _kill(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is not None:
-        return
-    try:
-        os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(timeout=10)
-    except (ProcessLookupError, subprocess.TimeoutExpired):
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            return
-        proc.wait()

@@ -60,7 +60,7 @@ def test_debian_12_ppc64le_has_prep_boots_on_pseries_and_publishes(
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
     [outcome] = json.loads(result.stdout)["targets"]
-    assert outcome["status"] == "built" and outcome["verified"] is True
+    assert outcome["status"] == "built" and outcome["verification"].startswith("passed")
     directory = Path(outcome["manifest"]).parent
     manifest = json.loads((directory / "manifest.json").read_text())
     image = directory / manifest["artifacts"][0]["path"]

@@ -15,16 +15,27 @@ import pytest
 import requests
 
 from builder.errors import CommandFailed, InvalidInput
-from builder.publish import Publishing
+from builder.publishers.from_site import SitePublishers
 from builder.publishers.repo import RepoPublisher
 from builder.publishers.repodata import repomd_records
 from builder.siteconfig import RepoSite, S3Target, SiteConfig
+from tests.support.processes import stop_gpg_daemons_under
 from tests.support.rpms import build_noarch_rpm
 
 pytestmark = pytest.mark.site
 
 
 def _dnf(site, root: Path, baseurl: str, *args: str) -> subprocess.CompletedProcess[str]:
+    try:
+        return _run_dnf(site, root, baseurl, *args)
+    finally:
+        # repo_gpgcheck: dnf's gpgme imports the key into a keyring in the cache dir, and the
+        # gpg-agent that starts there outlives dnf.
+        for keyrings in (root, Path(f"{root}-cache")):
+            stop_gpg_daemons_under(keyrings)
+
+
+def _run_dnf(site, root: Path, baseurl: str, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [
             "dnf",
@@ -48,7 +59,7 @@ def _dnf(site, root: Path, baseurl: str, *args: str) -> subprocess.CompletedProc
 
 
 def _publisher(site_settings: SiteConfig, local_site) -> RepoPublisher:
-    return Publishing(site_settings, local_site.state).repo()
+    return SitePublishers(site_settings, local_site.state).repo()
 
 
 def _served_primary(repo_dir: Path) -> str:
@@ -211,7 +222,7 @@ def test_s3_mirror_gets_packages_and_signed_metadata(local_site, site_settings, 
     settings = site_settings.model_copy(
         update={"repo": RepoSite(backend="s3", s3=S3Target(bucket="kiln-mirror"))}
     )
-    publishing = Publishing(settings, local_site.state)
+    publishing = SitePublishers(settings, local_site.state)
     rpm = build_noarch_rpm(tmp_path, "kiln-s3-check")
     publishing.repo().publish([rpm], repo="kiln", distro="el", release="9", arch="x86_64")
     mirror = publishing.mirror()

@@ -13,14 +13,14 @@ from typing import Any
 
 import pytest
 
-from builder.site.health import free_port
+from builder.host.net import free_port
+from builder.publishers.mirror import add_content_md5_for_delete
 from builder.site.process import ServiceProcess, _start_time
 from builder.site.swift import (
     S3_ACCESS_KEY,
     S3_REGION,
     S3_SECRET_KEY,
     SwiftPorts,
-    add_content_md5_for_delete,
     prepare,
     s3_endpoint,
     services,

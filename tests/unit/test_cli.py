@@ -10,7 +10,7 @@ import pytest
 
 from builder.cli import build_parser, main
 from builder.ledger import Ledger
-from builder.targets import load_targets
+from builder.pipeline.graph import load_targets
 from builder.workspace import PACKAGE_ROOT, Workspace
 
 GOOD = (
@@ -161,3 +161,23 @@ def test_workspace_discovery_finds_the_nearest_root(tmp_path, monkeypatch):
     assert Workspace.discover(deep).root == tmp_path.resolve()
     monkeypatch.setenv("KILN_ROOT", str(PACKAGE_ROOT))
     assert Workspace.discover(deep).root == PACKAGE_ROOT
+
+
+def test_an_internal_error_has_its_own_exit_code_a_one_line_message_and_a_saved_traceback(
+    capsys, workspace, write, monkeypatch, tmp_path
+):
+    import builder.pipeline.graph as graph
+
+    def broken(*args, **kwargs):
+        raise KeyError("a bug in Kiln")
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.setattr(graph, "load_targets", broken)
+    write("recipes/g.yaml", GOOD)
+    code, out, err = run(capsys, "--root", str(workspace.root), "plan", "--json")
+    assert code == 70 and code not in (0, 1, 2, 3, 4)
+    [line] = err.strip().splitlines()
+    assert line.startswith("kiln plan: internal error (a Kiln bug") and "KeyError" in line
+    [saved] = (tmp_path / "cache/kiln/crashes").glob("kiln-*.txt")
+    assert "a bug in Kiln" in saved.read_text() and "Traceback" in saved.read_text()
+    assert json.loads(out)["traceback"] == str(saved)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from builder.targets import load_targets
+from builder.pipeline.graph import load_targets
 from builder.workspace import PACKAGE_ROOT, Workspace
 
 

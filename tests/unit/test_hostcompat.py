@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from builder import hostcompat
-from builder.hostcompat import (
+from builder.host import compat as hostcompat
+from builder.host.compat import (
     NO_DEVICE_MAPPER,
     SUDO_HIDES_SHIMS,
     Adaptation,

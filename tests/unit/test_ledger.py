@@ -8,7 +8,7 @@ import pytest
 
 from builder.arch import Arch
 from builder.ledger import Ledger, TargetState
-from builder.plan import make_plan, plan_table
+from builder.pipeline.plan import make_plan, plan_table
 
 
 class FakeTarget:

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from builder.errors import InvalidInput, Location, Problem, format_key_path
+from builder.pipeline.graph import load_targets
 from builder.recipes import RecipeLoader
-from builder.targets import load_targets
 from builder.workspace import Workspace
 from tests.support.recipes import MINIMAL_GUEST, Write
 
@@ -165,12 +165,6 @@ CASES = [
         "8:3: build.release: duplicate key (the first one would be ignored)",
         id="duplicate-yaml-key",
     ),
-    pytest.param(
-        GUEST + "description: !!python/name:os.system ls\n",
-        "8:14: description: unsupported YAML value: could not determine a constructor for the tag"
-        " 'tag:yaml.org,2002:python/name:os.system'",
-        id="python-tag",
-    ),
 ]
 
 
@@ -185,6 +179,15 @@ def test_malformed_recipe_is_reported_at_file_line_column_and_key(
     assert problem.location == Location("recipes/case.yaml", line, column)
     assert format_key_path(problem.key_path) == key
     assert str(problem) == f"recipes/case.yaml:{expected}"
+
+
+def test_python_tag_is_refused_at_its_value(workspace: Workspace, write: Write):
+    # The rest of the message is PyYAML's (why it has no constructor): not asserted.
+    path = write("recipes/case.yaml", GUEST + "description: !!python/name:os.system ls\n")
+    problem = only_problem(workspace, path)
+    assert problem.location == Location("recipes/case.yaml", 8, 14)
+    assert problem.key_path == ("description",)
+    assert problem.message.startswith("unsupported YAML value: ")
 
 
 def test_every_problem_in_a_file_is_reported_not_only_the_first(workspace: Workspace, write: Write):
@@ -256,7 +259,8 @@ def test_yaml_syntax_error_reports_the_line_of_the_error(workspace: Workspace, w
         17,
     )
     assert problem.key_path == ()
-    assert str(problem).startswith("recipes/x.yaml:6:17: YAML syntax error: mapping values are not allowed")
+    # What follows is libyaml's wording ("mapping values are not allowed here"): not asserted.
+    assert str(problem).startswith("recipes/x.yaml:6:17: YAML syntax error: ")
 
 
 def test_error_inherited_from_defaults_points_into_defaults_file(workspace: Workspace, write: Write):

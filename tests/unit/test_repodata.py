@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
+from builder.host.run import Runner
 from builder.publishers import repodata
-from builder.run import Runner
 from tests.support.rpms import build_noarch_rpm
 
 pytestmark = pytest.mark.skipif(

@@ -9,7 +9,7 @@ import pytest
 
 from builder.arch import Arch
 from builder.errors import InvalidInput
-from builder.targets import load_targets
+from builder.pipeline.graph import load_targets
 from builder.workspace import Workspace
 
 GUEST = """
@@ -45,9 +45,9 @@ def test_expansion_is_arch_times_release_times_variant(workspace, write):
     cloud = targets["guest:trixie+cloud:ppc64le"]
     assert cloud.arch is Arch.PPC64LE
     assert cloud.release == "trixie"
-    assert cloud.build["release"] == "trixie"
-    assert cloud.build["packages"] == ["cloud-init"]  # the variant's list replaces build's
-    assert targets["guest:bookworm+minimal:x86_64"].build["packages"] == ["openssh-server"]
+    assert cloud.build.release == "trixie"
+    assert cloud.build.packages == ["cloud-init"]  # the variant's list replaces build's
+    assert targets["guest:bookworm+minimal:x86_64"].build.packages == ["openssh-server"]
     assert cloud.slug == "guest_trixie_cloud_ppc64le"
 
 

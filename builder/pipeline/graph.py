@@ -19,43 +19,40 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from .arch import Arch
-from .capabilities import refusals
-from .errors import InvalidInput, Problem
-from .recipe import file_refs
-from .recipes import LoadedRecipe
-from .render import kiln_elements, outputs_for, template_closure
-from .workspace import Workspace
+from ..arch import Arch
+from ..capabilities import refusals
+from ..errors import InvalidInput, Problem
+from ..kinds import kind_of
+from ..kinds.base import Kind
+from ..recipe import file_refs
+from ..recipes import LoadedRecipe
+from ..render import template_closure
+from ..workspace import Workspace
 
 DIGEST_VERSION = 1
-
-# The distro element DIB starts from, per distro.
-DIB_DISTRO_ELEMENTS = {
-    "debian": "debian-minimal",
-    "ubuntu": "ubuntu-minimal",
-    "centos": "centos",
-    "rocky": "rocky-container",
-    "almalinux": "almalinux-container",
-    "fedora": "fedora",
-}
 
 
 @dataclass(frozen=True)
 class Target:
+    """One thing to build: a recipe x release x variant x arch, fully resolved and validated."""
+
     recipe: str
-    kind: str
+    kind: str  # the recipe's kind name; ``spec`` is the Kind itself
     arch: Arch
     release: str
     variant: str | None
     recipe_file: str  # workspace-relative
-    build: dict[str, Any]  # resolved build settings, JSON-ready
-    verify: dict[str, Any]
-    publish: dict[str, Any]
+    build: BaseModel  # the kind's validated build settings (after defaults, extends, matrix)
+    verify: BaseModel
+    publish: BaseModel
     dib_elements: tuple[str, ...]
     inputs: tuple[str, ...]  # workspace-relative files whose bytes the digest covers
     depends_on: tuple[str, ...]  # ids of targets this one builds on
     digest: str
-    build_model: BaseModel = field(compare=False, repr=False)
+    spec: Kind = field(compare=False, repr=False)
+    # The models' JSON form, made once: the digest, the templates and the manifest read it.
+    build_json: dict[str, Any] = field(compare=False, repr=False, default_factory=dict)
+    verify_json: dict[str, Any] = field(compare=False, repr=False, default_factory=dict)
 
     @property
     def id(self) -> str:
@@ -70,9 +67,9 @@ class Target:
 
     @property
     def image_name(self) -> str:
-        glance = (self.publish.get("glance") or {}) if isinstance(self.publish, dict) else {}
-        if glance.get("image_name"):
-            return str(glance["image_name"])
+        glance = getattr(self.publish, "glance", None)
+        if glance is not None and glance.image_name:
+            return str(glance.image_name)
         parts = [self.recipe, self.release, *([self.variant] if self.variant else []), self.arch.value]
         return " ".join(parts)
 
@@ -143,6 +140,7 @@ class FileHasher:
 @dataclass
 class _Pending:
     loaded: LoadedRecipe
+    spec: Kind
     arch: Arch
     release: str
     variant: str | None
@@ -170,7 +168,6 @@ def expand(recipes: Iterable[LoadedRecipe], workspace: Workspace) -> list[Target
 
 def _expand_one(loaded: LoadedRecipe, hasher: FileHasher, problems: list[Problem]) -> list[_Pending]:
     recipe = loaded.recipe
-    kind = recipe.kind
     out: list[_Pending] = []
     for variant, variant_build in loaded.variant_builds.items():
         releases = recipe.matrix.releases or [variant_build.release]  # type: ignore[attr-defined]
@@ -179,8 +176,9 @@ def _expand_one(loaded: LoadedRecipe, hasher: FileHasher, problems: list[Problem
             if release != build.release:  # type: ignore[attr-defined]
                 build = build.model_copy(update={"release": release})
             refs = file_refs(build)
+            spec = kind_of(recipe.kind, build)
             for arch in recipe.arches:
-                refused = refusals(kind, arch, build)
+                refused = refusals(spec.rules, arch, build)
                 for refusal in refused:
                     problems.append(
                         loaded.problem(
@@ -191,33 +189,25 @@ def _expand_one(loaded: LoadedRecipe, hasher: FileHasher, problems: list[Problem
                     )
                 if refused:
                     continue
-                inputs = [*hasher.templates(tuple(o.template for o in outputs_for(kind, build, arch)))]
-                elements = _elements_for(kind, build, arch)
+                inputs = [*hasher.templates(tuple(o.template for o in spec.outputs(build, arch)))]
+                elements = list(spec.elements(build, arch))
                 for element in elements:
                     inputs.extend(hasher.element(element))
                 inputs.extend(refs)
-                base = getattr(build, "base", None)
                 out.append(
                     _Pending(
                         loaded=loaded,
+                        spec=spec,
                         arch=arch,
                         release=release,
                         variant=variant,
                         build_model=build,
                         inputs=tuple(sorted(set(inputs))),
-                        base=(base.recipe, base.variant) if base is not None else None,
+                        base=spec.base(build),
                         dib_elements=tuple(elements),
                     )
                 )
     return out
-
-
-def _elements_for(kind: str, build: Any, arch: Arch) -> list[str]:
-    if kind == "guest-image" and build.builder == "dib":
-        return [DIB_DISTRO_ELEMENTS[build.distro], *build.elements, *kiln_elements(kind, build, arch)]
-    if kind == "ipa-ramdisk":
-        return [DIB_DISTRO_ELEMENTS[build.distro], *build.elements, *kiln_elements(kind, build, arch)]
-    return []
 
 
 def _finish(pending: list[_Pending], hasher: FileHasher) -> list[Target]:
@@ -249,33 +239,40 @@ def _finish(pending: list[_Pending], hasher: FileHasher) -> list[Target]:
                 )
             )
             continue
-        if match.loaded.recipe.kind != "guest-image":
+        if match.loaded.recipe.kind not in p.spec.base_kinds:
             problems.append(
-                p.loaded.problem(("build", "base", "recipe"), f"{base_recipe!r} is not a guest image")
+                p.loaded.problem(
+                    ("build", "base", "recipe"),
+                    f"{base_recipe!r} is a {match.loaded.recipe.kind}; this builds on: "
+                    + ", ".join(p.spec.base_kinds),
+                )
             )
             continue
         deps[id(p)] = match
     if problems:
         raise InvalidInput(problems)
 
+    # Dependencies first, without recursion: a long chain of bases must not exhaust the stack.
     done: dict[int, Target] = {}
-    visiting: set[int] = set()
-
-    def resolve(p: _Pending) -> Target:
-        key = id(p)
-        if key in done:
-            return done[key]
-        if key in visiting:
-            raise InvalidInput(p.loaded.problem(("build", "base"), "dependency cycle between recipes"))
-        visiting.add(key)
-        base = deps[key]
-        base_target = resolve(base) if base is not None else None
-        visiting.discard(key)
-        target = _make_target(p, hasher, base_target)
-        done[key] = target
-        return target
-
-    return [resolve(p) for p in pending]
+    for start in pending:
+        stack = [start]
+        on_stack = {id(start)}
+        while stack:
+            p = stack[-1]
+            base = deps[id(p)]
+            if base is not None and id(base) not in done:
+                if id(base) in on_stack:
+                    raise InvalidInput(
+                        p.loaded.problem(("build", "base"), "dependency cycle between recipes")
+                    )
+                stack.append(base)
+                on_stack.add(id(base))
+                continue
+            stack.pop()
+            on_stack.discard(id(p))
+            if id(p) not in done:
+                done[id(p)] = _make_target(p, hasher, done[id(base)] if base is not None else None)
+    return [done[id(p)] for p in pending]
 
 
 def _make_target(p: _Pending, hasher: FileHasher, base: Target | None) -> Target:
@@ -298,19 +295,21 @@ def _make_target(p: _Pending, hasher: FileHasher, base: Target | None) -> Target
     digest = hashlib.sha256(json.dumps(payload, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
     return Target(
         recipe=recipe.name,
-        kind=recipe.kind,
+        kind=recipe.kind,  # type: ignore[attr-defined]
         arch=p.arch,
         release=p.release,
         variant=p.variant,
         recipe_file=p.loaded.rel_path,
-        build=build_json,
-        verify=recipe.verify.model_dump(mode="json"),  # type: ignore[attr-defined]
-        publish=recipe.publish.model_dump(mode="json"),  # type: ignore[attr-defined]
+        build=p.build_model,
+        verify=recipe.verify,  # type: ignore[attr-defined]
+        publish=recipe.publish,  # type: ignore[attr-defined]
         dib_elements=p.dib_elements,
         inputs=p.inputs,
         depends_on=tuple(depends),
         digest=digest,
-        build_model=p.build_model,
+        spec=p.spec,
+        build_json=build_json,
+        verify_json=recipe.verify.model_dump(mode="json"),  # type: ignore[attr-defined]
     )
 
 
@@ -332,16 +331,16 @@ def load_targets(
     Recipes that a requested recipe builds on (``build.base``) are loaded from the workspace too, so
     that dependencies resolve, but only the requested recipes' targets are returned.
     """
-    from .recipes import RecipeLoader, discover
+    from ..recipes import RecipeLoader, discover
 
     loader = RecipeLoader(workspace)
     loaded, problems = loader.load_many(discover(paths))
     requested = {r.name for r in loaded}
     wanted_bases = {
-        base.recipe
+        base[0]
         for r in loaded
         for build in r.variant_builds.values()
-        if (base := getattr(build, "base", None)) is not None
+        if (base := kind_of(r.recipe.kind, build).base(build)) is not None  # type: ignore[attr-defined]
     } - requested
     if wanted_bases and workspace.recipes_dir.is_dir():
         everything, _ = loader.load_many(discover([workspace.recipes_dir]))

@@ -1,4 +1,4 @@
-"""Tiny HTTP/TCP probes for service health (standard library only: used before the venv's extras)."""
+"""Tiny HTTP/TCP probes (service health, a free loopback port); standard library only."""
 
 from __future__ import annotations
 

@@ -7,12 +7,14 @@ The key lives in the site's own GNUPGHOME, never in the user's keyring. A produc
 from __future__ import annotations
 
 import fcntl
+import itertools
 import os
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..run import Runner
+from ..host.run import Runner, processes_matching, stop_processes
 
 KEY_UID = "Kiln local site <kiln@localhost>"
 
@@ -65,3 +67,48 @@ def _ensure_key_locked(gnupghome: Path, public_key: Path, uid: str) -> SigningKe
 def _first_fingerprint(colons: str) -> str | None:
     match = re.search(r"^fpr:(?:[^:]*:){8}([0-9A-F]{40}):", colons, re.MULTILINE)
     return match.group(1) if match else None
+
+
+# --- gpg's daemons -------------------------------------------------------------------------------------
+
+GPG_DAEMONS = ("gpg-agent", "scdaemon", "dirmngr", "keyboxd")
+
+
+def daemon_homedir(argv: Sequence[str]) -> str | None:
+    """The keyring a gpg daemon serves, from its command line (None: not one of gpg's daemons).
+
+    gpg starts its daemons with ``--homedir`` (also when it was given GNUPGHOME, as rpmsign and
+    gpgme do), and they detach from the process group that started them."""
+    if not argv or Path(argv[0]).name not in GPG_DAEMONS:
+        return None
+    for arg, value in itertools.pairwise(argv):
+        if arg == "--homedir":
+            return value.rstrip("/")
+    for arg in argv:
+        if arg.startswith("--homedir="):
+            return arg.removeprefix("--homedir=").rstrip("/")
+    return None
+
+
+def daemon_pids(gnupghome: Path) -> list[int]:
+    """gpg's daemons serving ``gnupghome`` (however the path was spelled when they started)."""
+    homes = {str(gnupghome), str(gnupghome.absolute()), str(gnupghome.resolve())}
+    return sorted(processes_matching(lambda argv: daemon_homedir(argv) in homes))
+
+
+def stop_daemons(gnupghome: Path, runner: Runner | None = None, grace_s: float = 5.0) -> list[int]:
+    """Stop the gpg daemons of ``gnupghome`` (the site's, or a throwaway keyring's); their pids.
+
+    ``gpgconf --kill all`` alone is not enough: it looks for the agent's socket where it would be
+    *now* -- ``/run/user/UID/gnupg/d.HASH`` when that directory exists, else the homedir -- so an
+    agent started while that differed (a login session created ``/run/user/0`` later, tmpfiles
+    removed it, the homedir was moved) is never reached, and gpgconf still exits 0. It also
+    returns before the daemons have exited. So it asks first (they remove their sockets), then
+    whatever still runs with ``--homedir`` naming this keyring is stopped by pid."""
+    pids = daemon_pids(gnupghome)
+    if not pids:
+        return []
+    if gnupghome.is_dir():
+        (runner or Runner()).capture(["gpgconf", "--homedir", str(gnupghome), "--kill", "all"], query=False)
+    stop_processes(pids, grace_s)
+    return pids

@@ -14,14 +14,12 @@ import functools
 import os
 import re
 import shutil
-import signal
-import subprocess
-import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from .arch import Arch
+from ..arch import Arch
+from .run import Runner, stop_processes
 
 NO_DEVICE_MAPPER = "no-device-mapper"
 CONTAINER = "container"
@@ -79,9 +77,9 @@ def _device_mapper_problem() -> str | None:
     dmsetup = shutil.which("dmsetup")
     if dmsetup is None:
         return "dmsetup is not installed"
-    proc = subprocess.run([dmsetup, "version"], capture_output=True, text=True, check=False)
+    proc = Runner().capture([dmsetup, "version"])
     if proc.returncode != 0:
-        return "dmsetup version failed: " + (proc.stderr.strip().splitlines() or ["?"])[0]
+        return "dmsetup version failed: " + ((proc.stderr or proc.error).strip().splitlines() or ["?"])[0]
     return None
 
 
@@ -91,7 +89,7 @@ def _sudo_env() -> dict[str, str] | None:
     sudo = shutil.which("sudo")
     if sudo is None:
         return None
-    proc = subprocess.run([sudo, "-n", "env"], capture_output=True, text=True, check=False)
+    proc = Runner().capture([sudo, "-n", "env"])
     if proc.returncode != 0:
         return None
     return dict(line.split("=", 1) for line in proc.stdout.splitlines() if "=" in line)
@@ -379,16 +377,7 @@ def cleanup_after_interrupt(tmpdir: Path) -> list[str]:
                 chrooted.append(int(proc.name))
         except OSError:
             continue
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        alive = [pid for pid in chrooted if Path(f"/proc/{pid}").exists()]
-        for pid in alive:
-            try:
-                os.kill(pid, sig)
-                done.append(f"kill -{sig.name} {pid}")
-            except ProcessLookupError:
-                pass
-        if alive and sig == signal.SIGTERM:
-            time.sleep(2)
+    done += stop_processes(chrooted, grace_s=2)
     busy = [p for p in _mounts_under(top) if not _run(["umount", p], done)]
     # Loop devices after their filesystems are unmounted, before the tmpfs their files live on.
     for backing in Path("/sys/block").glob("loop*/loop/backing_file"):
@@ -407,7 +396,7 @@ def cleanup_after_interrupt(tmpdir: Path) -> list[str]:
 
 
 def _run(argv: list[str], done: list[str]) -> bool:
-    proc = subprocess.run(argv, capture_output=True, text=True, check=False)
+    proc = Runner().capture(argv, timeout=120, query=False)
     if proc.returncode == 0:
         done.append(" ".join(argv))
     return proc.returncode == 0

@@ -1,0 +1,141 @@
+"""The backend interface: a pure plan step and an I/O run step.
+
+* ``plan(job) -> BuildRun``: pure. The commands (argv, env, cwd, time-out), the files to place and
+  the outputs to expect, from the target, its rendered files and the host facts gathered before.
+  ``kiln build --dry-run`` prints exactly this.
+* ``run(run, job, runner, log, on_step) -> list[Artifact]``: the I/O. Runs the plan through the
+  runner (the only code that starts processes) and measures the outputs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
+
+from ..arch import Arch
+from ..errors import CommandFailed
+from ..manifest import Artifact, ArtifactType, artifact_for
+
+if TYPE_CHECKING:
+    from ..host.run import Runner
+    from ..pipeline.graph import Target
+    from ..siteconfig import SiteConfig
+
+Step = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class Command:
+    argv: tuple[str, ...]
+    env: Mapping[str, str] = field(default_factory=dict)  # added to the environment Kiln runs in
+    cwd: Path | None = None
+    timeout_s: float | None = None
+    kill_grace_s: float = 10.0
+    shown_env: tuple[str, ...] = ()  # prefixes of the env keys a dry run prints (empty: all)
+
+    def shown(self) -> dict[str, str]:
+        prefixes = self.shown_env
+        return {k: v for k, v in sorted(self.env.items()) if not prefixes or k.startswith(prefixes)}
+
+    def as_json(self) -> dict[str, Any]:
+        return {"argv": list(self.argv), "env": self.shown(), "cwd": str(self.cwd or "")}
+
+
+@dataclass(frozen=True)
+class ExpectedOutput:
+    path: Path
+    name: str
+    type: ArtifactType
+    format: str | None = None
+
+
+@dataclass(frozen=True)
+class BuildRun:
+    """Exactly what a backend will do for one target."""
+
+    tool: str
+    commands: tuple[Command, ...]
+    outputs: tuple[ExpectedOutput, ...]
+    base_dir: Path  # the target's directory: artifact paths in the manifest are relative to it
+    copies: tuple[tuple[Path, Path], ...] = ()  # (source, destination) placed before the commands
+    notes: tuple[str, ...] = ()  # what a dry run cannot know (e.g. "accelerator probed at build time")
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "tool": self.tool,
+            "commands": [c.as_json() for c in self.commands],
+            "copies": [[str(a), str(b)] for a, b in self.copies],
+            "outputs": [str(o.path) for o in self.outputs],
+            "notes": list(self.notes),
+        }
+
+
+@dataclass(frozen=True)
+class HostFacts:
+    """What the pipeline found out about this host before planning (nothing when dry-running)."""
+
+    arch: Arch
+    placement: str  # native | emulated
+    adaptations: tuple[Any, ...] = ()  # hostcompat.Adaptation
+    accelerator: str | None = None  # kvm | tcg; None: not probed (dry run)
+    probed: bool = True
+
+
+@dataclass(frozen=True)
+class BuildJob:
+    """Everything a backend's plan step reads: resolved data, paths, and facts gathered earlier."""
+
+    target: Target
+    rendered: Mapping[str, bytes]  # render-dir-relative path -> content
+    render_dir: Path
+    out_dir: Path
+    tmp_dir: Path
+    build_root: Path
+    workspace_root: Path
+    elements_dir: Path
+    cache_dir: Path
+    site: SiteConfig
+    host: HostFacts
+    dependencies: Mapping[str, Path] = field(default_factory=dict)  # dependency target id -> its artifact
+
+
+class Backend(Protocol):
+    tool: str
+
+    def plan(self, job: BuildJob) -> BuildRun: ...
+
+    def run(
+        self, run: BuildRun, job: BuildJob, runner: Runner, log: Path, on_step: Step
+    ) -> list[Artifact]: ...
+
+    def tool_versions(self, runner: Runner) -> dict[str, str]: ...
+
+
+def run_commands(run: BuildRun, runner: Runner, log: Path) -> None:
+    """Run a plan's commands in order (the usual ``run`` step before collecting outputs)."""
+    for command in run.commands:
+        runner.run(
+            command.argv,
+            cwd=command.cwd,
+            env=dict(command.env),
+            timeout=command.timeout_s,
+            log_path=log,
+            kill_grace_s=command.kill_grace_s,
+        )
+
+
+def collect_outputs(run: BuildRun, log: Path) -> list[Artifact]:
+    """The artifacts a plan promised, measured; a missing one fails the build."""
+    missing = [str(o.path) for o in run.outputs if not o.path.exists()]
+    if missing:
+        raise CommandFailed(f"{run.tool} finished but did not write {', '.join(missing)} (log: {log})")
+    return [artifact_for(run.base_dir, o.path, o.name, o.type, o.format) for o in run.outputs]
+
+
+def clear_outputs(run: BuildRun) -> None:
+    """Never report a stale file from an earlier build as this one's."""
+    for output in run.outputs:
+        output.path.parent.mkdir(parents=True, exist_ok=True)
+        output.path.unlink(missing_ok=True)

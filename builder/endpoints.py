@@ -1,0 +1,65 @@
+"""The embedded local site's endpoints and state paths, computed from site.yaml alone.
+
+Publishers reach the local site exactly as they reach a real cloud: through URLs and paths. This
+module says where the embedded site listens and keeps its files; ``builder/site/`` starts the
+services there, and nothing under ``builder/publishers/`` or ``builder/verify/`` imports it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from .siteconfig import LocalPorts, SiteConfig
+
+REPO_KEY_FILE = "RPM-GPG-KEY-kiln"  # the repo signing key's public half, at the repo tree's root
+
+# The local Swift's tempauth account (S3 access key "account:user"): a fixed loopback-only
+# credential that the site writes into its proxy config and the S3 mirror client presents.
+LOCAL_S3_ACCESS_KEY = "kiln:kiln"
+LOCAL_S3_SECRET_KEY = "kiln-local-secret"
+
+
+@dataclass(frozen=True)
+class SiteURLs:
+    glance: str
+    registry: str  # host:port, as docker and skopeo spell it
+    repo: str
+    s3: str
+
+    def as_json(self) -> dict[str, str]:
+        return {"glance": self.glance, "registry": self.registry, "repo": self.repo, "s3": self.s3}
+
+
+@dataclass(frozen=True)
+class LocalEndpoints:
+    """Where the embedded site listens (127.0.0.1 only) and keeps its state."""
+
+    state: Path
+    urls: SiteURLs
+
+    @property
+    def repo_root(self) -> Path:
+        return self.state / "repo"
+
+    @property
+    def gnupghome(self) -> Path:
+        return self.state / "gnupg"
+
+    @property
+    def mirror_work(self) -> Path:
+        """A local working tree for repos that are then mirrored (S3, rsync)."""
+        return self.state / "mirror-work"
+
+
+def urls_for(ports: LocalPorts) -> SiteURLs:
+    return SiteURLs(
+        glance=f"http://127.0.0.1:{ports.glance}",
+        registry=f"127.0.0.1:{ports.registry}",
+        repo=f"http://127.0.0.1:{ports.repo}",
+        s3=f"http://127.0.0.1:{ports.s3}",
+    )
+
+
+def local_endpoints(site: SiteConfig, root: Path) -> LocalEndpoints:
+    return LocalEndpoints(site.state_dir(root), urls_for(site.local.ports))

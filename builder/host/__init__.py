@@ -1,0 +1,1 @@
+"""This host: the one process runner, probes and shims (what a build host has and lacks), ports."""

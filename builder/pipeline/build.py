@@ -1,0 +1,444 @@
+"""The per-target loop behind ``kiln build``: skip, reuse, build, verify, publish, record.
+
+Per target, under the build root (``.kiln/build/<slug>/``): ``render/`` (the rendered files),
+``out/`` (artifacts), ``logs/`` (one log per build), ``manifest.json`` (what was built, and the
+gate's verdict) and ``verify.xml`` (JUnit).
+
+- A target whose digest already has a successful build with its artifacts on disk is not built
+  again ("reused"); when it is also verified and, if asked, published, it is "skipped" without
+  contacting any service.
+- The gate: artifacts are published only when verification passed or was switched off on purpose
+  (the recipe has no check, or ``--no-verify``); a reused build that was never verified, or whose
+  verification failed, is verified (again) before it is published.
+- A dry run is pure: it renders in memory, asks each backend for its plan, and writes nothing
+  (no ledger row, no file under the build root) and probes nothing.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..arch import Arch
+from ..backends.base import Backend, BuildJob, HostFacts
+from ..errors import CommandFailed, EnvironmentProblem, InvalidInput, KilnError, Problem
+from ..host import compat as hostcompat
+from ..host.run import Runner
+from ..ledger import Ledger, TargetState
+from ..manifest import BuildManifest, read_manifest
+from ..render import render_target, write_rendered
+from ..siteconfig import SiteConfig
+from ..verify.base import VerifyJob
+from ..workspace import Workspace
+from .graph import Target
+from .plan import dependencies_first
+from .publish import publish_manifests
+
+Step = Callable[[str], None]
+
+
+@dataclass
+class Outcome:
+    target: str
+    status: str  # built, reused, skipped, failed, dry-run
+    seconds: float = 0.0
+    manifest: str | None = None
+    verification: str | None = None  # the gate's verdict: passed (n cases), failed (...), off (...)
+    published: list[dict[str, Any]] = field(default_factory=list)
+    error: str | None = None
+    plan: dict[str, Any] | None = None  # dry run: what the backend would run
+
+    def as_json(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+@dataclass(frozen=True)
+class BuildOptions:
+    publish: bool = False
+    verify: bool = True  # False: --no-verify (recorded as "off", which the gate lets through)
+    dry_run: bool = False
+
+
+class BuildDirs:
+    """Where one build root keeps each target's files."""
+
+    def __init__(self, root: Path):
+        self.root = root
+
+    def target(self, target: Target | str) -> Path:
+        return self.root / (target if isinstance(target, str) else target.slug)
+
+    def render(self, target: Target) -> Path:
+        return self.target(target) / "render"
+
+    def out(self, target: Target) -> Path:
+        return self.target(target) / "out"
+
+    def logs(self, target: Target) -> Path:
+        return self.target(target) / "logs"
+
+    def manifest(self, target: Target | str) -> Path:
+        return self.target(target) / "manifest.json"
+
+    def tmp(self, target: Target) -> Path:
+        return self.root / ".tmp" / target.slug
+
+
+def default_build_root(workspace: Workspace) -> Path:
+    env_root = os.environ.get("KILN_BUILD_ROOT")
+    return Path(env_root) if env_root else workspace.root / ".kiln" / "build"
+
+
+def slug_of(target_id: str) -> str:
+    """``recipe:release[+variant]:arch`` -> the directory name Target.slug gives that target."""
+    return target_id.replace("+", "_").replace(":", "_")
+
+
+class Pipeline:
+    def __init__(
+        self,
+        workspace: Workspace,
+        site: SiteConfig,
+        ledger: Ledger | None,
+        *,
+        runner: Runner | None = None,
+        on_step: Step = lambda _: None,
+        build_root: Path | None = None,
+        cache_dir: Path | None = None,
+        publishers: Any = None,
+    ):
+        self.workspace = workspace
+        self.site = site
+        self.ledger = ledger
+        self.runner = runner or Runner()
+        self.on_step = on_step
+        self.dirs = BuildDirs(build_root or default_build_root(workspace))
+        self.cache_dir = cache_dir or Path.home() / ".cache" / "kiln"
+        self._publishers = publishers
+
+    # -- the loop --------------------------------------------------------------------------------------
+
+    def run(self, targets: list[Target], options: BuildOptions) -> list[Outcome]:
+        if options.dry_run:
+            return self.dry_run(targets)
+        outcomes: list[Outcome] = []
+        failed: set[str] = set()
+        for target in dependencies_first(targets):
+            started = time.monotonic()
+            broken = [d for d in target.depends_on if d in failed]
+            if broken:
+                outcome = Outcome(target.id, "failed", error=f"not built: {', '.join(broken)} failed")
+            else:
+                outcome = self._one(target, options)
+            outcome.seconds = round(time.monotonic() - started, 2)
+            if outcome.status == "failed":
+                failed.add(target.id)
+            outcomes.append(outcome)
+            self.on_step(f"{target.id}: {outcome.status} in {outcome.seconds:.1f}s")
+        return outcomes
+
+    def _one(self, target: Target, options: BuildOptions) -> Outcome:
+        outcome = Outcome(target.id, "built")
+        try:
+            manifest = self.existing_manifest(target)
+            if manifest is None:
+                manifest = self.build(target)
+            elif not self._needs_verification(target, manifest, options) and (
+                not options.publish or self._published(manifest)
+            ):
+                outcome.status = "skipped"  # same digest, built, verified (and published): nothing to do
+            else:
+                outcome.status = "reused"
+            if outcome.status != "skipped":
+                if self._needs_verification(target, manifest, options):
+                    manifest = self.verify(target, manifest, options)
+                if options.publish:
+                    if not manifest.verification_ok:
+                        raise CommandFailed(
+                            f"verification {manifest.verification_summary}: nothing published"
+                        )
+                    publications = publish_manifests([manifest], self.publishers(), self.ledger, self.on_step)
+                    outcome.published = [p.as_json() for p in publications]
+                elif not manifest.verification_ok:
+                    raise CommandFailed(f"verification {manifest.verification_summary}")
+            outcome.verification = manifest.verification_summary
+            outcome.manifest = str(self.dirs.manifest(target))
+        except KilnError as exc:
+            outcome.status, outcome.error = "failed", str(exc)
+        return outcome
+
+    def publishers(self) -> Any:
+        if self._publishers is None:
+            from ..publishers.from_site import SitePublishers
+
+            self._publishers = SitePublishers(self.site, self.workspace.root, self.on_step)
+        return self._publishers
+
+    def _published(self, manifest: BuildManifest) -> bool:
+        return (
+            self.ledger is not None
+            and manifest.build_id is not None
+            and self.ledger.published(manifest.build_id)
+        )
+
+    # -- one target's build ------------------------------------------------------------------------------
+
+    def existing_manifest(self, target: Target) -> BuildManifest | None:
+        """The manifest of an earlier successful build of this exact digest, artifacts intact."""
+        path = self.dirs.manifest(target)
+        if self.ledger is None or not path.exists():
+            return None
+        if self.ledger.state(target.id, target.digest) is not TargetState.UP_TO_DATE:
+            return None
+        try:
+            manifest = read_manifest(path)
+        except InvalidInput:
+            return None
+        if manifest.digest != target.digest:
+            return None
+        for artifact in manifest.artifacts:
+            file = manifest.path_of(artifact)
+            if not file.exists() or file.stat().st_size != artifact.size:
+                return None
+        return manifest
+
+    def build(self, target: Target) -> BuildManifest:
+        backend = self._backend(target)
+        assert self.ledger is not None, "a build is recorded in a ledger"
+        host = gather_host_facts(target, self.site, backend, self.on_step)
+        render_dir = self.dirs.render(target)
+        shutil.rmtree(render_dir, ignore_errors=True)
+        rendered = render_target(target, self.workspace.templates_dir)
+        write_rendered(rendered, render_dir)
+        dependencies = self._built_dependencies(target)
+        job = self.job_for(target, {f.path: f.content for f in rendered}, host, dependencies)
+        run = backend.plan(job)
+        log = self.dirs.logs(target) / f"build-{time.strftime('%Y%m%dT%H%M%S')}.log"
+        build_id = self.ledger.start_build(target, log_path=str(log))
+        self.on_step(f"{target.id}: {run.tool} (log: {log})")
+        try:
+            artifacts = backend.run(run, job, self.runner, log, self.on_step)
+        except BaseException as exc:
+            status = "cancelled" if isinstance(exc, KeyboardInterrupt | SystemExit) else "failed"
+            self.ledger.finish_build(build_id, status, error=str(exc)[:4000])
+            raise
+        manifest = BuildManifest(
+            target=target.id,
+            recipe=target.recipe,
+            kind=target.kind,
+            arch=target.arch.value,
+            release=target.release,
+            variant=target.variant,
+            digest=target.digest,
+            artifacts=tuple(artifacts),
+            publish=target.publish.model_dump(mode="json"),
+            build=target.build_json,
+            build_id=build_id,
+            source_commit=source_commit(self.workspace.root),
+            verification={"status": "pending"},
+            base_dir=self.dirs.target(target),
+        )
+        manifest.write(self.dirs.manifest(target))
+        self.ledger.finish_build(
+            build_id,
+            "succeeded",
+            tool_versions=backend.tool_versions(self.runner),
+            artifacts=[(a.name, str(manifest.path_of(a)), a.sha256, a.size) for a in manifest.artifacts],
+        )
+        return manifest
+
+    def _backend(self, target: Target) -> Backend:
+        backend = target.spec.backend
+        if backend is None:
+            raise InvalidInput(Problem(f"{target.id}: kiln build does not build {target.spec.label} yet"))
+        return backend
+
+    def job_for(
+        self, target: Target, rendered: dict[str, bytes], host: HostFacts, dependencies: dict[str, Path]
+    ) -> BuildJob:
+        return BuildJob(
+            target=target,
+            rendered=rendered,
+            render_dir=self.dirs.render(target),
+            out_dir=self.dirs.out(target),
+            tmp_dir=self.dirs.tmp(target),
+            build_root=self.dirs.root,
+            workspace_root=self.workspace.root,
+            elements_dir=self.workspace.elements_dir,
+            cache_dir=self.cache_dir,
+            site=self.site,
+            host=host,
+            dependencies=dependencies,
+        )
+
+    def _built_dependencies(self, target: Target) -> dict[str, Path]:
+        """Each dependency's main artifact (its first), from its manifest in this build root."""
+        found: dict[str, Path] = {}
+        for dependency in target.depends_on:
+            path = self.dirs.manifest(slug_of(dependency))
+            try:
+                manifest = read_manifest(path)
+            except InvalidInput:
+                raise InvalidInput(
+                    Problem(
+                        f"{target.id} builds on {dependency}, which has no build here yet: "
+                        f"run `kiln build {dependency.split(':')[0]} --arch {target.arch.value}` first"
+                    )
+                ) from None
+            found[dependency] = main_artifact(manifest)
+        return found
+
+    # -- the gate ----------------------------------------------------------------------------------------
+
+    def _needs_verification(self, target: Target, manifest: BuildManifest, options: BuildOptions) -> bool:
+        status = manifest.verification_status
+        if status == "passed":
+            return False
+        if status == "off":  # switched off before: verify now only when it can and was not asked not to
+            return options.verify and target.spec.verifier(target.verify) is not None
+        return True  # pending (never verified) or failed
+
+    def verify(self, target: Target, manifest: BuildManifest, options: BuildOptions) -> BuildManifest:
+        from ..verify.junit import write_junit
+
+        verifier = target.spec.verifier(target.verify)
+        if verifier is None:
+            verdict: dict[str, Any] = {
+                "status": "off",
+                "by": f"the recipe: {target.spec.label} checks nothing here",
+            }
+        elif not options.verify:
+            verdict = {"status": "off", "by": "kiln build --no-verify"}
+        else:
+            cases = verifier.verify(
+                VerifyJob(target, manifest, self.dirs.target(target) / "verify", self.runner, self.on_step)
+            )
+            write_junit(self.dirs.target(target) / "verify.xml", cases)
+            failing = [c for c in cases if not c.passed]
+            verdict = {"status": "failed" if failing or not cases else "passed", "cases": len(cases)}
+            if failing:
+                verdict["by"] = "; ".join(f"{c.name}: {c.message}" for c in failing)[:2000]
+            elif not cases:
+                verdict["by"] = "the verifier returned no test case"
+        manifest = _with_verification(manifest, verdict)
+        manifest.write(self.dirs.manifest(target))
+        if self.ledger is not None and manifest.build_id is not None:
+            self.ledger.record_verification(manifest.build_id, verdict["status"], str(verdict.get("by", "")))
+        self.on_step(f"{target.id}: verification {manifest.verification_summary}")
+        return manifest
+
+    # -- dry run -----------------------------------------------------------------------------------------
+
+    def dry_run(self, targets: list[Target]) -> list[Outcome]:
+        """What each target's build would run, dependencies first; writes and probes nothing."""
+        outcomes = []
+        planned: dict[str, Path] = {}  # target id -> its planned main artifact
+        for target in dependencies_first(targets):
+            outcome = Outcome(target.id, "dry-run")
+            try:
+                backend = self._backend(target)
+                host = HostFacts(
+                    arch=host_arch(), placement=self.site.placement(target.arch, host_arch()), probed=False
+                )
+                rendered = {f.path: f.content for f in render_target(target, self.workspace.templates_dir)}
+                dependencies = {
+                    d: planned.get(d) or self._planned_dependency(target, d) for d in target.depends_on
+                }
+                run = backend.plan(self.job_for(target, rendered, host, dependencies))
+                outcome.plan = {"placement": host.placement, **run.as_json()}
+                if run.outputs:
+                    planned[target.id] = run.outputs[0].path
+            except KilnError as exc:
+                outcome.status, outcome.error = "failed", str(exc)
+            outcomes.append(outcome)
+        return outcomes
+
+    def _planned_dependency(self, target: Target, dependency: str) -> Path:
+        """A dependency outside this run: its artifact from an earlier build, or where it would be."""
+        try:
+            return main_artifact(read_manifest(self.dirs.manifest(slug_of(dependency))))
+        except InvalidInput:
+            return self.dirs.target(slug_of(dependency)) / "out" / "(built by its own target first)"
+
+
+def main_artifact(manifest: BuildManifest) -> Path:
+    disk = [a for a in manifest.artifacts if a.format == "qcow2"] or list(manifest.artifacts)
+    if not disk:
+        raise InvalidInput(Problem(f"{manifest.target}: its manifest lists no artifact"))
+    return manifest.path_of(disk[0])
+
+
+def _with_verification(manifest: BuildManifest, verdict: dict[str, Any]) -> BuildManifest:
+    from dataclasses import replace
+
+    return replace(
+        manifest, verification={**verdict, "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    )
+
+
+def host_arch() -> Arch:
+    try:
+        return Arch.host()
+    except ValueError as exc:  # a host Kiln's architecture table does not know (s390x, riscv64)
+        raise EnvironmentProblem(f"this host: {exc}") from exc
+
+
+def gather_host_facts(target: Target, site: SiteConfig, backend: Backend, on_step: Step) -> HostFacts:
+    """Placement (refused before anything is written), then the probes this backend needs."""
+    host = host_arch()
+    placement = site.placement(target.arch, host)
+    on_step(f"{target.id}: {placement} on this {host.value} host")
+    adaptations: tuple[Any, ...] = ()
+    if getattr(backend, "needs_host_adaptations", False):
+        adaptations = tuple(hostcompat.detect([target.arch.value]))
+        for adaptation in adaptations:
+            on_step(f"host: {adaptation.name}: {adaptation.reason}")
+        blocking = [a for a in adaptations if a.name in hostcompat.BLOCKING]
+        if blocking:
+            raise EnvironmentProblem(
+                "; ".join(f"{a.name}: {a.reason}" for a in blocking)
+                + " (scripts/bootstrap.sh sets up binfmt_misc for qemu-user-static)"
+            )
+    accelerator = None
+    if getattr(backend, "needs_accelerator", False):
+        from ..verify.boot import choose_accelerator
+
+        accelerator = choose_accelerator(target.arch)
+    return HostFacts(arch=host, placement=placement, adaptations=adaptations, accelerator=accelerator)
+
+
+def source_commit(root: Path) -> str | None:
+    head = root / ".git" / "HEAD"
+    try:
+        ref = head.read_text().strip()
+        if ref.startswith("ref: "):
+            return (root / ".git" / ref[5:]).read_text().strip()
+        return ref
+    except OSError:
+        return None
+
+
+def describe_plan(outcome: Outcome) -> list[str]:
+    """A dry run's plan as lines a person can paste (secrets are masked by the caller)."""
+    import shlex
+
+    plan = outcome.plan or {}
+    lines = [f"# {outcome.target} ({plan.get('tool', '?')}, {plan.get('placement', '?')})"]
+    for source, dest in plan.get("copies", []):
+        lines.append(f"install -D -m 0644 {shlex.quote(source)} {shlex.quote(dest)}")
+    for command in plan.get("commands", []):
+        parts = []
+        if command.get("cwd"):
+            parts.append(f"cd {shlex.quote(command['cwd'])} &&")
+        if command.get("env"):
+            parts.append("env " + " ".join(shlex.quote(f"{k}={v}") for k, v in command["env"].items()))
+        parts.append(shlex.join(command["argv"]))
+        lines.append(" ".join(parts))
+    lines += [f"# outputs: {path}" for path in plan.get("outputs", [])]
+    lines += [f"# note: {note}" for note in plan.get("notes", [])]
+    return lines

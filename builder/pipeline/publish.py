@@ -1,0 +1,226 @@
+"""Publishing: the gate, the route from each manifest to its kind's publisher, and the ledger record.
+
+A manifest is publishable once its verification passed or was switched off on purpose (the
+manifest says which, and by what); ``allow_unverified`` is the explicit override. The publisher is
+the kind's ``publish_route`` (glance, repo, registry), never a branch on a kind's name. Container
+manifests of one recipe, release and variant are pushed together: one multi-arch tag over them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from pydantic import ValidationError
+
+from ..arch import Arch
+from ..errors import EnvironmentProblem, InvalidInput, KilnError, Problem
+from ..kinds import publishing_of
+from ..ledger import Ledger
+from ..manifest import BuildManifest
+
+Step = Callable[[str], None]
+
+
+class Unverified(KilnError):
+    """A manifest whose verification did not pass (and was not switched off) was asked to publish."""
+
+
+@dataclass(frozen=True)
+class Publication:
+    target: str
+    artifact: str
+    publisher: str
+    location: str
+    noop: bool = False
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "target": self.target,
+            "artifact": self.artifact,
+            "publisher": self.publisher,
+            "location": self.location,
+            "noop": self.noop,
+        }
+
+
+def check_publishable(manifests: list[BuildManifest], allow_unverified: bool = False) -> None:
+    """Refuse manifests whose verification did not pass, unless ``allow_unverified``."""
+    refused = [m for m in manifests if not m.verification_ok]
+    if refused and not allow_unverified:
+        raise Unverified(
+            "not publishing unverified builds (pass --allow-unverified to publish anyway):\n"
+            + "\n".join(f"  {m.target}: verification {m.verification_summary}" for m in refused)
+        )
+
+
+def publish_settings(manifest: BuildManifest) -> Any:
+    """The manifest's publish settings as its kind's typed model (defaults filled in once, there)."""
+    try:
+        spec = publishing_of(manifest.kind)
+    except KeyError as exc:
+        raise InvalidInput(Problem(f"{manifest.target}: {exc.args[0]}")) from None
+    try:
+        return spec.publish_route, spec.publish_model.model_validate(manifest.publish or {})
+    except ValidationError as exc:
+        raise InvalidInput(
+            Problem(f"{manifest.target}: publish settings: {exc.errors()[0]['msg']}")
+        ) from None
+
+
+def publish_manifests(
+    manifests: list[BuildManifest],
+    publishers: Any,
+    ledger: Ledger | None,
+    on_step: Step = lambda _: None,
+) -> list[Publication]:
+    """Publish each manifest through its kind's route; record the publications in the ledger.
+    ``publishers`` is a publishers.from_site.SitePublishers (or a test's stand-in)."""
+    routed: dict[str, list[tuple[BuildManifest, Any]]] = {}
+    for manifest in manifests:
+        route, settings = publish_settings(manifest)
+        if route is not None:
+            routed.setdefault(route, []).append((manifest, settings))
+    publications: list[Publication] = []
+    for route, items in routed.items():
+        publish = _ROUTES.get(route)
+        if publish is None:
+            raise EnvironmentProblem(f"no publisher for route {route!r}")
+        publications += publish(items, publishers, on_step)
+    if ledger is not None:
+        _record(ledger, manifests, publications)
+    return publications
+
+
+# --- routes -------------------------------------------------------------------------------------------
+
+
+def _to_glance(items: list[tuple[BuildManifest, Any]], publishers: Any, on_step: Step) -> list[Publication]:
+    out = []
+    for manifest, settings in items:
+        glance = settings.glance
+        if glance is None:
+            continue
+        name = glance.image_name or default_image_name(manifest)
+        for artifact in manifest.artifacts:
+            if artifact.type not in ("disk-image", "kernel", "ramdisk", "iso"):
+                continue
+            suffix = "" if artifact.type == "disk-image" else f" {artifact.name}"
+            on_step(f"glance: {manifest.target} {artifact.name}")
+            result = publishers.glance().publish(
+                manifest,
+                artifact,
+                name=name + suffix,
+                visibility=glance.visibility,
+                keep=glance.keep,
+                properties=dict(glance.properties),
+            )
+            out.append(Publication(manifest.target, artifact.name, "glance", result.image_id, result.noop))
+    return out
+
+
+def _to_repo(items: list[tuple[BuildManifest, Any]], publishers: Any, on_step: Step) -> list[Publication]:
+    out = []
+    for manifest, settings in items:
+        repo = settings.repo
+        if repo is None:
+            continue
+        build = manifest.build
+        distro = repo.layout_distro or build.get("distro", "el")
+        release = str(build.get("release", manifest.release))
+        groups = {
+            Arch.parse(manifest.arch).rpm: [a for a in manifest.artifacts if a.type == "rpm"],
+            "source": [a for a in manifest.artifacts if a.type == "srpm"],
+        }
+        publisher = publishers.repo()
+        for arch_dir, artifacts in groups.items():
+            if not artifacts:
+                continue
+            on_step(f"repo: {manifest.target} -> {repo.repo}/{distro}/{release}/{arch_dir}")
+            result = publisher.publish(
+                [manifest.path_of(a) for a in artifacts],
+                repo=repo.repo,
+                distro=distro,
+                release=release,
+                arch=arch_dir,
+            )
+            on_step(f"repo: metadata {result.metadata_update} ({result.metadata_dir})")
+            mirror = publishers.mirror()
+            if mirror is not None:
+                on_step(f"mirror: {result.repo_dir}")
+                mirror.sync(result.repo_dir, result.repo_dir.relative_to(publisher.root).as_posix())
+            url = f"{publisher.base_url}/{result.repo_dir.relative_to(publisher.root).as_posix()}/"
+            out += [Publication(manifest.target, a.name, "repo", url) for a in artifacts]
+    return out
+
+
+def _to_registry(items: list[tuple[BuildManifest, Any]], publishers: Any, on_step: Step) -> list[Publication]:
+    from ..publishers.registry import ArchImage
+
+    groups: dict[tuple[str, str, str | None], list[tuple[BuildManifest, Any]]] = {}
+    for manifest, settings in items:
+        groups.setdefault((manifest.recipe, manifest.release, manifest.variant), []).append(
+            (manifest, settings)
+        )
+    out = []
+    for group in groups.values():
+        registry = group[0][1].registry
+        if registry is None:
+            continue
+        manifests = sorted((m for m, _ in group), key=lambda m: m.arch)
+        publisher, prefix = publishers.registry()
+        repository = f"{prefix}/{registry.repository}".strip("/")
+        images = [
+            ArchImage(m.arch_enum, m.path_of(a))
+            for m in manifests
+            for a in m.artifacts
+            if a.type == "oci-layout"
+        ]
+        first = manifests[0]
+        annotations = {
+            "org.opencontainers.image.title": first.recipe,
+            "org.opencontainers.image.version": first.release,
+            "io.kiln.digests": ",".join(f"{m.arch}={m.digest}" for m in manifests),
+        }
+        if first.source_commit:
+            annotations["org.opencontainers.image.revision"] = first.source_commit
+        for tag in registry.tags:
+            result = publisher.push(repository, tag, images, annotations, on_step=on_step)
+            out += [
+                Publication(m.target, a.name, "registry", result.reference)
+                for m in manifests
+                for a in m.artifacts
+                if a.type == "oci-layout"
+            ]
+    return out
+
+
+_ROUTES: dict[str, Callable[[list[tuple[BuildManifest, Any]], Any, Step], list[Publication]]] = {
+    "glance": _to_glance,
+    "repo": _to_repo,
+    "registry": _to_registry,
+}
+
+
+def default_image_name(manifest: BuildManifest) -> str:
+    parts = [
+        manifest.recipe,
+        manifest.release,
+        *([manifest.variant] if manifest.variant else []),
+        manifest.arch,
+    ]
+    return " ".join(parts)
+
+
+def _record(ledger: Ledger, manifests: list[BuildManifest], publications: list[Publication]) -> None:
+    ids: dict[tuple[str, str], int] = {}
+    for manifest in manifests:
+        ids.update({(manifest.target, name): i for name, i in ledger.artifact_ids_for(manifest).items()})
+    for pub in publications:
+        if pub.noop:
+            continue
+        artifact_id = ids.get((pub.target, pub.artifact))
+        if artifact_id is None:
+            raise EnvironmentProblem(f"ledger has no artifact {pub.artifact} of {pub.target}")
+        ledger.record_publication(artifact_id, pub.publisher, pub.location)

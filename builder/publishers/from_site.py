@@ -1,0 +1,101 @@
+"""Publishers built from site.yaml: a real cloud, registry and mirror, or the embedded site's
+endpoints (builder/endpoints.py). Each is created on first use, since each may need a service."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from ..endpoints import LOCAL_S3_ACCESS_KEY, LOCAL_S3_SECRET_KEY, REPO_KEY_FILE, local_endpoints
+from ..siteconfig import SiteConfig
+
+Step = Callable[[str], None]
+
+
+class SitePublishers:
+    def __init__(self, site: SiteConfig, root: Path, on_step: Step = lambda _: None):
+        self.site = site
+        self.root = root
+        self.local = local_endpoints(site, root)
+        self.on_step = on_step
+        self._glance: Any = None
+        self._repo: Any = None
+
+    def glance(self) -> Any:
+        if self._glance is None:
+            from .glance import GlancePublisher
+
+            cloud = self.site.glance.cloud or os.environ.get("OS_CLOUD")
+            self._glance = GlancePublisher.connect(
+                cloud=cloud,
+                endpoint=None if cloud else self.local.urls.glance,
+                method=self.site.glance.method,
+            )
+        return self._glance
+
+    def registry(self) -> tuple[Any, str]:
+        """The registry publisher and the repository prefix (``team`` in ``host:5000/team``)."""
+        from .registry import RegistryClient, RegistryPublisher, docker_config_auth
+
+        url = self.site.registry.url or self.local.urls.registry
+        host = url.split("/")[0]
+        config = (
+            Path(os.path.expanduser(self.site.registry.docker_config))
+            if self.site.registry.docker_config
+            else None
+        )
+        client = RegistryClient(
+            host, insecure=self.site.registry.insecure, auth=docker_config_auth(config, host)
+        )
+        return RegistryPublisher(client), url[len(host) :].strip("/")
+
+    def repo(self) -> Any:
+        if self._repo is None:
+            from .repo import RepoKey, RepoPublisher
+            from .signing import ensure_key
+
+            settings = self.site.repo
+            if settings.backend == "path":
+                root = Path(os.path.expanduser(settings.path or ""))
+            elif settings.backend == "local":
+                root = self.local.repo_root
+            else:  # s3, rsync: a local working tree, then mirrored
+                root = self.local.mirror_work
+            base_url = settings.base_url or (
+                settings.s3.public_url if settings.s3 and settings.s3.public_url else self.local.urls.repo
+            )
+            if settings.signing_key:
+                gnupghome = Path(os.path.expanduser(settings.signing_key.gnupghome))
+                key = RepoKey(gnupghome, settings.signing_key.fingerprint, f"{base_url}/{REPO_KEY_FILE}")
+            else:
+                site_key = ensure_key(self.local.gnupghome, root / REPO_KEY_FILE)
+                key = RepoKey(site_key.gnupghome, site_key.fingerprint, f"{base_url}/{REPO_KEY_FILE}")
+            self._repo = RepoPublisher(root, key, base_url)
+        return self._repo
+
+    def mirror(self) -> Any:
+        settings = self.site.repo
+        if settings.backend == "s3" and settings.s3 is not None:
+            import boto3
+            from botocore.config import Config
+
+            from .mirror import S3Mirror, add_content_md5_for_delete
+
+            local = settings.s3.endpoint_url is None
+            client = boto3.client(
+                "s3",
+                endpoint_url=settings.s3.endpoint_url or self.local.urls.s3,
+                region_name=settings.s3.region,
+                aws_access_key_id=LOCAL_S3_ACCESS_KEY if local else None,
+                aws_secret_access_key=LOCAL_S3_SECRET_KEY if local else None,
+                config=Config(s3={"addressing_style": "path"}),
+            )
+            add_content_md5_for_delete(client)
+            return S3Mirror(client, settings.s3.bucket, settings.s3.prefix)
+        if settings.backend == "rsync" and settings.rsync_target:
+            from .mirror import RsyncMirror
+
+            return RsyncMirror(settings.rsync_target)
+        return None

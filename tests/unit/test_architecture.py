@@ -1,0 +1,114 @@
+"""The shape of the code, checked from its syntax trees: where kind names may be compared, who may
+start processes, and what publishing and verification may import.
+
+- A kind's name ("guest-image", ...) or builder ("dib", "packer") is compared only in the registry
+  (builder/kinds/); everything else asks the Kind it was given.
+- ``subprocess`` is imported by builder/host/run.py alone: every process goes through the one runner.
+- Nothing under builder/publishers/ or builder/verify/ (nor the publish route) imports the embedded
+  local site (builder/site/): they reach it through endpoints, as they reach a real cloud.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+from builder import kinds
+from builder.workspace import PACKAGE_ROOT
+
+BUILDER = PACKAGE_ROOT / "builder"
+
+
+def _modules(below: Path = BUILDER) -> list[Path]:
+    return sorted(p for p in below.rglob("*.py") if "__pycache__" not in p.parts)
+
+
+def _rel(path: Path) -> str:
+    return path.relative_to(PACKAGE_ROOT).as_posix()
+
+
+def _kind_words() -> set[str]:
+    return {k.name for k in kinds.all_kinds()} | {k.builder for k in kinds.all_kinds() if k.builder}
+
+
+def _compared_constants(tree: ast.AST) -> list[tuple[int, str]]:
+    """String constants that take part in a comparison (==, !=, in, not in) or a match case."""
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Compare):
+            operands = [node.left, *node.comparators]
+            for operand in operands:
+                elements = operand.elts if isinstance(operand, ast.Tuple | ast.List | ast.Set) else [operand]
+                found += [
+                    (node.lineno, e.value)
+                    for e in elements
+                    if isinstance(e, ast.Constant) and isinstance(e.value, str)
+                ]
+        elif isinstance(node, ast.MatchValue) and isinstance(node.value, ast.Constant):
+            found.append((node.lineno, str(node.value.value)))
+    return found
+
+
+def test_kind_names_are_compared_only_in_the_kinds_registry():
+    words = _kind_words()
+    assert {"guest-image", "ipa-ramdisk", "rpm-rebuild", "container", "dib", "packer"} <= words
+    offenders = [
+        f"{_rel(path)}:{line}: {value!r}"
+        for path in _modules()
+        if not path.is_relative_to(BUILDER / "kinds")
+        for line, value in _compared_constants(ast.parse(path.read_text()))
+        if value in words
+    ]
+    assert offenders == [], "kind names compared outside builder/kinds/:\n" + "\n".join(offenders)
+
+
+def _imports(path: Path) -> list[tuple[int, str]]:
+    """Absolute module names imported by a module (relative imports resolved)."""
+    package = ".".join(path.relative_to(PACKAGE_ROOT).with_suffix("").parts[:-1])
+    out = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            out += [(node.lineno, alias.name) for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                parts = package.split(".")
+                parts = parts[: len(parts) - node.level + 1]
+                base = ".".join([*parts, base] if base else parts)
+            out.append((node.lineno, base))
+            out += [(node.lineno, f"{base}.{alias.name}") for alias in node.names]
+    return out
+
+
+def test_subprocess_is_imported_by_the_runner_alone():
+    users = [
+        f"{_rel(path)}:{line}"
+        for path in _modules()
+        for line, name in _imports(path)
+        if name == "subprocess" or name.startswith("subprocess.")
+    ]
+    assert users and all(u.startswith("builder/host/run.py:") for u in users), users
+
+
+def test_publishing_and_verification_never_import_the_local_site():
+    guarded = [
+        *_modules(BUILDER / "publishers"),
+        *_modules(BUILDER / "verify"),
+        BUILDER / "pipeline/publish.py",
+    ]
+    offenders = [
+        f"{_rel(path)}:{line}: {name}"
+        for path in guarded
+        for line, name in _imports(path)
+        if name == "builder.site" or name.startswith("builder.site.")
+    ]
+    assert offenders == [], offenders
+
+
+def test_the_cli_only_calls_the_pipeline():
+    """cli.py parses and prints: no backend, verifier or publisher is driven from it directly."""
+    forbidden = ("builder.backends", "builder.verify", "builder.hostcompat", "builder.render.write_rendered")
+    offenders = [
+        f"cli.py:{line}: {name}" for line, name in _imports(BUILDER / "cli.py") if name.startswith(forbidden)
+    ]
+    assert offenders == [], offenders
