@@ -149,30 +149,22 @@ def _emit(args: argparse.Namespace, data: Any, text: str) -> None:
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
-    from .pipeline.graph import expand
-    from .recipes import RecipeLoader, discover
+    from .pipeline.graph import load
 
     workspace = _workspace(args)
-    files = discover(_recipe_paths(args, workspace))
-    loaded, problems = RecipeLoader(workspace).load_many(files)
-    targets = []
-    if loaded:
-        try:
-            targets = expand(loaded, workspace)
-        except InvalidInput as exc:
-            problems.extend(exc.problems)
-    ok = not problems
-    summary = f"{len(files)} recipe files, {len(loaded)} valid, {len(targets)} targets"
+    result = load(_recipe_paths(args, workspace), workspace)
+    ok = not result.problems
+    summary = f"{result.files} recipe files, {result.recipes} valid, {len(result.targets)} targets"
     _emit(
         args,
         {
             "ok": ok,
-            "files": len(files),
-            "recipes": len(loaded),
-            "targets": len(targets),
-            "problems": [p.as_json() for p in problems],
+            "files": result.files,
+            "recipes": result.recipes,
+            "targets": len(result.targets),
+            "problems": [p.as_json() for p in result.problems],
         },
-        "\n".join([*(str(p) for p in problems), ("ok: " if ok else "invalid: ") + summary]),
+        "\n".join([*(str(p) for p in result.problems), ("ok: " if ok else "invalid: ") + summary]),
     )
     return ExitCode.OK if ok else ExitCode.INVALID_INPUT
 
@@ -182,7 +174,9 @@ def cmd_schema(args: argparse.Namespace) -> int:
 
     text = json.dumps(recipe_json_schema(), indent=2, sort_keys=True) + "\n"
     if args.output:
-        Path(args.output).write_text(text, encoding="utf-8")
+        from .outdir import write_file
+
+        write_file(Path(args.output), text.encode())
     else:
         sys.stdout.write(text)
     return ExitCode.OK

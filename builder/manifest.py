@@ -56,6 +56,10 @@ class BuildManifest:
     # The gate: {"status": passed | failed | off | pending, "by": what decided, "cases": n}. Only
     # "passed" and "off" (switched off on purpose, e.g. --no-verify) are publishable.
     verification: dict[str, Any] | None = None
+    # Attestations (builder/provenance.py, builder/sbom.py), paths relative to the manifest's directory:
+    # {artifact name: {"statement": path, "sha256": ..., "signature": path or None}}, and the SBOM.
+    provenance: dict[str, Any] | None = None
+    sbom: str | None = None
     base_dir: Path = field(default=Path("."), compare=False)
 
     @property
@@ -90,9 +94,9 @@ class BuildManifest:
         return data
 
     def write(self, path: Path) -> None:
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(json.dumps(self.as_json(), indent=2, sort_keys=True) + "\n")
-        tmp.replace(path)
+        from .outdir import write_file
+
+        write_file(path, (json.dumps(self.as_json(), indent=2, sort_keys=True) + "\n").encode())
 
 
 def sha256_file(path: Path) -> str:

@@ -336,15 +336,10 @@ def template_context(target: Any) -> dict[str, Any]:
     }
 
 
-def write_rendered(files: list[RenderedFile], out_dir: Path) -> list[Path]:
-    """Write rendered files under ``out_dir``, replacing stale ones atomically (tmp + rename)."""
-    written = []
-    for item in files:
-        dest = out_dir / item.path
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        tmp = dest.with_name(f".{dest.name}.tmp")
-        tmp.write_bytes(item.content)
-        tmp.chmod(item.mode)
-        tmp.replace(dest)
-        written.append(dest)
-    return written
+def write_rendered(files: list[RenderedFile], root: Path, under: str = "") -> list[Path]:
+    """Write rendered files below ``root`` (in ``under``, a relative directory), atomically and
+    never through a symlink inside ``root`` (builder/outdir.py)."""
+    from .outdir import write_below
+
+    prefix = f"{under.strip('/')}/" if under else ""
+    return write_below(root, [(prefix + f.path, f.content, f.mode) for f in files])

@@ -214,7 +214,7 @@ class Pipeline:
         render_dir = self.dirs.render(target)
         shutil.rmtree(render_dir, ignore_errors=True)
         rendered = render_target(target, self.workspace.templates_dir)
-        write_rendered(rendered, render_dir)
+        write_rendered(rendered, self.dirs.root, under=f"{target.slug}/render")
         dependencies = self._built_dependencies(target)
         job = self.job_for(target, {f.path: f.content for f in rendered}, host, dependencies)
         run = backend.plan(job)

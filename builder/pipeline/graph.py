@@ -323,33 +323,73 @@ def select(targets: list[Target], arch: str | None = None, recipe: str | None = 
     ]
 
 
-def load_targets(
-    paths: list[Path], workspace: Workspace, *, with_dependencies: bool = False
-) -> tuple[list[Target], list[Problem]]:
+@dataclass(frozen=True)
+class Loaded:
+    """What loading some recipe files gave: counts for reports, the targets, every problem."""
+
+    files: int
+    recipes: int  # valid recipes among the files asked for
+    targets: list[Target]  # the requested recipes' targets (and, if asked, what they build on)
+    problems: list[Problem]
+
+
+def load(paths: list[Path], workspace: Workspace, *, with_dependencies: bool = False) -> Loaded:
     """Load recipes below ``paths`` and expand them; problems from every file are collected.
 
-    Recipes that a requested recipe builds on (``build.base``) are loaded from the workspace too, so
-    that dependencies resolve, but only the requested recipes' targets are returned.
+    Recipes that a requested recipe builds on (``build.base``, at any depth) are loaded from the
+    workspace too, so that dependencies resolve (``kiln validate one.yaml`` works alone), but only
+    the requested recipes' targets are returned, plus, ``with_dependencies``, every target they
+    build on.
     """
     from ..recipes import RecipeLoader, discover
 
     loader = RecipeLoader(workspace)
-    loaded, problems = loader.load_many(discover(paths))
+    files = discover(paths)
+    loaded, problems = loader.load_many(files)
     requested = {r.name for r in loaded}
-    wanted_bases = {
-        base[0]
-        for r in loaded
-        for build in r.variant_builds.values()
-        if (base := kind_of(r.recipe.kind, build).base(build)) is not None  # type: ignore[attr-defined]
-    } - requested
-    if wanted_bases and workspace.recipes_dir.is_dir():
-        everything, _ = loader.load_many(discover([workspace.recipes_dir]))
-        loaded += [r for r in everything if r.name in wanted_bases]
+    everything: dict[str, LoadedRecipe] | None = None
+    have = set(requested)
+    while wanted := _bases_of(loaded) - have:
+        if everything is None:
+            found, _ = (
+                loader.load_many(discover([workspace.recipes_dir]))
+                if workspace.recipes_dir.is_dir()
+                else ([], [])
+            )
+            everything = {r.name: r for r in found}
+        more = [everything[name] for name in sorted(wanted) if name in everything]
+        have |= wanted
+        loaded += more
     try:
         targets = expand(loaded, workspace)
     except InvalidInput as exc:
-        return [], [*problems, *exc.problems]
+        return Loaded(len(files), len(requested), [], [*problems, *exc.problems])
+    chosen = [t for t in targets if t.recipe in requested]
     if with_dependencies:
-        needed = {dep for t in targets if t.recipe in requested for dep in t.depends_on}
-        return [t for t in targets if t.recipe in requested or t.id in needed], problems
-    return [t for t in targets if t.recipe in requested], problems
+        by_id = {t.id: t for t in targets}
+        needed: set[str] = set()
+        pending = [d for t in chosen for d in t.depends_on]
+        while pending:
+            dep = pending.pop()
+            if dep not in needed and dep in by_id:
+                needed.add(dep)
+                pending.extend(by_id[dep].depends_on)
+        chosen = [t for t in targets if t.recipe in requested or t.id in needed]
+    return Loaded(len(files), len(requested), chosen, problems)
+
+
+def _bases_of(recipes: list[LoadedRecipe]) -> set[str]:
+    return {
+        base[0]
+        for r in recipes
+        for build in r.variant_builds.values()
+        if (base := kind_of(r.recipe.kind, build).base(build)) is not None  # type: ignore[attr-defined]
+    }
+
+
+def load_targets(
+    paths: list[Path], workspace: Workspace, *, with_dependencies: bool = False
+) -> tuple[list[Target], list[Problem]]:
+    """:func:`load`'s targets and problems."""
+    result = load(paths, workspace, with_dependencies=with_dependencies)
+    return result.targets, result.problems

@@ -28,7 +28,9 @@ def render_into(
             "files": sorted(f.path for f in files),
         }
         text = json.dumps(description, indent=2, sort_keys=True) + "\n"
-        write_rendered([*files, RenderedFile("target.json", text.encode(), 0o644)], target_dir)
+        write_rendered(
+            [*files, RenderedFile("target.json", text.encode(), 0o644)], out_dir, under=target.slug
+        )
         report.append({"id": target.id, "digest": target.digest, "dir": str(target_dir)})
         on_progress(index, len(targets), target.id)
     return report

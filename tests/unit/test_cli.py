@@ -181,3 +181,11 @@ def test_an_internal_error_has_its_own_exit_code_a_one_line_message_and_a_saved_
     [saved] = (tmp_path / "cache/kiln/crashes").glob("kiln-*.txt")
     assert "a bug in Kiln" in saved.read_text() and "Traceback" in saved.read_text()
     assert json.loads(out)["traceback"] == str(saved)
+
+
+def test_a_recipe_that_builds_on_another_validates_alone(capsys):
+    """Its base is loaded from the workspace, as `kiln plan` and `kiln build` do."""
+    packer = PACKAGE_ROOT / "recipes/guest/debian-12-packer.yaml"
+    code, out, _ = run(capsys, "--root", str(PACKAGE_ROOT), "validate", "--json", str(packer))
+    assert code == 0, out
+    assert json.loads(out) == {"ok": True, "files": 1, "recipes": 1, "targets": 2, "problems": []}
