@@ -60,8 +60,10 @@ schema: bootstrap
 
 bench: bootstrap
 	$(VENV)/bin/python bench/plan_scale.py
+	$(VENV)/bin/python bench/pipeline_scale.py --validate
 	$(VENV)/bin/python bench/publish.py
 	$(VENV)/bin/python bench/guest_overhead.py
+	$(VENV)/bin/python bench/rpm_rebuild.py
 
 # The only way Python dependency versions change: bootstrap installs exactly what the lock pins.
 # Keeps current pins unless LOCK_ARGS says otherwise (--upgrade, --upgrade-package NAME).

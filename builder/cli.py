@@ -8,6 +8,7 @@ and nothing else there; human messages and progress go to stderr.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gc
 import json
 import os
@@ -23,6 +24,7 @@ from typing import Any
 
 from . import __version__
 from .errors import ExitCode, InvalidInput, KilnError, Problem
+from .masking import MaskingStream
 from .workspace import Workspace
 
 EPILOG = """\
@@ -74,7 +76,12 @@ class StepPrinter:
 
 
 def _workspace(args: argparse.Namespace) -> Workspace:
-    return Workspace(Path(args.root).resolve()) if args.root else Workspace.discover()
+    if not args.root:
+        return Workspace.discover()
+    try:
+        return Workspace(Path(args.root).resolve(strict=True))
+    except (OSError, RuntimeError) as exc:  # missing, a symlink loop, a name too long
+        raise InvalidInput(Problem(f"--root {args.root}: {getattr(exc, 'strerror', None) or exc}")) from None
 
 
 def _recipe_paths(args: argparse.Namespace, workspace: Workspace) -> list[Path]:
@@ -85,13 +92,19 @@ def _recipe_paths(args: argparse.Namespace, workspace: Workspace) -> list[Path]:
     by_name: dict[str, Path] | None = None
     for given in args.recipes:
         path = Path(given)
-        if path.exists():
+        try:
+            exists = path.exists()
+        except (OSError, ValueError) as exc:  # a name too long, a NUL byte
+            raise InvalidInput(Problem(f"{given[:80]}: {getattr(exc, 'strerror', None) or exc}")) from None
+        if exists:
             paths.append(path)
             continue
         if by_name is None:
             by_name = _recipe_names(workspace)
         if given in by_name:
             paths.append(by_name[given])
+        elif ":" in given and given.split(":")[0] in by_name:  # a target id (kiln pipeline's jobs)
+            paths.append(by_name[given.split(":")[0]])
         else:
             raise InvalidInput(
                 Problem(f"{given}: no such file, directory or recipe name in {workspace.recipes_dir}")
@@ -127,6 +140,19 @@ def _load_targets(args: argparse.Namespace, with_dependencies: bool = False) -> 
         targets = select(targets, arch=getattr(args, "arch", None))
     except ValueError as exc:
         raise InvalidInput(Problem(f"--arch: {exc}")) from None
+    ids = [g for g in (getattr(args, "recipes", None) or []) if ":" in g and not Path(g).exists()]
+    if ids:
+        from .pipeline.build import default_build_root
+        from .pipeline.gitlab import select_ids
+
+        def built_here(target: Any) -> bool:  # a GitLab job's needs: brought its manifest
+            path = default_build_root(workspace) / target.slug / "manifest.json"
+            try:
+                return json.loads(path.read_text()).get("digest") == target.digest
+            except (OSError, ValueError, AttributeError):
+                return False
+
+        targets = select_ids(targets, ids, with_dependencies, built_here)
     return workspace, targets
 
 
@@ -138,9 +164,8 @@ def _ledger_path(args: argparse.Namespace, workspace: Workspace) -> Path:
 
 
 def _emit(args: argparse.Namespace, data: Any, text: str) -> None:
-    if args.json:
-        json.dump(data, sys.stdout, indent=2, sort_keys=True)
-        sys.stdout.write("\n")
+    if args.json:  # one write: the masking layer sees whole lines, and fast
+        sys.stdout.write(json.dumps(data, indent=2, sort_keys=True) + "\n")
     elif text:
         print(text)
 
@@ -265,15 +290,67 @@ def cmd_build(args: argparse.Namespace) -> int:
     return ExitCode.FAILED if failed else ExitCode.OK
 
 
+def cmd_pipeline(args: argparse.Namespace) -> int:
+    import time
+
+    from .ledger import Ledger
+    from .pipeline import gitlab
+
+    workspace, targets = _load_targets(args)
+    _, site = _site(args)
+    with Ledger(_ledger_path(args, workspace)) as ledger:
+        published = ledger.published_digests()
+    changed = gitlab.changed_since(workspace.root, args.changed_since) if args.changed_since else None
+    older = time.time() - args.older_than_days * 86400 if args.older_than_days is not None else None
+    stale = gitlab.select_stale(
+        targets, published, changed_files=changed, changed_ref=args.changed_since or "", older_than=older
+    )
+    files = gitlab.generate(stale, site.gitlab, publish=args.publish, max_bytes=args.max_bytes)
+    out = Path(args.output)
+    prefix = out.with_suffix("")
+    written = []
+    if len(files) == 1:
+        written.append((out, files[0]))
+    else:
+        written += [(prefix.with_name(f"{prefix.name}-{f.name}.yml"), f) for f in files]
+    out.parent.mkdir(parents=True, exist_ok=True)
+    for path, f in written:
+        path.write_text(f.text)
+    if len(files) > 1:
+        out.write_text(gitlab.render_yaml(gitlab.dispatcher(files, prefix.name, args.generate_job)))
+    report = {
+        "output": str(out),
+        "split": len(files) > 1,
+        "files": [{"path": str(p), "bytes": len(f.text), "targets": f.targets} for p, f in written],
+        "jobs": [
+            {"target": s.target.id, "job": gitlab.job_name(s.target.id), "why": list(s.reasons)}
+            for s in stale
+        ],
+    }
+    lines = [gitlab.explain(stale, files)] if args.explain else []
+    if len(files) > 1:
+        lines.append(
+            f"over GitLab's {args.max_bytes}-byte limit for one generated config: split into {len(files)} "
+            f"child pipelines ({', '.join(str(p) for p, _ in written)}), triggered by {out}"
+        )
+    lines.append(f"{len(stale) or 'no'} jobs -> {out}" + ("" if stale else " (one no-op job)"))
+    _emit(args, report, "\n".join(lines))
+    return ExitCode.OK
+
+
 def _stderr_step(prefix: str) -> Callable[[str], None]:
     return lambda step: print(f"{prefix}: {step}", file=sys.stderr)
 
 
 def _site(args: argparse.Namespace) -> tuple[Workspace, Any]:
+    from .masking import register, secrets_in
     from .siteconfig import load_site
 
     workspace = _workspace(args)
-    return workspace, load_site(Path(args.site) if args.site else None, workspace.root)
+    site = load_site(Path(args.site) if args.site else None, workspace.root)
+    for secret in secrets_in(site.model_dump(mode="json")):
+        register(secret)
+    return workspace, site
 
 
 def _local_site(args: argparse.Namespace) -> Any:
@@ -456,6 +533,44 @@ def build_parser() -> argparse.ArgumentParser:
         help="print the exact commands, dependencies first; writes, records and probes nothing",
     )
     p = add(
+        "pipeline",
+        cmd_pipeline,
+        "Write a GitLab child pipeline: one `kiln build TARGET --publish` job per stale target.",
+        [
+            "kiln pipeline -o child.yml",
+            "kiln pipeline --changed-since origin/main --explain -o child.yml",
+            "kiln pipeline --no-publish -o child.yml      # merge requests: build and verify only",
+            "kiln pipeline --older-than-days 30 -o child.yml --json",
+        ],
+    )
+    p.add_argument("--arch", metavar="ARCH", help="only this architecture (any spelling)")
+    p.add_argument("-o", "--output", metavar="FILE", default="child.yml", help="default: child.yml")
+    p.add_argument(
+        "--changed-since",
+        metavar="REF",
+        help="also rebuild targets whose input files changed since this git ref (git diff --name-only)",
+    )
+    p.add_argument(
+        "--older-than-days",
+        metavar="N",
+        type=float,
+        help="also rebuild targets published more than N days ago (scheduled pipelines)",
+    )
+    p.add_argument(
+        "--no-publish",
+        dest="publish",
+        action="store_false",
+        help="jobs build and verify, and publish nothing (merge requests)",
+    )
+    p.add_argument("--explain", action="store_true", help="print every job: tags, needs, why it runs")
+    p.add_argument(
+        "--generate-job",
+        metavar="NAME",
+        default="kiln-generate",
+        help="the parent's job that runs this command (a split pipeline takes its files from it)",
+    )
+    p.add_argument("--max-bytes", metavar="N", type=int, default=5_000_000 - 4096, help=argparse.SUPPRESS)
+    p = add(
         "publish",
         cmd_publish,
         "Publish what a build produced (its manifest JSON) and record it in the ledger.",
@@ -471,6 +586,12 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="publish even when a manifest's verification failed or never ran (the gate's override)",
     )
+    from .cli_records import register as register_records  # verify, sbom, history, show, report
+
+    register_records(add, sub, common, _examples)
+    from .cli_rpm import register as register_rpm  # rpm missing, rpm rebuild
+
+    register_rpm(add, sub, common, _examples)
     site = sub.add_parser(
         "site",
         parents=[common],
@@ -518,12 +639,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     tune_gc()
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, _terminate)
+    # Everything this command prints passes the one masking layer (builder/masking.py).
+    streams = sys.stdout, sys.stderr
+    sys.stdout, sys.stderr = MaskingStream(sys.stdout), MaskingStream(sys.stderr)  # type: ignore[assignment]
+    try:
+        return _run_command(args)
+    finally:
+        for stream in (sys.stdout, sys.stderr):
+            with contextlib.suppress(OSError):  # a reader that left (`kiln plan --json | head`)
+                stream.flush()
+        sys.stdout, sys.stderr = streams
+
+
+def _run_command(args: argparse.Namespace) -> int:
     try:
         return int(args.func(args))
     except KilnError as exc:
         if getattr(args, "json", False) and isinstance(exc, InvalidInput):
-            json.dump({"ok": False, "problems": [p.as_json() for p in exc.problems]}, sys.stdout, indent=2)
-            sys.stdout.write("\n")
+            problems = [p.as_json() for p in exc.problems]
+            sys.stdout.write(json.dumps({"ok": False, "problems": problems}, indent=2) + "\n")
         print(f"kiln {args.command}: error: {exc}" if "\n" not in str(exc) else str(exc), file=sys.stderr)
         return int(exc.exit_code)
     except KeyboardInterrupt:
@@ -554,7 +688,7 @@ def _save_traceback(args: argparse.Namespace) -> str:
     try:
         directory = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "kiln" / "crashes"
         directory.mkdir(parents=True, exist_ok=True)
-        path = directory / f"kiln-{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}.txt"
+        path = directory / f"kiln-{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}-{time.monotonic_ns()}.txt"
         path.write_text(text)
         return str(path)
     except OSError:

@@ -65,6 +65,15 @@ CREATE TABLE IF NOT EXISTS verifications (
     detail TEXT NOT NULL DEFAULT '',  -- what decided: the failing case, or who switched it off
     verified_at REAL NOT NULL
 );
+CREATE TABLE IF NOT EXISTS attestations (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    build_id INTEGER NOT NULL REFERENCES builds(id),
+    artifact TEXT NOT NULL DEFAULT '',  -- the artifact's name; '' for the whole build (the SBOM)
+    type TEXT NOT NULL,                 -- provenance, signature, sbom
+    path TEXT NOT NULL,
+    sha256 TEXT NOT NULL DEFAULT '',
+    recorded_at REAL NOT NULL
+);
 CREATE TABLE IF NOT EXISTS publications (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     artifact_id INTEGER NOT NULL REFERENCES artifacts(id),
@@ -320,6 +329,21 @@ class Ledger:
             out.setdefault(row[0], set()).add(row[1])
         return out
 
+    def published_digests(self) -> dict[str, dict[str, float]]:
+        """Every target id -> digest -> when a succeeded build of it last had every artifact published
+        (one query, for ``kiln pipeline``)."""
+        out: dict[str, dict[str, float]] = {}
+        rows = self._db.execute(
+            "SELECT b.target_id, b.digest, MAX(p.published_at) FROM builds b "
+            "JOIN artifacts a ON a.build_id = b.id JOIN publications p ON p.artifact_id = a.id "
+            "WHERE b.status='succeeded' AND NOT EXISTS (SELECT 1 FROM artifacts x WHERE x.build_id = b.id "
+            "AND NOT EXISTS (SELECT 1 FROM publications y WHERE y.artifact_id = x.id)) "
+            "GROUP BY b.target_id, b.digest"
+        )
+        for target_id, digest, at in rows:
+            out.setdefault(target_id, {})[digest] = float(at)
+        return out
+
     def builds(self, target_id: str) -> list[BuildRecord]:
         rows = self._db.execute("SELECT * FROM builds WHERE target_id=? ORDER BY id", (target_id,)).fetchall()
         return [
@@ -349,6 +373,115 @@ class Ledger:
             (artifact_id,),
         ).fetchall()
         return [dict(r) for r in rows]
+
+    # -- history (kiln history, kiln show, kiln report) ---------------------------------------------------
+
+    def build(self, build_id: int) -> BuildRecord | None:
+        row = self._db.execute("SELECT * FROM builds WHERE id=?", (build_id,)).fetchone()
+        return _build_record(row) if row else None
+
+    def history(
+        self, recipe: str | None = None, arch: str | None = None, limit: int | None = None
+    ) -> list[dict[str, Any]]:
+        """Builds, newest first, with their target's recipe/kind/arch, total artifact size, the
+        latest verification verdict and where they were published (one query per table)."""
+        where, params = [], []
+        if recipe is not None:
+            where.append("t.recipe=?")
+            params.append(recipe)
+        if arch is not None:
+            where.append("t.arch=?")
+            params.append(arch)
+        sql = (
+            "SELECT b.*, t.recipe, t.kind, t.arch FROM builds b JOIN targets t ON t.id = b.target_id"
+            + (" WHERE " + " AND ".join(where) if where else "")
+            + " ORDER BY b.id DESC"
+            + (f" LIMIT {int(limit)}" if limit is not None else "")
+        )
+        rows = self._db.execute(sql, params).fetchall()
+        ids = [r["id"] for r in rows]
+        sizes: dict[int, int] = {}
+        published: dict[int, list[dict[str, Any]]] = {}
+        verdicts: dict[int, tuple[str, str]] = {}
+        for chunk in (ids[i : i + 500] for i in range(0, len(ids), 500)):
+            marks = ",".join("?" * len(chunk))
+            for r in self._db.execute(
+                f"SELECT build_id, SUM(size) FROM artifacts WHERE build_id IN ({marks}) GROUP BY build_id",
+                chunk,
+            ):
+                sizes[r[0]] = int(r[1] or 0)
+            for r in self._db.execute(
+                "SELECT a.build_id, a.name, p.publisher, p.location, p.published_at FROM publications p "
+                f"JOIN artifacts a ON a.id = p.artifact_id WHERE a.build_id IN ({marks}) ORDER BY p.id",
+                chunk,
+            ):
+                published.setdefault(r[0], []).append(
+                    {"artifact": r[1], "publisher": r[2], "location": r[3], "published_at": r[4]}
+                )
+            for r in self._db.execute(
+                f"SELECT build_id, status, detail FROM verifications WHERE build_id IN ({marks}) ORDER BY id",
+                chunk,
+            ):
+                verdicts[r[0]] = (r[1], r[2])  # the latest wins
+        out = []
+        for r in rows:
+            record = _build_record(r)
+            finished = record.finished_at
+            verdict = verdicts.get(record.id)
+            out.append(
+                {
+                    **record.__dict__,
+                    "recipe": r["recipe"],
+                    "kind": r["kind"],
+                    "arch": r["arch"],
+                    "duration_s": round(finished - record.started_at, 1) if finished else None,
+                    "size": sizes.get(record.id, 0),
+                    "verification": {"status": verdict[0], "detail": verdict[1]} if verdict else None,
+                    "publications": published.get(record.id, []),
+                }
+            )
+        return out
+
+    def record_attestations(self, build_id: int, entries: Iterable[tuple[str, str, str, str]]) -> None:
+        """A build's provenance statements, signatures and SBOM: (artifact, type, path, sha256).
+        Written again after each verification (the verdict is in the statement): the latest count."""
+        now = time.time()
+        with self._tx() as db:
+            for artifact, type_, path, sha256 in entries:
+                db.execute(
+                    "INSERT INTO attestations (build_id, artifact, type, path, sha256, recorded_at) "
+                    "VALUES (?,?,?,?,?,?)",
+                    (build_id, artifact, type_, path, sha256, now),
+                )
+
+    def attestations(self, build_id: int) -> list[dict[str, Any]]:
+        """The latest attestation of each (artifact, type) of a build."""
+        rows = self._db.execute(
+            "SELECT artifact, type, path, sha256, recorded_at FROM attestations WHERE id IN "
+            "(SELECT MAX(id) FROM attestations WHERE build_id=? GROUP BY artifact, type) "
+            "ORDER BY artifact, type",
+            (build_id,),
+        ).fetchall()
+        return [dict(r) for r in rows]
+
+    def targets(self) -> list[dict[str, Any]]:
+        """Every target the ledger knows: id, recipe, kind, arch, last digest."""
+        rows = self._db.execute("SELECT * FROM targets ORDER BY recipe, id").fetchall()
+        return [dict(r) for r in rows]
+
+
+def _build_record(r: sqlite3.Row) -> BuildRecord:
+    return BuildRecord(
+        id=r["id"],
+        target_id=r["target_id"],
+        digest=r["digest"],
+        status=r["status"],
+        started_at=r["started_at"],
+        finished_at=r["finished_at"],
+        log_path=r["log_path"],
+        tool_versions=json.loads(r["tool_versions"] or "{}"),
+        error=r["error"],
+    )
 
 
 def _check_file(path: Path) -> None:

@@ -22,3 +22,5 @@ MAX_BASE_DEPTH = 16
 MAX_TARGETS_PER_RECIPE = 1_000
 # Targets of one run over a workspace (every recipe loaded together), counted the same way.
 MAX_TARGETS_PER_WORKSPACE = 100_000
+# Problems reported per file (a list of 5,000 bad items is one mistake, not 5,000 lines of output).
+MAX_PROBLEMS_PER_FILE = 100

@@ -123,8 +123,12 @@ def artifact_for(
 
 
 def read_manifest(path: Path) -> BuildManifest:
+    from .yamlsource import read_limited  # regular files only, size-checked first: no /dev/zero, no FIFO
+
+    if not path.exists():
+        raise InvalidInput(Problem(f"{path}: no such manifest"))
     try:
-        data = json.loads(path.read_text())
+        data = json.loads(read_limited(path, str(path)))
         if not isinstance(data, dict):
             raise ValueError("the top level is not an object")
         artifacts = tuple(Artifact(**a) for a in data.pop("artifacts"))

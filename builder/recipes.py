@@ -19,7 +19,13 @@ from pydantic import BaseModel, ValidationError
 
 from . import kinds
 from .errors import InvalidInput, KeyPath, Location, Problem
-from .limits import MAX_BASE_DEPTH, MAX_EXTENDS_DEPTH, MAX_TARGETS_PER_RECIPE, MAX_TARGETS_PER_WORKSPACE
+from .limits import (
+    MAX_BASE_DEPTH,
+    MAX_EXTENDS_DEPTH,
+    MAX_PROBLEMS_PER_FILE,
+    MAX_TARGETS_PER_RECIPE,
+    MAX_TARGETS_PER_WORKSPACE,
+)
 from .recipe import TEMPLATE_SYNTAX, RecipeBase
 from .workspace import PathRefused, Workspace
 from .yamlsource import LocatedDoc, deep_merge, display_path, load_file, merge_values, subdoc, without_key
@@ -119,8 +125,9 @@ class RecipeLoader:
             try:
                 recipe = self.load(path)
             except InvalidInput as exc:
-                problems.extend(p for p in exc.problems if p not in reported)  # a broken defaults
-                reported.update(exc.problems)  # file or base is reported once, not per recipe
+                new = [p for p in exc.problems if p not in reported]  # a broken defaults file or
+                reported.update(exc.problems)  # base is reported once, not for every recipe
+                problems.extend(_capped(new))
                 continue
             except Exception as exc:  # a Kiln bug met by one file: reported for it, the others go on
                 problems.append(_internal_problem(path, exc))
@@ -298,6 +305,16 @@ class RecipeLoader:
         if problems:
             raise InvalidInput(problems)
         return out
+
+
+def _capped(problems: list[Problem]) -> list[Problem]:
+    """At most MAX_PROBLEMS_PER_FILE problems of one file, then one saying how many more."""
+    if len(problems) <= MAX_PROBLEMS_PER_FILE:
+        return problems
+    shown = problems[:MAX_PROBLEMS_PER_FILE]
+    last = shown[-1]
+    more = Problem(f"... and {len(problems) - len(shown)} more problems in this file", last.location)
+    return [*shown, more]
 
 
 def target_count(recipe: RecipeBase) -> int:

@@ -142,6 +142,40 @@ class Mirrors(StrictModel):
         return self.security_suite and arch not in self.without_security
 
 
+RunnerTagKey = Annotated[str, StringConstraints(pattern=r"^(x86_64|ppc64le|aarch64|gpu)$")]
+
+
+class Downstream(StrictModel):
+    project: Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+)+$")]
+    branch: str = "main"
+
+
+class GitLabSite(StrictModel):
+    """How ``kiln pipeline`` writes GitLab child pipelines."""
+
+    runner_tags: dict[RunnerTagKey, list[str]] = Field(
+        default_factory=dict,
+        description="Runner tags per arch (and 'gpu' for CUDA builds); an arch absent here gets "
+        "[its runner tag] (builder/arch.py), gpu gets [gpu].",
+    )
+    retry: int = Field(
+        2, ge=0, le=2, description="Retries on runner/system failures (never on a failed build)."
+    )
+    artifacts_expire_in: str = "1 week"
+    downstream: Downstream | None = Field(None, description="A project to trigger after publishing.")
+    before_script: list[str] = Field(
+        default_factory=list,
+        description="Run before every generated job (credentials from CI variables, PATH); "
+        "never echo secrets.",
+    )
+
+    def tags(self, arch: Arch, gpu: bool = False) -> list[str]:
+        tags = list(self.runner_tags.get(arch.value, [arch.runner_tag]))
+        if gpu:
+            tags += [t for t in self.runner_tags.get("gpu", ["gpu"]) if t not in tags]
+        return tags
+
+
 class SiteConfig(StrictModel):
     local: LocalSiteSettings = Field(default_factory=LocalSiteSettings)
     glance: GlanceSite = Field(default_factory=GlanceSite)
@@ -153,6 +187,7 @@ class SiteConfig(StrictModel):
     extra_ca_certificates: list[str] = Field(default_factory=list)
     mirrors: Mirrors = Field(default_factory=Mirrors)
     publish_after_build: bool = Field(False, description="kiln build publishes unless --no-publish.")
+    gitlab: GitLabSite = Field(default_factory=GitLabSite)
 
     def placement(self, arch: Arch, host: Arch) -> str:
         """How this host builds for ``arch``: "native" or "emulated" (qemu-user via binfmt).

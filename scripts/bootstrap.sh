@@ -19,6 +19,7 @@ APT_PACKAGES=(
     qemu-system-x86 qemu-system-ppc qemu-utils qemu-user-static cloud-image-utils ovmf
     sudo gdisk dosfstools parted fdisk squashfs-tools genisoimage cpio xz-utils procps file
     debootstrap kpartx
+    chromium
 )
 VENV=.venv
 STAMP=$VENV/.kiln-bootstrap

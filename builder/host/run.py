@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
+from .. import masking
 from ..errors import CommandFailed
 
 TAIL_LINES = 200
@@ -158,9 +159,11 @@ class Runner:
             self.secrets.append(secret)
 
     def mask(self, text: str) -> str:
+        """This runner's own secrets, then the process-wide layer (URL credentials, secrets from the
+        environment and site.yaml: builder/masking.py)."""
         for secret in sorted(self.secrets, key=len, reverse=True):
             text = text.replace(secret, MASK)
-        return text
+        return masking.mask(text)
 
     def describe(
         self, argv: Sequence[str], cwd: Path | None = None, env: Mapping[str, str] | None = None

@@ -52,6 +52,10 @@ class Kind:
     # The (recipe, variant) whose target of the same arch this one builds on, if any.
     base: Callable[[Any], tuple[str, str | None] | None] = lambda build: None
     base_kinds: tuple[str, ...] = ()  # kinds a base recipe may be
+    # Given (recipe name, build settings) of every recipe of this kind being expanded and the
+    # workspace root: recipe name -> names of the recipes of this kind it must build after (e.g. an
+    # RPM rebuild whose BuildRequires another's binaries). None: recipes of the kind are independent.
+    peers: Callable[[Sequence[tuple[str, Any]], Any], dict[str, tuple[str, ...]]] | None = None
     backend: Backend | None = None  # None: `kiln build` refuses the kind with a clear message
     verifier: Callable[[Any], Verifier | None] = lambda verify_settings: None  # None: nothing to check
     publish_route: str | None = None  # publisher name: glance, repo, registry

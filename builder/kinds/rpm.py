@@ -3,10 +3,13 @@ sign it and publish it to a yum repo."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field, StringConstraints, model_validator
+from pydantic import Field, PrivateAttr, StringConstraints, ValidationInfo, model_validator
 
+from ..arch import Arch
+from ..capabilities import Rule
 from ..recipe import FileRef, HttpUrl, MacroName, PackageName, Release, RepoPublish, ShortText, StrictModel
 from .base import Kind, Output
 
@@ -48,6 +51,27 @@ class RpmRebuildBuild(StrictModel):
         default_factory=list, description="bconds to build --without (e.g. tests, docs)."
     )
     run_check: bool = Field(True, description="Run %check (under emulation on a foreign host).")
+    verify_signature: bool = Field(
+        True, description="Check the SRPM's signature against trusted_keys before unpacking it."
+    )
+    trusted_keys: list[FileRef] = Field(
+        default_factory=list, description="ASCII-armored public keys the SRPM may be signed with."
+    )
+    build_requires_map: dict[
+        Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_.+()/:-]{1,200}$")],
+        list[PackageName],
+    ] = Field(default_factory=dict, description="BuildRequire -> Debian packages (overrides Kiln's table).")
+    build_root: Literal["debian-chroot", "mock"] = Field(
+        "debian-chroot", description="debian-chroot (this host) or mock (EL hosts; not run in CI)."
+    )
+    # The workspace this was validated in (not a recipe key): the ExclusiveArch rule reads the SRPM.
+    _workspace_root: Path | None = PrivateAttr(None)
+
+    @model_validator(mode="after")
+    def _remember_workspace(self, info: ValidationInfo) -> RpmRebuildBuild:
+        workspace = (info.context or {}).get("workspace")
+        self._workspace_root = getattr(workspace, "root", None)
+        return self
 
 
 class RpmVerify(StrictModel):
@@ -63,6 +87,61 @@ OUTPUTS = (
     Output("spec-changes.json", "rpm/spec-changes.json.j2"),
     Output("build.json", "rpm/build.json.j2"),
 )
+MOCK_CONFIG = Output("mock.cfg", "rpm/mock.cfg.j2")
+
+
+def _outputs(build: RpmRebuildBuild, arch: object) -> tuple[Output, ...]:
+    return (*OUTPUTS, MOCK_CONFIG) if build.build_root == "mock" else OUTPUTS
+
+def _verifier(verify_settings: RpmVerify) -> object | None:
+    if not verify_settings.install:
+        return None
+    from ..verify.rpm_install import RpmInstallVerifier
+
+    return RpmInstallVerifier()
+
+
+def _local_srpm_refusal(build: RpmRebuildBuild, arch: object) -> bool:
+    return _srpm_arch_refusal(build, arch) is not None
+
+
+def _srpm_arch_refusal(build: RpmRebuildBuild, arch: object) -> str | None:
+    """At validate time, where the SRPM is a workspace file: its ExclusiveArch/ExcludeArch."""
+    if build.source.path is None:
+        return None
+    from ..rpm.source import arch_refusal, read_header
+
+    if build._workspace_root is None:
+        return None
+    try:
+        return arch_refusal(read_header(build._workspace_root / str(build.source.path)), arch)  # type: ignore[arg-type]
+    except Exception:  # not readable here: the build refuses it with the reason
+        return None
+
+
+RULES = tuple(
+    Rule(
+        arch=arch,
+        distro=None,
+        refuses=lambda build, arch=arch: _local_srpm_refusal(build, arch),
+        key=("source", "path"),
+        reason=f"the SRPM's ExclusiveArch/ExcludeArch rules out {arch.rpm}",
+    )
+    for arch in Arch
+)
+
+
+def _peers(recipes: object, root: object) -> dict[str, tuple[str, ...]]:
+    from ..rpm.order import rebuild_order
+
+    return rebuild_order(recipes, root)  # type: ignore[arg-type]
+
+
+def _backend() -> object:
+    from ..backends.rpmbuild import RpmbuildBackend
+
+    return RpmbuildBackend()
+
 
 KIND = Kind(
     name="rpm-rebuild",
@@ -70,7 +149,11 @@ KIND = Kind(
     build_model=RpmRebuildBuild,
     verify_model=RpmVerify,
     publish_model=RpmPublish,
-    outputs=lambda build, arch: OUTPUTS,
+    outputs=_outputs,  # type: ignore[arg-type]
+    rules=RULES,
+    peers=_peers,
+    backend=_backend(),  # type: ignore[arg-type]
+    verifier=_verifier,  # type: ignore[arg-type]
     publish_route="repo",
     description="an SRPM rebuilt for another architecture",
 )

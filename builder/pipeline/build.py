@@ -250,6 +250,15 @@ class Pipeline:
             tool_versions=backend.tool_versions(self.runner),
             artifacts=[(a.name, str(manifest.path_of(a)), a.sha256, a.size) for a in manifest.artifacts],
         )
+        return self._attest(target, manifest)
+
+    def _attest(self, target: Target, manifest: BuildManifest) -> BuildManifest:
+        """SBOM and provenance beside the artifacts, listed in the manifest (builder/pipeline/attest.py)."""
+        from .attest import attest, site_signer
+
+        signer = site_signer(self.site, self.workspace.root, self.runner)
+        manifest = attest(manifest, self.ledger, self.dirs.render(target), signer, self.runner)
+        manifest.write(self.dirs.manifest(target))
         return manifest
 
     def _backend(self, target: Target) -> Backend:
@@ -325,8 +334,7 @@ class Pipeline:
                 verdict["by"] = "; ".join(f"{c.name}: {c.message}" for c in failing)[:2000]
             elif not cases:
                 verdict["by"] = "the verifier returned no test case"
-        manifest = _with_verification(manifest, verdict)
-        manifest.write(self.dirs.manifest(target))
+        manifest = self._attest(target, _with_verification(manifest, verdict))
         if self.ledger is not None and manifest.build_id is not None:
             self.ledger.record_verification(manifest.build_id, verdict["status"], str(verdict.get("by", "")))
         self.on_step(f"{target.id}: verification {manifest.verification_summary}")

@@ -102,7 +102,10 @@ class FileHasher:
         cached = self._cache.get(rel)
         if cached is None:
             path = self.workspace.root / rel
-            digest = hashlib.sha256(path.read_bytes())
+            digest = hashlib.sha256()
+            with path.open("rb") as handle:  # in chunks: a referenced ISO may be gigabytes
+                for chunk in iter(lambda: handle.read(1 << 20), b""):
+                    digest.update(chunk)
             # The executable bit matters to DIB (phase scripts); git keeps it, so it is stable.
             digest.update(b"x" if os.access(path, os.X_OK) else b"-")
             cached = self._cache[rel] = digest.hexdigest()
@@ -219,9 +222,9 @@ def _finish(pending: list[_Pending], hasher: FileHasher) -> list[Target]:
         by_recipe.setdefault((p.loaded.name, p.variant, p.arch), []).append(p)
 
     problems: list[Problem] = []
-    deps: dict[int, _Pending | None] = {}
+    peers = _peer_needs(pending, hasher.workspace.root)
+    deps: dict[int, list[_Pending]] = {id(p): _peer_dependencies(p, by_key, peers) for p in pending}
     for p in pending:
-        deps[id(p)] = None
         if p.base is None:
             continue
         base_recipe, base_variant = p.base
@@ -248,7 +251,7 @@ def _finish(pending: list[_Pending], hasher: FileHasher) -> list[Target]:
                 )
             )
             continue
-        deps[id(p)] = match
+        deps[id(p)].insert(0, match)
     if problems:
         raise InvalidInput(problems)
 
@@ -259,27 +262,54 @@ def _finish(pending: list[_Pending], hasher: FileHasher) -> list[Target]:
         on_stack = {id(start)}
         while stack:
             p = stack[-1]
-            base = deps[id(p)]
-            if base is not None and id(base) not in done:
-                if id(base) in on_stack:
+            waiting = next((d for d in deps[id(p)] if id(d) not in done), None)
+            if waiting is not None:
+                if id(waiting) in on_stack:
+                    at = next(i for i, q in enumerate(stack) if q is waiting)
+                    members = " -> ".join(q.loaded.name for q in [*stack[at:], waiting])
                     raise InvalidInput(
-                        p.loaded.problem(("build", "base"), "dependency cycle between recipes")
+                        p.loaded.problem(
+                            ("build", "base") if p.base is not None else ("build",),
+                            f"dependency cycle between recipes: {members}; nothing in it is built",
+                        )
                     )
-                stack.append(base)
-                on_stack.add(id(base))
+                stack.append(waiting)
+                on_stack.add(id(waiting))
                 continue
             stack.pop()
             on_stack.discard(id(p))
             if id(p) not in done:
-                done[id(p)] = _make_target(p, hasher, done[id(base)] if base is not None else None)
+                done[id(p)] = _make_target(p, hasher, [done[id(d)] for d in deps[id(p)]])
     return [done[id(p)] for p in pending]
 
 
-def _make_target(p: _Pending, hasher: FileHasher, base: Target | None) -> Target:
+def _peer_needs(pending: list[_Pending], root: Path) -> dict[Any, dict[str, tuple[str, ...]]]:
+    """Per kind with a ``peers`` hook: recipe name -> the recipes of that kind it builds after."""
+    kinds = {p.spec.key: p.spec for p in pending if p.spec.peers is not None}
+    out = {}
+    for key, spec in kinds.items():
+        recipes = {q.loaded.name: q.build_model for q in pending if q.spec.key == key}
+        assert spec.peers is not None
+        out[key] = spec.peers(sorted(recipes.items()), root)
+    return out
+
+
+def _peer_dependencies(
+    p: _Pending,
+    by_key: dict[tuple[str, str | None, str, Arch], _Pending],
+    peers: dict[Any, dict[str, tuple[str, ...]]],
+) -> list[_Pending]:
+    """The targets of the same kind, release, variant and arch that ``p``'s kind orders it after."""
+    needs = peers.get(p.spec.key, {}).get(p.loaded.name, ())
+    found = [by_key.get((name, p.variant, p.release, p.arch)) for name in needs if name != p.loaded.name]
+    return [q for q in found if q is not None]
+
+
+def _make_target(p: _Pending, hasher: FileHasher, bases: list[Target]) -> Target:
     recipe = p.loaded.recipe
     build_json = p.build_model.model_dump(mode="json")
     input_digests = {rel: hasher.file(rel) for rel in p.inputs}
-    depends = {base.id: base.digest} if base is not None else {}
+    depends = {base.id: base.digest for base in bases}
     payload = {
         "v": DIGEST_VERSION,
         "recipe": recipe.name,
@@ -348,16 +378,19 @@ def load(paths: list[Path], workspace: Workspace, *, with_dependencies: bool = F
     loaded, problems = loader.load_many(files)
     requested = {r.name for r in loaded}
     everything: dict[str, LoadedRecipe] | None = None
+    workspace_problems: list[Problem] = []
     have = set(requested)
     while wanted := _bases_of(loaded) - have:
         if everything is None:
-            found, _ = (
+            found, workspace_problems = (
                 loader.load_many(discover([workspace.recipes_dir]))
                 if workspace.recipes_dir.is_dir()
                 else ([], [])
             )
             everything = {r.name: r for r in found}
         more = [everything[name] for name in sorted(wanted) if name in everything]
+        if len(more) < len(wanted):  # a base that did not load: say why, where the workspace can
+            problems += [p for p in workspace_problems if p not in problems]
         have |= wanted
         loaded += more
     try:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from pydantic import ValidationError
@@ -19,6 +20,7 @@ from ..errors import EnvironmentProblem, InvalidInput, KilnError, Problem
 from ..kinds import publishing_of
 from ..ledger import Ledger
 from ..manifest import BuildManifest
+from ..provenance import copy_beside
 
 Step = Callable[[str], None]
 
@@ -146,13 +148,26 @@ def _to_repo(items: list[tuple[BuildManifest, Any]], publishers: Any, on_step: S
                 arch=arch_dir,
             )
             on_step(f"repo: metadata {result.metadata_update} ({result.metadata_dir})")
+            for artifact, placed in zip(artifacts, result.packages, strict=False):  # provenance beside each
+                copy_beside(manifest.path_of(artifact), result.repo_dir / placed)
             mirror = publishers.mirror()
             if mirror is not None:
                 on_step(f"mirror: {result.repo_dir}")
                 mirror.sync(result.repo_dir, result.repo_dir.relative_to(publisher.root).as_posix())
+                # a client pointed at the mirror needs the .repo file and the key from there too
+                mirror.sync_client_files(_client_files(publisher, result))
             url = f"{publisher.base_url}/{result.repo_dir.relative_to(publisher.root).as_posix()}/"
             out += [Publication(manifest.target, a.name, "repo", url) for a in artifacts]
     return out
+
+
+def _client_files(publisher: Any, result: Any) -> list[tuple[Path, str]]:
+    """(local file, path relative to the repo root) of the .repo file and the public key."""
+    key_name = str(publisher.key.public_key_url).rsplit("/", 1)[-1]
+    return [
+        (result.repo_file, result.repo_file.relative_to(publisher.root).as_posix()),
+        (publisher.root / key_name, key_name),
+    ]
 
 
 def _to_registry(items: list[tuple[BuildManifest, Any]], publishers: Any, on_step: Step) -> list[Publication]:
@@ -185,6 +200,11 @@ def _to_registry(items: list[tuple[BuildManifest, Any]], publishers: Any, on_ste
         }
         if first.source_commit:
             annotations["org.opencontainers.image.revision"] = first.source_commit
+        provenance = [
+            f"{m.arch}=sha256:{p['sha256']}" for m in manifests for p in (m.provenance or {}).values()
+        ]
+        if provenance:  # each arch's in-toto statement (builder/provenance.py), by digest
+            annotations["io.kiln.provenance"] = ",".join(provenance)
         for tag in registry.tags:
             result = publisher.push(repository, tag, images, annotations, on_step=on_step)
             out += [

@@ -64,10 +64,20 @@ def image_properties(manifest: BuildManifest, extra: dict[str, str]) -> dict[str
         props["kiln_build"] = str(manifest.build_id)
     if manifest.source_commit:
         props["kiln_source_commit"] = manifest.source_commit
+    provenance = _main_provenance(manifest)
+    if provenance is not None:  # the in-toto statement beside the artifact (builder/provenance.py)
+        props["kiln_provenance"] = f"sha256:{provenance['sha256']}"
     # Recipes may override Nova's properties, never Kiln's own: publish decides no-ops and
     # rotation by kiln_target and kiln_digest.
     props.update({k: v for k, v in extra.items() if not k.startswith("kiln_")})
     return props
+
+
+def _main_provenance(manifest: BuildManifest) -> dict[str, Any] | None:
+    listed = manifest.provenance or {}
+    disks = [a for a in manifest.artifacts if a.type == "disk-image" and a.name in listed]
+    names = [a.name for a in disks] or [a.name for a in manifest.artifacts if a.name in listed]
+    return listed[names[0]] if names else None
 
 
 # Defaults are the recipe model's (stated once, in builder/recipe.py): what a recipe gets by omission.

@@ -71,6 +71,17 @@ class S3Mirror:
             uploaded.append(key)
         return SyncResult(tuple(uploaded), skipped)
 
+    def sync_client_files(self, files: list[tuple[Path, str]]) -> SyncResult:
+        """What a client needs beside the arch directories (the ``.repo`` file, the public key),
+        each to ``<prefix>/<relative>``; sent after the metadata, every time (they are small)."""
+        self.ensure_bucket()
+        uploaded = []
+        for path, relative in files:
+            if path.is_file():
+                self.client.upload_file(str(path), self.bucket, self._key(relative.strip("/")))
+                uploaded.append(self._key(relative.strip("/")))
+        return SyncResult(tuple(uploaded), 0)
+
 
 class RsyncMirror:
     def __init__(self, target: str, runner: Runner | None = None):
@@ -96,6 +107,16 @@ class RsyncMirror:
         self.runner.run([*common, "--exclude", "repodata", f"{repo_dir}/", dest], timeout=3600)
         self.runner.run([*common, "--delay-updates", f"{repo_dir}/", dest], timeout=3600)
         return SyncResult((dest,), 0)
+
+    def sync_client_files(self, files: list[tuple[Path, str]]) -> SyncResult:
+        """The ``.repo`` file and the public key, each to ``<target>/<relative>``."""
+        sent = []
+        for path, relative in files:
+            if path.is_file():
+                dest = f"{self.target}/{relative.strip('/')}"
+                self.runner.run(["rsync", "-a", "--mkpath", str(path), dest], timeout=600)
+                sent.append(dest)
+        return SyncResult(tuple(sent), 0)
 
 
 def add_content_md5_for_delete(client: Any) -> None:

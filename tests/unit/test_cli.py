@@ -107,7 +107,10 @@ def test_help_of_every_command_has_examples_and_only_implemented_commands_exist(
     parser = build_parser()
     subparsers = next(a for a in parser._actions if a.dest == "command")
     commands = set(subparsers.choices)  # type: ignore[union-attr]
-    assert commands == {"validate", "schema", "plan", "render", "build", "publish", "site"}
+    records = {"verify", "sbom", "history", "show", "report"}  # builder/cli_records.py
+    core = {"validate", "schema", "plan", "render", "build", "publish", "site", "pipeline"}
+    rpm = {"rpm"}  # builder/cli_rpm.py: rpm missing, rpm rebuild
+    assert commands == core | records | rpm
     helps = [(name, sub) for name, sub in subparsers.choices.items()]  # type: ignore[union-attr]
     site = subparsers.choices["site"]  # type: ignore[index]
     site_actions = next(a for a in site._actions if a.dest == "site_command")
@@ -189,3 +192,24 @@ def test_a_recipe_that_builds_on_another_validates_alone(capsys):
     code, out, _ = run(capsys, "--root", str(PACKAGE_ROOT), "validate", "--json", str(packer))
     assert code == 0, out
     assert json.loads(out) == {"ok": True, "files": 1, "recipes": 1, "targets": 2, "problems": []}
+
+
+@pytest.mark.parametrize("kind", ["long-name", "root-loop", "manifest-zero", "manifest-fifo"])
+def test_hostile_command_line_arguments_are_refused_cleanly(capsys, workspace, write, tmp_path, kind):
+    """Each is exit 1 with a message naming the argument: no traceback (70), no hang, no memory blow-up."""
+    import os
+
+    write("recipes/g.yaml", GOOD)
+    if kind == "long-name":
+        argv = ["--root", str(workspace.root), "validate", "a" * 300]
+    elif kind == "root-loop":
+        (tmp_path / "loop").symlink_to(tmp_path / "loop")
+        argv = ["--root", str(tmp_path / "loop"), "validate"]
+    elif kind == "manifest-zero":
+        argv = ["--root", str(workspace.root), "publish", "/dev/zero"]
+    else:
+        os.mkfifo(tmp_path / "fifo")
+        argv = ["--root", str(workspace.root), "publish", str(tmp_path / "fifo")]
+    code, _, err = run(capsys, *argv)
+    assert code == 1, err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1

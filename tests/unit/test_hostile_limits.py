@@ -30,6 +30,16 @@ def test_the_limits_are_named_in_one_place():
     assert (limits.MAX_FILE_BYTES, limits.MAX_NODES, limits.MAX_DEPTH) == (1 << 20, 20_000, 64)
     assert (limits.MAX_EXTENDS_DEPTH, limits.MAX_BASE_DEPTH) == (8, 16)
     assert (limits.MAX_TARGETS_PER_RECIPE, limits.MAX_TARGETS_PER_WORKSPACE) == (1_000, 100_000)
+    assert limits.MAX_PROBLEMS_PER_FILE == 100
+
+
+def test_problems_of_one_file_are_capped(workspace: Workspace, write: Write):
+    path = write("recipes/x.yaml", MINIMAL_GUEST + "  packages: [" + ", ".join(["'bad name'"] * 500) + "]\n")
+    loaded, problems = RecipeLoader(workspace).load_many([path])
+    assert loaded == []
+    assert len(problems) == limits.MAX_PROBLEMS_PER_FILE + 1
+    assert problems[-1].message == "... and 400 more problems in this file"
+    assert problems[-1].location == problems[-2].location
 
 
 # --- files -----------------------------------------------------------------------------------------

@@ -256,6 +256,8 @@ EVERY_KEY = {
           patches: [../files/rpm/0001-first.patch, ../files/rpm/0002-second.patch]
           without: [tests, docs]
           run_check: false
+          trusted_keys: [../files/rpm/RPM-GPG-KEY-kiln-upstream]
+          build_requires_map: {"pkgconfig(kiln-glib)": [libkiln-glib-dev, kiln-pkg-config]}
         """,
     "recipes/container.yaml": """
         name: container-all
@@ -279,6 +281,7 @@ FILES = (
     "files/kiln-motd.txt",
     "files/rpm/0001-first.patch",
     "files/rpm/0002-second.patch",
+    "files/rpm/RPM-GPG-KEY-kiln-upstream",
 )
 
 

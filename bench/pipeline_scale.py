@@ -1,0 +1,172 @@
+"""pipeline_scale: `kiln pipeline` on a synthetic 1,000-recipe x 3-arch tree, against loading it.
+
+The tree is bench/plan_scale.py's (same kinds, same mix, same generator), over three arches: every
+container, RPM and IPA recipe targets x86_64, ppc64le and aarch64; DIB guests alternate between
+[x86_64, ppc64le] (BIOS) and [x86_64, aarch64] (UEFI), since no guest boots both ways (the capability
+rules refuse the rest), and each Packer guest follows its base. Then, in one process, it times:
+
+* baseline: loading the same recipes into targets (``load_targets``: parse, merge, validate,
+  expand, digest) -- what any Kiln command pays first;
+* kiln pipeline: the same load, plus an empty ledger's ``published_digests()``, ``select_stale``,
+  ``generate`` and writing every file, as ``kiln pipeline -o`` does.
+
+Each is the best of ``--repeats`` runs (Kiln's caches cleared before each). Every file written must
+stay under GitLab's 5 MB limit for a generated config; ``--validate`` also checks each file against
+GitLab's CI JSON schema (check-jsonschema, offline; not timed).
+
+    .venv/bin/python bench/pipeline_scale.py             # report + one JSON line
+    .venv/bin/python bench/pipeline_scale.py --check     # exit 1 unless under 3 s and every file < 5 MB
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import re
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "bench"))
+
+import plan_scale  # noqa: E402
+
+from builder import render as render_mod  # noqa: E402
+from builder.cli import tune_gc  # noqa: E402
+from builder.ledger import Ledger  # noqa: E402
+from builder.pipeline import gitlab  # noqa: E402
+from builder.pipeline.graph import load_targets  # noqa: E402
+from builder.siteconfig import GitLabSite  # noqa: E402
+from builder.workspace import Workspace  # noqa: E402
+
+MAX_SECONDS = 3.0
+LIMIT = 5_000_000
+THREE = "[x86_64, ppc64le, aarch64]"
+BIOS = "[x86_64, ppc64le]"
+UEFI = "[x86_64, aarch64]"
+
+
+def three_arch_tree(root: Path, recipes: int) -> list[Path]:
+    """plan_scale's tree, rewritten for three arches (see the module docstring)."""
+    paths = plan_scale.make_workspace(root, recipes)
+    uefi: set[str] = set()
+    texts = {p: p.read_text() for p in paths}
+    for i, (path, text) in enumerate(texts.items()):
+        if "  builder: dib\n" in text and i % 2:
+            text = text.replace(f"arches: {plan_scale.ARCHES}", f"arches: {UEFI}")
+            text = text.replace("  builder: dib\n", "  builder: dib\n  firmware: uefi\n")
+            uefi.add(re.search(r"^name: (\S+)$", text, re.M).group(1))  # type: ignore[union-attr]
+        elif "  builder: dib\n" not in text and "  builder: packer\n" not in text:
+            text = text.replace(f"arches: {plan_scale.ARCHES}", f"arches: {THREE}")
+        texts[path] = text
+    for path, text in texts.items():
+        base = re.search(r"^    recipe: (\S+)$", text, re.M)
+        if "  builder: packer\n" in text and base and base.group(1) in uefi:
+            text = text.replace(f"arches: {plan_scale.ARCHES}", f"arches: {UEFI}")
+            text = text.replace("  builder: packer\n", "  builder: packer\n  firmware: uefi\n")
+        path.write_text(text)
+    return paths
+
+
+def load(workspace: Workspace) -> list:
+    targets, problems = load_targets([workspace.recipes_dir], workspace)
+    if problems:
+        raise SystemExit("generated recipes are invalid:\n" + "\n".join(str(p) for p in problems[:20]))
+    return targets
+
+
+def pipeline(workspace: Workspace, ledger_path: Path, out: Path) -> tuple[int, list[Path]]:
+    targets = load(workspace)
+    with Ledger(ledger_path) as ledger:
+        published = ledger.published_digests()
+    stale = gitlab.select_stale(targets, published)
+    files = gitlab.generate(stale, GitLabSite())
+    out.mkdir(parents=True, exist_ok=True)
+    written = []
+    for f in files:
+        written.append(out / (f"child-{f.name}.yml" if len(files) > 1 else "child.yml"))
+        written[-1].write_text(f.text)
+    if len(files) > 1:
+        (out / "child.yml").write_text(gitlab.render_yaml(gitlab.dispatcher(files, "child", "kiln-generate")))
+        written.append(out / "child.yml")
+    return len(stale), written
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--recipes", type=int, default=1000)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--json", action="store_true", help="print only the JSON line")
+    parser.add_argument("--validate", action="store_true", help="check-jsonschema every file (not timed)")
+    parser.add_argument("--check", action="store_true", help=f"exit 1 unless under {MAX_SECONDS:g} s, < 5 MB")
+    args = parser.parse_args(argv)
+    say = (lambda *a: None) if args.json else print
+    tune_gc()
+    with tempfile.TemporaryDirectory(prefix="kiln-pipeline-scale-") as tmp:
+        root = Path(tmp).resolve()
+        paths = three_arch_tree(root, args.recipes)
+        workspace = Workspace(root)
+
+        def fresh(run):
+            def go(i: int):
+                render_mod.clear_caches()
+                return run(i)
+
+            return go
+
+        load_s, _, targets = plan_scale.best_of(args.repeats, fresh(lambda i: load(workspace)))
+        say(f"baseline: load {len(paths)} recipes -> {len(targets)} targets: best {load_s:.3f} s")
+        kiln_s, kiln_all, (jobs, written) = plan_scale.best_of(
+            args.repeats,
+            fresh(lambda i: pipeline(workspace, root / f"ledger-{i}.sqlite", root / f"out-{i}")),
+        )
+        sizes = {p.name: p.stat().st_size for p in written}
+        say(f"kiln pipeline: {jobs} jobs, {len(written)} file(s): best {kiln_s:.3f} s  (runs {kiln_all})")
+        for name, size in sizes.items():
+            say(f"  {name}: {size / 1e6:.2f} MB")
+        valid = None
+        if args.validate:
+            result = subprocess.run(
+                [
+                    sys.executable,
+                    "-m",
+                    "check_jsonschema",
+                    "--builtin-schema",
+                    "vendor.gitlab-ci",
+                    *map(str, written),
+                ],
+                capture_output=True,
+                text=True,
+            )
+            valid = result.returncode == 0
+            say(f"GitLab CI schema: {'valid' if valid else 'INVALID'} {result.stdout.strip()[:400]}")
+    ratio = kiln_s / load_s
+    ok = kiln_s < MAX_SECONDS and all(s < LIMIT for s in sizes.values()) and valid is not False
+    result_json = {
+        "benchmark": "pipeline_scale",
+        "recipes": len(paths),
+        "targets": len(targets),
+        "jobs": jobs,
+        "files": sizes,
+        "load_s": round(load_s, 4),
+        "kiln_pipeline_s": round(kiln_s, 4),
+        "ratio": round(ratio, 2),
+        "schema_valid": valid,
+        "targets_met": ok,
+        "python": platform.python_version(),
+        "machine": platform.machine(),
+    }
+    say(
+        f"kiln pipeline / load = {ratio:.2f}x; under {MAX_SECONDS:g} s and 5 MB -> "
+        + ("met" if ok else "MISSED")
+    )
+    print(json.dumps(result_json, sort_keys=True))
+    return 1 if args.check and not ok else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
