@@ -444,12 +444,16 @@ def build_parser() -> argparse.ArgumentParser:
         examples: list[str],
         recipes: bool = True,
         json_flag: bool = True,
+        *,
+        under: Any = None,
+        description: str | None = None,
     ) -> argparse.ArgumentParser:
-        p = sub.add_parser(
+        """A command (or, ``under`` a group, one of its actions) with help, examples and --json."""
+        p = (under or sub).add_parser(
             name,
             parents=[common],
             help=help_,
-            description=help_,
+            description=description or help_,
             epilog=_examples(*examples),
             formatter_class=argparse.RawDescriptionHelpFormatter,
         )
@@ -464,6 +468,18 @@ def build_parser() -> argparse.ArgumentParser:
         if json_flag:
             p.add_argument("--json", action="store_true", help="print one JSON document on stdout")
         return p
+
+    def group(name: str, help_: str, examples: list[str], *, description: str | None = None) -> Any:
+        """A command whose actions are sub-commands (``kiln site up``); returns their subparsers."""
+        p = sub.add_parser(
+            name,
+            parents=[common],
+            help=help_,
+            description=description or help_,
+            epilog=_examples(*examples),
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
+        return p.add_subparsers(dest=f"{name}_command", metavar="ACTION", required=True)
 
     add(
         "validate",
@@ -588,34 +604,23 @@ def build_parser() -> argparse.ArgumentParser:
     )
     from .cli_records import register as register_records  # verify, sbom, history, show, report
 
-    register_records(add, sub, common, _examples)
+    register_records(add, group)
     from .cli_rpm import register as register_rpm  # rpm missing, rpm rebuild
 
-    register_rpm(add, sub, common, _examples)
-    site = sub.add_parser(
+    register_rpm(add, group)
+    site = group(
         "site",
-        parents=[common],
-        help="Start, stop or check the embedded local site (Glance, registry, repo, S3).",
+        "Start, stop or check the embedded local site (Glance, registry, repo, S3).",
+        ["kiln site up", "kiln site status --json", "kiln site down"],
         description="The embedded local site: real services on 127.0.0.1, state under local.state_dir.",
-        epilog=_examples("kiln site up", "kiln site status --json", "kiln site down"),
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    site_sub = site.add_subparsers(dest="site_command", metavar="ACTION", required=True)
     for action, func, text in (
         ("up", cmd_site_up, "Prepare and start every component, wait for health, print URLs."),
         ("down", cmd_site_down, "Stop the processes this site started (and nothing else)."),
         ("status", cmd_site_status, "Probe each service; exit 3 when one is down."),
     ):
-        p = site_sub.add_parser(
-            action,
-            parents=[common],
-            help=text,
-            description=text,
-            epilog=_examples(f"kiln site {action}", f"kiln site {action} --json"),
-            formatter_class=argparse.RawDescriptionHelpFormatter,
-        )
-        p.set_defaults(func=func)
-        p.add_argument("--json", action="store_true", help="print one JSON document on stdout")
+        examples = [f"kiln site {action}", f"kiln site {action} --json"]
+        add(action, func, text, examples, recipes=False, under=site)
     return parser
 
 

@@ -229,7 +229,8 @@ def cmd_report(args: argparse.Namespace) -> int:
 # --- parsers -----------------------------------------------------------------------------------------------
 
 
-def register(add: Add, sub: Any, common: argparse.ArgumentParser, examples: Callable[..., str]) -> None:
+def register(add: Add, group: Callable[..., Any]) -> None:
+    """``kiln verify``, ``sbom diff``, ``history``, ``show``, ``report`` (``add``/``group``: cli's)."""
     p = add(
         "verify",
         cmd_verify,
@@ -250,27 +251,22 @@ def register(add: Add, sub: Any, common: argparse.ArgumentParser, examples: Call
     )
     p.add_argument("--require-signature", action="store_true", help="fail when the statement is not signed")
 
-    sbom = sub.add_parser(
+    sbom = group(
         "sbom",
-        parents=[common],
-        help="Software bills of materials (SPDX 2.3 JSON) of builds.",
+        "Software bills of materials (SPDX 2.3 JSON) of builds.",
+        ["kiln sbom diff 12 15", "kiln sbom diff old.spdx.json new.spdx.json --json"],
         description="Software bills of materials (SPDX 2.3 JSON), taken during each build.",
-        epilog=examples("kiln sbom diff 12 15", "kiln sbom diff old.spdx.json new.spdx.json --json"),
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    sbom_sub = sbom.add_subparsers(dest="sbom_command", metavar="ACTION", required=True)
-    p = sbom_sub.add_parser(
+    p = add(
         "diff",
-        parents=[common],
-        help="Packages added, removed, upgraded (and downgraded) between two builds.",
-        description="Packages added, removed, upgraded (and downgraded) between two builds.",
-        epilog=examples("kiln sbom diff 12 15", "kiln sbom diff a/manifest.json b/manifest.json --json"),
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        cmd_sbom_diff,
+        "Packages added, removed, upgraded (and downgraded) between two builds.",
+        ["kiln sbom diff 12 15", "kiln sbom diff a/manifest.json b/manifest.json --json"],
+        recipes=False,
+        under=sbom,
     )
-    p.set_defaults(func=cmd_sbom_diff)
     for name in ("old", "new"):
         p.add_argument(name, metavar=name.upper(), help="a build id, a build manifest or an SPDX JSON file")
-    p.add_argument("--json", action="store_true", help="print one JSON document on stdout")
 
     p = add(
         "history",

@@ -113,32 +113,28 @@ def cmd_rpm_rebuild(args: argparse.Namespace) -> int:
     return int(cli.cmd_build(args))
 
 
-def register(add: Callable[..., argparse.ArgumentParser], sub: Any, common: argparse.ArgumentParser,
-             examples: Callable[..., str]) -> None:  # fmt: skip
-    rpm = sub.add_parser(
+def register(add: Callable[..., argparse.ArgumentParser], group: Callable[..., Any]) -> None:
+    """``kiln rpm missing`` and ``kiln rpm rebuild`` (``add``/``group``: cli.build_parser's)."""
+    rpm = group(
         "rpm",
-        parents=[common],
-        help="RPM rebuilds: find what a repo lacks, rebuild one SRPM ad hoc.",
-        description="RPM rebuilds: find what a repo lacks for an arch, rebuild one SRPM ad hoc.",
-        epilog=examples(
+        "RPM rebuilds: find what a repo lacks, rebuild one SRPM ad hoc.",
+        [
             "kiln rpm missing --from http://repo/el/9/x86_64/ --to http://repo/el/9/ppc64le/",
             "kiln rpm rebuild files/srpms/kiln-hello-1.0-1.src.rpm --arch ppc64le --no-verify-signature",
-        ),
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        ],
+        description="RPM rebuilds: find what a repo lacks for an arch, rebuild one SRPM ad hoc.",
     )
-    rpm_sub = rpm.add_subparsers(dest="rpm_command", metavar="ACTION", required=True)
-    p = rpm_sub.add_parser(
+    p = add(
         "missing",
-        parents=[common],
-        help="Source packages with binaries in --from but none, or only older ones, in --to.",
-        description="Source packages with binaries in --from but none, or only older ones, in --to.",
-        epilog=examples(
+        cmd_rpm_missing,
+        "Source packages with binaries in --from but none, or only older ones, in --to.",
+        [
             "kiln rpm missing --from http://repo/el/9/x86_64/ --to http://repo/el/9/ppc64le/ --json",
             "kiln rpm missing --from URL --to URL --write-recipes recipes/rebuilds/",
-        ),
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        ],
+        recipes=False,
+        under=rpm,
     )
-    p.set_defaults(func=cmd_rpm_missing)
     p.add_argument("--from", dest="from_url", required=True, metavar="URL", help="the repo that has them")
     p.add_argument("--to", dest="to_url", required=True, metavar="URL", help="the repo that may lack them")
     p.add_argument("--arch", default="ppc64le", help="the arch --to is for (default: ppc64le)")
@@ -146,20 +142,19 @@ def register(add: Callable[..., argparse.ArgumentParser], sub: Any, common: argp
     p.add_argument("--source-repo", metavar="URL", help="where the SRPMs are (default: --from's source/)")
     p.add_argument("--distro", default="el", choices=["el", "fedora"], help="written recipes' build.distro")
     p.add_argument("--release", default="9", help="written recipes' build.release (default: 9)")
-    p.add_argument("--json", action="store_true", help="print one JSON document on stdout")
 
-    p = rpm_sub.add_parser(
+    p = add(
         "rebuild",
-        parents=[common],
-        help="Rebuild one SRPM (a file, or a package name in --repo) for --arch.",
-        description="Write an ad hoc recipe under .kiln/adhoc/ and build it like `kiln build`.",
-        epilog=examples(
+        cmd_rpm_rebuild,
+        "Rebuild one SRPM (a file, or a package name in --repo) for --arch.",
+        [
             "kiln rpm rebuild foo-1.0-1.src.rpm --arch ppc64le --trusted-key RPM-GPG-KEY-upstream",
             "kiln rpm rebuild foo --repo http://repo/el/9/source/ --arch ppc64le --publish",
-        ),
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        ],
+        recipes=False,
+        under=rpm,
+        description="Write an ad hoc recipe under .kiln/adhoc/ and build it like `kiln build`.",
     )
-    p.set_defaults(func=cmd_rpm_rebuild)
     p.add_argument(
         "srpm", metavar="SRPM-OR-NAME", help="a .src.rpm file, or a source package name (with --repo)"
     )
@@ -175,4 +170,3 @@ def register(add: Callable[..., argparse.ArgumentParser], sub: Any, common: argp
     )
     p.add_argument("--no-verify", action="store_true", help="skip verification (recorded as off)")
     p.add_argument("--dry-run", action="store_true", help="print the commands; build nothing")
-    p.add_argument("--json", action="store_true", help="print one JSON document on stdout")

@@ -346,20 +346,7 @@ class Ledger:
 
     def builds(self, target_id: str) -> list[BuildRecord]:
         rows = self._db.execute("SELECT * FROM builds WHERE target_id=? ORDER BY id", (target_id,)).fetchall()
-        return [
-            BuildRecord(
-                id=r["id"],
-                target_id=r["target_id"],
-                digest=r["digest"],
-                status=r["status"],
-                started_at=r["started_at"],
-                finished_at=r["finished_at"],
-                log_path=r["log_path"],
-                tool_versions=json.loads(r["tool_versions"]),
-                error=r["error"],
-            )
-            for r in rows
-        ]
+        return [_build_record(r) for r in rows]
 
     def artifacts(self, build_id: int) -> list[ArtifactRecord]:
         rows = self._db.execute(

@@ -93,6 +93,7 @@ MOCK_CONFIG = Output("mock.cfg", "rpm/mock.cfg.j2")
 def _outputs(build: RpmRebuildBuild, arch: object) -> tuple[Output, ...]:
     return (*OUTPUTS, MOCK_CONFIG) if build.build_root == "mock" else OUTPUTS
 
+
 def _verifier(verify_settings: RpmVerify) -> object | None:
     if not verify_settings.install:
         return None
