@@ -269,7 +269,10 @@ def cmd_build(args: argparse.Namespace) -> int:
         publish=site.publish_after_build if args.publish is None else args.publish,
         verify=not args.no_verify,
         dry_run=args.dry_run,
+        candidate=args.candidate,
     )
+    if options.candidate is not None:
+        site.candidates.suffixes(options.candidate)  # an unfit id is refused before anything runs
     quiet = args.quiet or args.json
     step = (lambda _: None) if quiet else StepPrinter("build")
     if options.dry_run:  # pure: no ledger (not even opened), nothing written, nothing probed
@@ -305,7 +308,11 @@ def cmd_pipeline(args: argparse.Namespace) -> int:
     stale = gitlab.select_stale(
         targets, published, changed_files=changed, changed_ref=args.changed_since or "", older_than=older
     )
-    files = gitlab.generate(stale, site.gitlab, publish=args.publish, max_bytes=args.max_bytes)
+    if args.candidate is not None:
+        site.candidates.suffixes(args.candidate)  # refused here, never written into a job's script
+    files = gitlab.generate(
+        stale, site.gitlab, publish=args.publish, max_bytes=args.max_bytes, candidate=args.candidate
+    )
     out = Path(args.output)
     prefix = out.with_suffix("")
     written = []
@@ -317,7 +324,9 @@ def cmd_pipeline(args: argparse.Namespace) -> int:
     for path, f in written:
         path.write_text(f.text)
     if len(files) > 1:
-        out.write_text(gitlab.render_yaml(gitlab.dispatcher(files, prefix.name, args.generate_job)))
+        downstream = gitlab.downstream_jobs(site.gitlab, args.publish, args.candidate)
+        top = gitlab.dispatcher(files, prefix.name, args.generate_job, downstream)
+        out.write_text(gitlab.render_yaml(top))
     report = {
         "output": str(out),
         "split": len(files) > 1,
@@ -539,6 +548,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--no-publish", dest="publish", action="store_false", help="do not publish")
     p.add_argument(
+        "--candidate",
+        metavar="ID",
+        help="publish under candidate names (site.yaml candidates:, e.g. '-mr42'), never production's",
+    )
+    p.add_argument(
         "--no-verify",
         action="store_true",
         help="switch verification off (recorded as 'off' in the manifest and ledger; still publishable)",
@@ -555,7 +569,8 @@ def build_parser() -> argparse.ArgumentParser:
         [
             "kiln pipeline -o child.yml",
             "kiln pipeline --changed-since origin/main --explain -o child.yml",
-            "kiln pipeline --no-publish -o child.yml      # merge requests: build and verify only",
+            "kiln pipeline --candidate 42 -o child.yml    # merge request 42: publish as candidates",
+            "kiln pipeline --no-publish -o child.yml      # build and verify only",
             "kiln pipeline --older-than-days 30 -o child.yml --json",
         ],
     )
@@ -576,7 +591,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--no-publish",
         dest="publish",
         action="store_false",
-        help="jobs build and verify, and publish nothing (merge requests)",
+        help="jobs build and verify, and publish nothing",
+    )
+    p.add_argument(
+        "--candidate",
+        metavar="ID",
+        help="jobs publish under candidate names: kiln build TARGET --publish --candidate ID "
+        "(merge requests: $CI_MERGE_REQUEST_IID)",
     )
     p.add_argument("--explain", action="store_true", help="print every job: tags, needs, why it runs")
     p.add_argument(

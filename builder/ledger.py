@@ -84,6 +84,15 @@ CREATE TABLE IF NOT EXISTS publications (
 """
 
 
+# A candidate's publication (kiln build --candidate) is recorded as "<publisher>:candidate:<id>"; it
+# never makes a target count as published to production.
+CANDIDATE_MARK = ":candidate:"
+
+
+def candidate_publisher(publisher: str, candidate: str) -> str:
+    return f"{publisher}{CANDIDATE_MARK}{candidate}"
+
+
 class TargetState(StrEnum):
     UP_TO_DATE = "up to date"  # a successful build of this exact digest exists
     STALE = "stale"  # built before, but its inputs changed since
@@ -268,12 +277,14 @@ class Ledger:
         ).fetchone()
         return (row[0], row[1]) if row else None
 
-    def published(self, build_id: int) -> bool:
-        """Whether every artifact of a build has at least one publication."""
+    def published(self, build_id: int, candidate: str | None = None) -> bool:
+        """Whether every artifact of a build has at least one publication: a production one, or with
+        ``candidate``, one under that candidate's names (a candidate's never counts for production)."""
+        which = "instr(p.publisher, ?) = 0" if candidate is None else "p.publisher LIKE '%' || ?"
         row = self._db.execute(
-            "SELECT COUNT(*), SUM(EXISTS(SELECT 1 FROM publications p WHERE p.artifact_id = a.id)) "
-            "FROM artifacts a WHERE a.build_id=?",
-            (build_id,),
+            "SELECT COUNT(*), SUM(EXISTS(SELECT 1 FROM publications p "
+            f"WHERE p.artifact_id = a.id AND {which})) FROM artifacts a WHERE a.build_id=?",
+            (CANDIDATE_MARK if candidate is None else CANDIDATE_MARK + candidate, build_id),
         ).fetchone()
         return bool(row[0]) and row[0] == row[1]
 
@@ -336,9 +347,12 @@ class Ledger:
         rows = self._db.execute(
             "SELECT b.target_id, b.digest, MAX(p.published_at) FROM builds b "
             "JOIN artifacts a ON a.build_id = b.id JOIN publications p ON p.artifact_id = a.id "
+            "AND instr(p.publisher, :mark) = 0 "
             "WHERE b.status='succeeded' AND NOT EXISTS (SELECT 1 FROM artifacts x WHERE x.build_id = b.id "
-            "AND NOT EXISTS (SELECT 1 FROM publications y WHERE y.artifact_id = x.id)) "
-            "GROUP BY b.target_id, b.digest"
+            "AND NOT EXISTS (SELECT 1 FROM publications y WHERE y.artifact_id = x.id "
+            "AND instr(y.publisher, :mark) = 0)) "
+            "GROUP BY b.target_id, b.digest",
+            {"mark": CANDIDATE_MARK},
         )
         for target_id, digest, at in rows:
             out.setdefault(target_id, {})[digest] = float(at)

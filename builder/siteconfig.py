@@ -17,6 +17,9 @@ build_hosts:
 extra_ca_certificates: [/usr/local/share/ca-certificates/*.crt]
 mirrors:
   debian: http://deb.debian.org/debian
+candidates:                  # kiln build --publish --candidate 42 (merge requests): never production names
+  image_suffix: "-mr{id}"    # Glance image names and registry tags
+  repo_suffix: "-mr{id}"     # RPM repository names
 ```
 """
 
@@ -176,6 +179,32 @@ class GitLabSite(StrictModel):
         return tags
 
 
+CANDIDATE_ID = re.compile(r"^[a-z0-9][a-z0-9-]{0,39}$")
+ImageSuffix = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_.-]*\{id\}[A-Za-z0-9_.-]*$")]
+RepoSuffix = Annotated[str, StringConstraints(pattern=r"^[a-z0-9-]*\{id\}[a-z0-9-]*$")]
+
+
+class CandidateSite(StrictModel):
+    """How a candidate (``kiln build --publish --candidate ID``, a merge request's build) is named:
+    never the production names, so a candidate neither rotates nor replaces what users boot."""
+
+    image_suffix: ImageSuffix = Field(
+        "-mr{id}", description="Appended to Glance image names and registry tags; {id} is the candidate."
+    )
+    repo_suffix: RepoSuffix = Field("-mr{id}", description="Appended to RPM repository names.")
+
+    def suffixes(self, candidate: str) -> tuple[str, str]:
+        """(image suffix, repo suffix) for ``candidate``; InvalidInput for an id unfit for a name."""
+        if not CANDIDATE_ID.match(candidate):
+            raise InvalidInput(
+                Problem(
+                    f"--candidate {candidate!r}: a candidate id is 1-40 of a-z, 0-9 and '-' "
+                    "(a merge request's IID, for example)"
+                )
+            )
+        return self.image_suffix.replace("{id}", candidate), self.repo_suffix.replace("{id}", candidate)
+
+
 class SiteConfig(StrictModel):
     local: LocalSiteSettings = Field(default_factory=LocalSiteSettings)
     glance: GlanceSite = Field(default_factory=GlanceSite)
@@ -188,6 +217,7 @@ class SiteConfig(StrictModel):
     mirrors: Mirrors = Field(default_factory=Mirrors)
     publish_after_build: bool = Field(False, description="kiln build publishes unless --no-publish.")
     gitlab: GitLabSite = Field(default_factory=GitLabSite)
+    candidates: CandidateSite = Field(default_factory=CandidateSite)
 
     def placement(self, arch: Arch, host: Arch) -> str:
         """How this host builds for ``arch``: "native" or "emulated" (qemu-user via binfmt).

@@ -37,7 +37,7 @@ from ..verify.base import VerifyJob
 from ..workspace import Workspace
 from .graph import Target
 from .plan import dependencies_first
-from .publish import publish_manifests
+from .publish import Candidate, publish_manifests
 
 Step = Callable[[str], None]
 
@@ -62,6 +62,7 @@ class BuildOptions:
     publish: bool = False
     verify: bool = True  # False: --no-verify (recorded as "off", which the gate lets through)
     dry_run: bool = False
+    candidate: str | None = None  # publish under this candidate's names (site.yaml candidates:)
 
 
 class BuildDirs:
@@ -149,7 +150,7 @@ class Pipeline:
             if manifest is None:
                 manifest = self.build(target)
             elif not self._needs_verification(target, manifest, options) and (
-                not options.publish or self._published(manifest)
+                not options.publish or self._published(manifest, options.candidate)
             ):
                 outcome.status = "skipped"  # same digest, built, verified (and published): nothing to do
             else:
@@ -162,7 +163,9 @@ class Pipeline:
                         raise CommandFailed(
                             f"verification {manifest.verification_summary}: nothing published"
                         )
-                    publications = publish_manifests([manifest], self.publishers(), self.ledger, self.on_step)
+                    publications = publish_manifests(
+                        [manifest], self.publishers(), self.ledger, self.on_step, self._candidate(options)
+                    )
                     outcome.published = [p.as_json() for p in publications]
                 elif not manifest.verification_ok:
                     raise CommandFailed(f"verification {manifest.verification_summary}")
@@ -179,12 +182,18 @@ class Pipeline:
             self._publishers = SitePublishers(self.site, self.workspace.root, self.on_step)
         return self._publishers
 
-    def _published(self, manifest: BuildManifest) -> bool:
+    def _published(self, manifest: BuildManifest, candidate: str | None = None) -> bool:
         return (
             self.ledger is not None
             and manifest.build_id is not None
-            and self.ledger.published(manifest.build_id)
+            and self.ledger.published(manifest.build_id, candidate)
         )
+
+    def _candidate(self, options: BuildOptions) -> Candidate | None:
+        if options.candidate is None:
+            return None
+        image_suffix, repo_suffix = self.site.candidates.suffixes(options.candidate)
+        return Candidate(options.candidate, image_suffix, repo_suffix)
 
     # -- one target's build ------------------------------------------------------------------------------
 

@@ -127,7 +127,12 @@ def resource_group(target: Target) -> str | None:
 
 
 def target_job(
-    target: Target, in_pipeline: set[str], has_dependents: bool, gitlab: GitLabSite, publish: bool
+    target: Target,
+    in_pipeline: set[str],
+    has_dependents: bool,
+    gitlab: GitLabSite,
+    publish: bool,
+    candidate: str | None = None,
 ) -> dict[str, Any]:
     slug = target.slug
     where = f"{BUILD_ROOT}/{slug}"
@@ -139,7 +144,7 @@ def target_job(
         "tags": gitlab.tags(target.arch, gpu=bool(getattr(target.build, "cuda", None))),
         "needs": [{"job": job_name(d), "artifacts": True} for d in target.depends_on if d in in_pipeline],
         "variables": {"KILN_TARGET": target.id, "KILN_DIGEST": target.digest},
-        "script": [f"kiln build {target.id} {'--publish' if publish else '--no-publish'}"],
+        "script": [build_command(target.id, publish, candidate)],
         "artifacts": {
             "when": "always",
             "expire_in": gitlab.artifacts_expire_in,
@@ -151,9 +156,17 @@ def target_job(
     if gitlab.retry:
         job["retry"] = {"max": gitlab.retry, "when": list(RETRY_WHEN)}
     group = resource_group(target)
-    if group and publish:
-        job["resource_group"] = group
+    if group and publish:  # a candidate writes its own names: it waits only for the same candidate
+        job["resource_group"] = group if candidate is None else f"{group}@candidate-{candidate}"
     return job
+
+
+def build_command(target_id: str, publish: bool, candidate: str | None) -> str:
+    """The job's one line: ``kiln build <target> --publish`` (the default branch), with
+    ``--candidate ID`` for a merge request (candidate names), or ``--no-publish``."""
+    if not publish:
+        return f"kiln build {target_id} --no-publish"
+    return f"kiln build {target_id} --publish" + (f" --candidate {candidate}" if candidate else "")
 
 
 def noop_document(reason: str) -> dict[str, Any]:
@@ -170,34 +183,44 @@ def generate(
     *,
     publish: bool = True,
     max_bytes: int = MAX_BYTES,
+    candidate: str | None = None,
 ) -> list[PipelineFile]:
-    """The child pipeline(s) for ``stale`` targets; one file unless over ``max_bytes``."""
+    """The child pipeline(s) for ``stale`` targets; one file unless over ``max_bytes``. Split, the
+    parts carry no downstream trigger: :func:`dispatcher` (the file above them) triggers it once.
+    ``candidate``: every job publishes under that candidate's names (``--candidate``; the caller
+    checked the id with site.yaml's ``candidates.suffixes``)."""
     if not stale:
         return [PipelineFile("", noop_document("nothing to build: every target's digest is published"))]
     in_pipeline = {s.target.id for s in stale}
     with_dependents = {d for s in stale for d in s.target.depends_on if d in in_pipeline}
     jobs = {
-        s.target.id: target_job(s.target, in_pipeline, s.target.id in with_dependents, gitlab, publish)
+        s.target.id: target_job(
+            s.target, in_pipeline, s.target.id in with_dependents, gitlab, publish, candidate
+        )
         for s in stale
     }
-    tail = _downstream(gitlab) if publish else {}
+    tail = downstream_jobs(gitlab, publish, candidate)
     files = _split(stale, jobs, max_bytes)
     for f in files:
         if gitlab.before_script:
             f.document = {"default": {"before_script": list(gitlab.before_script)}, **f.document}
-        if tail:
+        if tail and len(files) == 1:
             f.document["stages"] = ["build", "downstream"]
             f.document.update(tail)
     return files
 
 
-def _downstream(gitlab: GitLabSite) -> dict[str, Any]:
-    """site.yaml's downstream project, triggered once every build job of the file passed (the stage
-    waits for them all; ``needs`` would be capped at 50 jobs)."""
-    if gitlab.downstream is None:
+def downstream_jobs(gitlab: GitLabSite, publish: bool = True, candidate: str | None = None) -> dict[str, Any]:
+    """site.yaml's downstream project, triggered once every build job above it passed (the stage
+    waits for them all; ``needs`` would be capped at 50 jobs); a candidate's id goes along as
+    KILN_CANDIDATE, so a deployment test can boot the candidate's images. Nothing when not publishing."""
+    if gitlab.downstream is None or not publish:
         return {}
     trigger = {"project": gitlab.downstream.project, "branch": gitlab.downstream.branch, "strategy": "depend"}
-    return {"kiln-downstream": {"stage": "downstream", "trigger": trigger}}
+    job: dict[str, Any] = {"stage": "downstream", "trigger": trigger}
+    if candidate:
+        job["variables"] = {"KILN_CANDIDATE": candidate}
+    return {"kiln-downstream": job}
 
 
 def _split(stale: list[StaleTarget], jobs: dict[str, dict[str, Any]], max_bytes: int) -> list[PipelineFile]:
@@ -313,10 +336,13 @@ def changed_since(root: Any, ref: str) -> set[str]:
     return {line.strip() for line in result.stdout.splitlines() if line.strip()}
 
 
-def dispatcher(files: list[PipelineFile], prefix: str, generate_job: str) -> dict[str, Any]:
+def dispatcher(
+    files: list[PipelineFile], prefix: str, generate_job: str, downstream: dict[str, Any] | None = None
+) -> dict[str, Any]:
     """When the plan is split, the file the parent triggers: it takes the parts from the parent's
     generate job (``needs:pipeline:job``, PARENT_PIPELINE_ID set by the parent's trigger job) and
-    triggers each part as its own child pipeline, so no single config is over GitLab's limit."""
+    triggers each part as its own child pipeline, so no single config is over GitLab's limit.
+    ``downstream`` (:func:`downstream_jobs`) runs once, after every part passed."""
     names = [f"{prefix}-{f.name}.yml" for f in files]
     doc: dict[str, Any] = {
         "stages": ["parts", "build"],
@@ -336,6 +362,9 @@ def dispatcher(files: list[PipelineFile], prefix: str, generate_job: str) -> dic
                 "strategy": "depend",
             },
         }
+    if downstream:
+        doc["stages"].append("downstream")
+        doc.update(downstream)
     return doc
 
 

@@ -9,7 +9,7 @@ manifests of one recipe, release and variant are pushed together: one multi-arch
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +18,7 @@ from pydantic import ValidationError
 from ..arch import Arch
 from ..errors import EnvironmentProblem, InvalidInput, KilnError, Problem
 from ..kinds import publishing_of
-from ..ledger import Ledger
+from ..ledger import Ledger, candidate_publisher
 from ..manifest import BuildManifest
 from ..provenance import copy_beside
 
@@ -36,6 +36,7 @@ class Publication:
     publisher: str
     location: str
     noop: bool = False
+    candidate: str | None = None  # published under candidate names (kiln build --candidate)
 
     def as_json(self) -> dict[str, Any]:
         return {
@@ -44,7 +45,66 @@ class Publication:
             "publisher": self.publisher,
             "location": self.location,
             "noop": self.noop,
+            "candidate": self.candidate,
         }
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """Publish under candidate names: ``id`` (a merge request's IID) and the suffixes site.yaml's
+    ``candidates:`` makes of it (siteconfig.CandidateSite.suffixes)."""
+
+    id: str
+    image_suffix: str
+    repo_suffix: str
+
+
+def candidate_settings(manifest: BuildManifest, route: str, settings: Any, candidate: Candidate) -> Any:
+    """A kind's publish settings renamed for a candidate by its route's renamer (:data:`CANDIDATE_NAMES`:
+    the Glance image name and each registry tag get the image suffix, the RPM repository name the repo
+    suffix), validated again (length limits). A route without a renamer is refused: a candidate is
+    never published under production names."""
+    rename = CANDIDATE_NAMES.get(route)
+    if rename is None:
+        raise InvalidInput(
+            Problem(f"{manifest.target}: the {route} route has no candidate names: no candidate published")
+        )
+    data = settings.model_dump(mode="json")
+    rename(manifest, data, candidate)
+    try:
+        return type(settings).model_validate(data)
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        raise InvalidInput(
+            Problem(
+                f"{manifest.target}: candidate {candidate.id} name for publish."
+                f"{'.'.join(map(str, error['loc']))}: {error['msg']}"
+            )
+        ) from None
+
+
+def _glance_candidate(manifest: BuildManifest, data: dict[str, Any], candidate: Candidate) -> None:
+    if data.get("glance") is not None:
+        name = data["glance"].get("image_name") or default_image_name(manifest)
+        data["glance"]["image_name"] = name + candidate.image_suffix
+
+
+def _registry_candidate(manifest: BuildManifest, data: dict[str, Any], candidate: Candidate) -> None:
+    if data.get("registry") is not None:
+        data["registry"]["tags"] = [t + candidate.image_suffix for t in data["registry"]["tags"]]
+
+
+def _repo_candidate(manifest: BuildManifest, data: dict[str, Any], candidate: Candidate) -> None:
+    if data.get("repo") is not None:
+        data["repo"]["repo"] = data["repo"]["repo"] + candidate.repo_suffix
+
+
+# Per route: how its publish settings (dumped to JSON data) take a candidate's names, in place.
+CANDIDATE_NAMES: dict[str, Callable[[BuildManifest, dict[str, Any], Candidate], None]] = {
+    "glance": _glance_candidate,
+    "registry": _registry_candidate,
+    "repo": _repo_candidate,
+}
 
 
 def check_publishable(manifests: list[BuildManifest], allow_unverified: bool = False) -> None:
@@ -76,12 +136,17 @@ def publish_manifests(
     publishers: Any,
     ledger: Ledger | None,
     on_step: Step = lambda _: None,
+    candidate: Candidate | None = None,
 ) -> list[Publication]:
     """Publish each manifest through its kind's route; record the publications in the ledger.
-    ``publishers`` is a publishers.from_site.SitePublishers (or a test's stand-in)."""
+    ``publishers`` is a publishers.from_site.SitePublishers (or a test's stand-in). With a
+    ``candidate``, every route publishes under candidate names (never the production ones), and the
+    ledger records those publications as the candidate's (Ledger.published ignores them)."""
     routed: dict[str, list[tuple[BuildManifest, Any]]] = {}
     for manifest in manifests:
         route, settings = publish_settings(manifest)
+        if route is not None and candidate is not None:
+            settings = candidate_settings(manifest, route, settings, candidate)
         if route is not None:
             routed.setdefault(route, []).append((manifest, settings))
     publications: list[Publication] = []
@@ -90,6 +155,8 @@ def publish_manifests(
         if publish is None:
             raise EnvironmentProblem(f"no publisher for route {route!r}")
         publications += publish(items, publishers, on_step)
+    if candidate is not None:
+        publications = [replace(p, candidate=candidate.id) for p in publications]
     if ledger is not None:
         _record(ledger, manifests, publications)
     return publications
@@ -243,4 +310,7 @@ def _record(ledger: Ledger, manifests: list[BuildManifest], publications: list[P
         artifact_id = ids.get((pub.target, pub.artifact))
         if artifact_id is None:
             raise EnvironmentProblem(f"ledger has no artifact {pub.artifact} of {pub.target}")
-        ledger.record_publication(artifact_id, pub.publisher, pub.location)
+        publisher = pub.publisher
+        if pub.candidate is not None:
+            publisher = candidate_publisher(pub.publisher, pub.candidate)
+        ledger.record_publication(artifact_id, publisher, pub.location)

@@ -104,9 +104,14 @@ def _to_shelf(items: list[tuple[Any, Any]], publishers: Any, on_step: Any) -> li
     return out
 
 
+def _shelf_candidate(manifest: Any, data: dict[str, Any], candidate: Any) -> None:
+    data["shelf"] = data["shelf"] + candidate.repo_suffix  # a candidate's own shelf: main-mr7
+
+
 def install() -> None:
     kinds.register(KIND)
     publishing._ROUTES["shelf"] = _to_shelf
+    publishing.CANDIDATE_NAMES["shelf"] = _shelf_candidate
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -256,7 +256,7 @@ def test_kiln_pipeline_explain_prints_tags_needs_and_why(tmp_path, capsys):
     assert "why: digest" in out and "never published" in out
 
 
-def test_merge_request_pipelines_build_and_verify_without_publishing(examples):
+def test_no_publish_pipelines_build_and_verify_without_publishing(examples):
     [only] = gitlab.generate(gitlab.select_stale(examples, {}), GitLabSite(), publish=False)
     for job in _jobs(only.document).values():
         assert job["script"][0].endswith(" --no-publish")
