@@ -455,9 +455,11 @@ def mutate_values(rng: random.Random, case: Case, name: str) -> str:
         data = _set(data, rng.choice(strings), _odd(rng))
     elif op == "checks":
         verify = data.setdefault("verify", {})
+        if not isinstance(verify, dict):  # an earlier mutation made it a list or null
+            raise _Skip()
         if kind == "container":
             verify["commands"] = [[_odd(rng), _odd(rng)]]
-        elif isinstance(verify, dict) and kind in ("guest-image", "ipa-ramdisk"):
+        elif kind in ("guest-image", "ipa-ramdisk"):
             verify["boot"] = {"checks": [_odd(rng) for _ in range(rng.randrange(1, 3))]}
         else:
             raise _Skip()
