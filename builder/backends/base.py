@@ -10,7 +10,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -113,17 +113,20 @@ class Backend(Protocol):
     def tool_versions(self, runner: Runner) -> dict[str, str]: ...
 
 
-def run_commands(run: BuildRun, runner: Runner, log: Path) -> None:
-    """Run a plan's commands in order (the usual ``run`` step before collecting outputs)."""
-    for command in run.commands:
-        runner.run(
-            command.argv,
-            cwd=command.cwd,
-            env=dict(command.env),
-            timeout=command.timeout_s,
-            log_path=log,
-            kill_grace_s=command.kill_grace_s,
-        )
+def run_command(
+    command: Command, runner: Runner, log: Path, on_line: Callable[[str], None] | None = None
+) -> None:
+    """Run one planned command through the runner, its output lines also to ``on_line`` (progress)."""
+    if on_line is not None:
+        runner = replace(runner, on_line=on_line)
+    runner.run(
+        command.argv,
+        cwd=command.cwd,
+        env=dict(command.env),
+        timeout=command.timeout_s,
+        log_path=log,
+        kill_grace_s=command.kill_grace_s,
+    )
 
 
 def collect_outputs(run: BuildRun, log: Path) -> list[Artifact]:

@@ -20,7 +20,6 @@ import shlex
 import shutil
 import sys
 from collections.abc import Iterator
-from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -28,7 +27,16 @@ from ..arch import Arch
 from ..errors import InvalidInput, Problem
 from ..host import compat as hostcompat
 from ..manifest import Artifact
-from .base import BuildJob, BuildRun, Command, ExpectedOutput, Step, clear_outputs, collect_outputs
+from .base import (
+    BuildJob,
+    BuildRun,
+    Command,
+    ExpectedOutput,
+    Step,
+    clear_outputs,
+    collect_outputs,
+    run_command,
+)
 
 if TYPE_CHECKING:
     from ..host.run import Runner
@@ -167,14 +175,7 @@ class DibBackend:
         progress = DibProgress(on_step)
         try:
             with cache_lock(dib_cache(job.cache_dir, job.target.arch), job.target.id, on_step):
-                replace(runner, on_line=progress.line).run(
-                    command.argv,
-                    cwd=command.cwd,
-                    env=dict(command.env),
-                    log_path=log,
-                    timeout=command.timeout_s,
-                    kill_grace_s=command.kill_grace_s,
-                )
+                run_command(command, runner, log, on_line=progress.line)
         finally:
             for action in hostcompat.cleanup_after_interrupt(job.tmp_dir):
                 on_step(f"cleanup: {action}")

@@ -10,13 +10,12 @@ Packer's ``-machine-readable`` output is turned into Kiln's progress lines.
 from __future__ import annotations
 
 import shutil
-from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..errors import InvalidInput, Problem
 from ..manifest import Artifact
-from .base import BuildJob, BuildRun, Command, ExpectedOutput, Step, collect_outputs
+from .base import BuildJob, BuildRun, Command, ExpectedOutput, Step, collect_outputs, run_command
 
 if TYPE_CHECKING:
     from ..host.run import Runner
@@ -109,19 +108,11 @@ class PackerBackend:
         shutil.rmtree(output.path.parent, ignore_errors=True)  # packer refuses an existing output dir
         output.path.parent.parent.mkdir(parents=True, exist_ok=True)
         try:
-            runner.run(keygen.argv, timeout=keygen.timeout_s, log_path=log)
+            run_command(keygen, runner, log)
             seed = job.render_dir / "seed" / "user-data"
             seed.parent.mkdir(parents=True, exist_ok=True)
             seed.write_text(seed_user_data(key.with_suffix(".pub").read_text().strip()))
-            progress = replace(runner, on_line=lambda line: _report(line, on_step))
-            progress.run(
-                build.argv,
-                cwd=build.cwd,
-                env=dict(build.env),
-                log_path=log,
-                timeout=build.timeout_s,
-                kill_grace_s=build.kill_grace_s,
-            )
+            run_command(build, runner, log, on_line=lambda line: _report(line, on_step))
         finally:
             shutil.rmtree(key.parent, ignore_errors=True)  # the key was for this build only
         return collect_outputs(run, log)
