@@ -23,6 +23,7 @@ class ArchSpellings:
     glance: str  # Glance/Nova "architecture" property
     runner_tag: str  # GitLab runner tag
     uname: tuple[str, ...]  # what `uname -m` may print on a native host
+    multiarch: str  # Debian's multiarch triplet: /usr/lib/<multiarch>
     aliases: tuple[str, ...]  # extra spellings accepted in recipes
 
 
@@ -73,6 +74,10 @@ class Arch(StrEnum):
         return self.spellings.glance
 
     @property
+    def multiarch(self) -> str:
+        return self.spellings.multiarch
+
+    @property
     def runner_tag(self) -> str:
         return self.spellings.runner_tag
 
@@ -104,6 +109,7 @@ _TABLE: dict[Arch, ArchSpellings] = {
         glance="x86_64",
         runner_tag="x86_64",
         uname=("x86_64",),
+        multiarch="x86_64-linux-gnu",
         aliases=("amd64", "x64", "x86-64"),
     ),
     Arch.PPC64LE: ArchSpellings(
@@ -116,6 +122,7 @@ _TABLE: dict[Arch, ArchSpellings] = {
         glance="ppc64le",
         runner_tag="ppc64le",
         uname=("ppc64le",),
+        multiarch="powerpc64le-linux-gnu",
         aliases=("ppc64el", "powerpc64le", "power"),
     ),
     Arch.AARCH64: ArchSpellings(
@@ -128,6 +135,7 @@ _TABLE: dict[Arch, ArchSpellings] = {
         glance="aarch64",
         runner_tag="aarch64",
         uname=("aarch64", "arm64"),
+        multiarch="aarch64-linux-gnu",
         aliases=("arm64", "armv8"),
     ),
 }

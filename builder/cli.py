@@ -270,6 +270,7 @@ def cmd_build(args: argparse.Namespace) -> int:
         verify=not args.no_verify,
         dry_run=args.dry_run,
         candidate=args.candidate,
+        gpu=args.gpu,
     )
     if options.candidate is not None:
         site.candidates.suffixes(options.candidate)  # an unfit id is refused before anything runs
@@ -556,6 +557,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--no-verify",
         action="store_true",
         help="switch verification off (recorded as 'off' in the manifest and ledger; still publishable)",
+    )
+    p.add_argument(
+        "--gpu",
+        action="store_true",
+        help="container images with nvcc: also compile and run a CUDA vector add on this host's GPU "
+        "(needs the NVIDIA container runtime; reported as skipped, by name, where there is none)",
     )
     p.add_argument(
         "--dry-run",

@@ -47,6 +47,13 @@ class LocalEndpoints:
         return self.state / "gnupg"
 
     @property
+    def registry_docker_config(self) -> Path:
+        """The local registry's credentials, as a docker config file (mode 0600, made by ``kiln site
+        up``). Named ``config.json`` so that its directory can be docker's ``DOCKER_CONFIG``; skopeo
+        and podman take the file itself (``--authfile``)."""
+        return self.state / "registry" / "docker-config" / "config.json"
+
+    @property
     def mirror_work(self) -> Path:
         """A local working tree for repos that are then mirrored (S3, rsync)."""
         return self.state / "mirror-work"

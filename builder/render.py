@@ -310,6 +310,7 @@ def _arch_context(arch: Arch) -> dict[str, str]:
         "qemu_system": arch.qemu_system,
         "qemu_machine": arch.qemu_machine,
         "glance": arch.glance,
+        "multiarch": arch.multiarch,
     }
 
 
@@ -328,6 +329,7 @@ def template_context(target: Any) -> dict[str, Any]:
             "release": target.release,
             "variant": target.variant,
             "image_name": target.image_name,
+            "digest": target.digest,
         },
         "build": target.build_json,
         "arch": dict(_ARCH_CONTEXT[target.arch]),  # a copy: what one render does stays in it

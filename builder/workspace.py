@@ -114,3 +114,15 @@ class Workspace:
             return self.relative(path, resolved=resolved)
         except ValueError:
             return str(path)
+
+
+def source_commit(root: Path) -> str | None:
+    """The commit the workspace's checkout is at (``.git/HEAD``), or None outside a git checkout."""
+    head = root / ".git" / "HEAD"
+    try:
+        ref = head.read_text().strip()
+        if ref.startswith("ref: "):
+            return (root / ".git" / ref[5:]).read_text().strip()
+        return ref
+    except OSError:
+        return None

@@ -34,10 +34,10 @@ from ..manifest import BuildManifest, read_manifest
 from ..render import render_target, write_rendered
 from ..siteconfig import SiteConfig
 from ..verify.base import VerifyJob
-from ..workspace import Workspace
+from ..workspace import Workspace, source_commit
 from .graph import Target
 from .plan import dependencies_first
-from .publish import Candidate, publish_manifests
+from .publish import Candidate, publish_group, publish_manifests
 
 Step = Callable[[str], None]
 
@@ -63,6 +63,7 @@ class BuildOptions:
     verify: bool = True  # False: --no-verify (recorded as "off", which the gate lets through)
     dry_run: bool = False
     candidate: str | None = None  # publish under this candidate's names (site.yaml candidates:)
+    gpu: bool = False  # verifiers that can: run a program on this host's GPU (kiln build --gpu)
 
 
 class BuildDirs:
@@ -129,22 +130,63 @@ class Pipeline:
             return self.dry_run(targets)
         outcomes: list[Outcome] = []
         failed: set[str] = set()
+        # Routes that publish several targets as one (a multi-arch tag): published once the whole
+        # group is built and verified, and not at all when one of it failed.
+        together: dict[tuple[str, ...], list[tuple[Outcome, BuildManifest | None]]] = {}
         for target in dependencies_first(targets):
             started = time.monotonic()
+            group = publish_group(target) if options.publish else None
             broken = [d for d in target.depends_on if d in failed]
+            manifest = None
             if broken:
                 outcome = Outcome(target.id, "failed", error=f"not built: {', '.join(broken)} failed")
             else:
-                outcome = self._one(target, options)
+                outcome, manifest = self._one(target, options, publish_now=group is None)
             outcome.seconds = round(time.monotonic() - started, 2)
             if outcome.status == "failed":
                 failed.add(target.id)
             outcomes.append(outcome)
+            if group is not None:
+                together.setdefault(group, []).append((outcome, manifest))
             self.on_step(f"{target.id}: {outcome.status} in {outcome.seconds:.1f}s")
+        for members in together.values():
+            self._publish_together(members, options)
         return outcomes
 
-    def _one(self, target: Target, options: BuildOptions) -> Outcome:
+    def _publish_together(
+        self, members: list[tuple[Outcome, BuildManifest | None]], options: BuildOptions
+    ) -> None:
+        """One publication over a group's manifests (every arch under one tag), all or nothing."""
+        failed = [o.target for o, m in members if o.status == "failed" or m is None]
+        if failed:
+            for outcome, _ in members:
+                if outcome.status != "failed":
+                    outcome.error = f"not published: {', '.join(failed)} of the same tag failed"
+            return
+        if all(o.status == "skipped" for o, _ in members):
+            return  # every member already published: nothing pushed
+        manifests = [m for _, m in members if m is not None]
+        started = time.monotonic()
+        try:
+            publications = publish_manifests(
+                manifests, self.publishers(), self.ledger, self.on_step, self._candidate(options)
+            )
+        except KilnError as exc:
+            for outcome, _ in members:
+                outcome.status, outcome.error = "failed", f"publish: {exc}"
+            return
+        seconds = round(time.monotonic() - started, 2)
+        for outcome, _ in members:
+            if outcome.status == "skipped":
+                outcome.status = "reused"  # published again, with the rest of its tag
+            outcome.published = [p.as_json() for p in publications if p.target == outcome.target]
+            outcome.seconds = round(outcome.seconds + seconds / len(members), 2)
+
+    def _one(
+        self, target: Target, options: BuildOptions, publish_now: bool = True
+    ) -> tuple[Outcome, BuildManifest | None]:
         outcome = Outcome(target.id, "built")
+        manifest = None
         try:
             manifest = self.existing_manifest(target)
             if manifest is None:
@@ -163,17 +205,19 @@ class Pipeline:
                         raise CommandFailed(
                             f"verification {manifest.verification_summary}: nothing published"
                         )
-                    publications = publish_manifests(
-                        [manifest], self.publishers(), self.ledger, self.on_step, self._candidate(options)
-                    )
-                    outcome.published = [p.as_json() for p in publications]
+                    if publish_now:
+                        publications = publish_manifests(
+                            [manifest], self.publishers(), self.ledger, self.on_step, self._candidate(options)
+                        )
+                        outcome.published = [p.as_json() for p in publications]
                 elif not manifest.verification_ok:
                     raise CommandFailed(f"verification {manifest.verification_summary}")
             outcome.verification = manifest.verification_summary
             outcome.manifest = str(self.dirs.manifest(target))
         except KilnError as exc:
             outcome.status, outcome.error = "failed", str(exc)
-        return outcome
+            manifest = None
+        return outcome, manifest
 
     def publishers(self) -> Any:
         if self._publishers is None:
@@ -212,7 +256,8 @@ class Pipeline:
             return None
         for artifact in manifest.artifacts:
             file = manifest.path_of(artifact)
-            if not file.exists() or file.stat().st_size != artifact.size:
+            measured = file / "index.json" if file.is_dir() else file  # an OCI layout: its index
+            if not measured.exists() or measured.stat().st_size != artifact.size:
                 return None
         return manifest
 
@@ -334,7 +379,14 @@ class Pipeline:
             verdict = {"status": "off", "by": "kiln build --no-verify"}
         else:
             cases = verifier.verify(
-                VerifyJob(target, manifest, self.dirs.target(target) / "verify", self.runner, self.on_step)
+                VerifyJob(
+                    target,
+                    manifest,
+                    self.dirs.target(target) / "verify",
+                    self.runner,
+                    self.on_step,
+                    gpu=options.gpu,
+                )
             )
             write_junit(self.dirs.target(target) / "verify.xml", cases)
             failing = [c for c in cases if not c.passed]
@@ -427,17 +479,6 @@ def gather_host_facts(target: Target, site: SiteConfig, backend: Backend, on_ste
 
         accelerator = choose_accelerator(target.arch)
     return HostFacts(arch=host, placement=placement, adaptations=adaptations, accelerator=accelerator)
-
-
-def source_commit(root: Path) -> str | None:
-    head = root / ".git" / "HEAD"
-    try:
-        ref = head.read_text().strip()
-        if ref.startswith("ref: "):
-            return (root / ".git" / ref[5:]).read_text().strip()
-        return ref
-    except OSError:
-        return None
 
 
 def describe_plan(outcome: Outcome) -> list[str]:

@@ -107,6 +107,19 @@ CANDIDATE_NAMES: dict[str, Callable[[BuildManifest, dict[str, Any], Candidate], 
 }
 
 
+# Routes whose publication spans several targets: the registry pushes every arch of one recipe
+# (release, variant) under one tag. The pipeline publishes such a group once all of it is built.
+PUBLISHED_TOGETHER = {"registry"}
+
+
+def publish_group(target: Any) -> tuple[str, ...] | None:
+    """The group a target is published with (route, recipe, release, variant), or None: alone."""
+    route = target.spec.publish_route
+    if route not in PUBLISHED_TOGETHER:
+        return None
+    return (route, target.recipe, target.release, target.variant or "")
+
+
 def check_publishable(manifests: list[BuildManifest], allow_unverified: bool = False) -> None:
     """Refuse manifests whose verification did not pass, unless ``allow_unverified``."""
     refused = [m for m in manifests if not m.verification_ok]

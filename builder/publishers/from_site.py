@@ -3,6 +3,7 @@ endpoints (builder/endpoints.py). Each is created on first use, since each may n
 
 from __future__ import annotations
 
+import base64
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -37,17 +38,26 @@ class SitePublishers:
 
     def registry(self) -> tuple[Any, str]:
         """The registry publisher and the repository prefix (``team`` in ``host:5000/team``)."""
-        from .registry import RegistryClient, RegistryPublisher, docker_config_auth
+        from .. import masking
+        from .registry import RegistryClient, RegistryPublisher, docker_config_auth, docker_config_path
 
         url = self.site.registry.url or self.local.urls.registry
         host = url.split("/")[0]
-        config = (
-            Path(os.path.expanduser(self.site.registry.docker_config))
-            if self.site.registry.docker_config
-            else None
-        )
+        if self.site.registry.docker_config:
+            config: Path | None = Path(os.path.expanduser(self.site.registry.docker_config))
+        elif not self.site.registry.url:
+            config = self.local.registry_docker_config  # the local site's robot (kiln site up)
+        else:
+            config = None  # docker's own: $DOCKER_CONFIG/config.json
+        auth = docker_config_auth(config, host)
+        if auth:  # never printed: the password, and the base64 form a docker config and header carry
+            masking.register(auth[1])
+            masking.register(base64.b64encode(":".join(auth).encode()).decode())
         client = RegistryClient(
-            host, insecure=self.site.registry.insecure, auth=docker_config_auth(config, host)
+            host,
+            insecure=self.site.registry.insecure,
+            auth=auth,
+            auth_source=str(docker_config_path(config)),
         )
         return RegistryPublisher(client), url[len(host) :].strip("/")
 

@@ -50,6 +50,7 @@ class PushResult:
     manifests: dict[str, str]  # arch -> manifest digest
     uploaded_blobs: int
     skipped_blobs: int
+    uploaded_bytes: int = 0  # layer and config bytes sent (the push stream): 0 when the registry had all
 
 
 @dataclass
@@ -57,6 +58,7 @@ class RegistryClient:
     registry: str  # host:port
     insecure: bool = False
     auth: tuple[str, str] | None = None  # basic credentials (from docker config.json)
+    auth_source: str = ""  # the docker config file consulted (a path, never its contents): for errors
     retries: int = 4
     backoff_s: float = 0.5
     timeout_s: float = 300.0
@@ -90,6 +92,8 @@ class RegistryClient:
                     continue
                 if response.status_code in ok:
                     return response
+                if response.status_code == 401:
+                    raise EnvironmentProblem(self._unauthorized(method, url))
                 last = f"HTTP {response.status_code}: {response.text[:300]}"
                 if response.status_code not in RETRYABLE:
                     break
@@ -100,6 +104,15 @@ class RegistryClient:
             attempt += 1
             self.sleep(self.backoff_s * 2 ** (attempt - 1))
         raise CommandFailed(f"registry {self.registry}: {method} {url.split('?')[0]} failed: {last}")
+
+    def _unauthorized(self, method: str, url: str) -> str:
+        held = "its credentials were refused" if self.auth else "it holds no credentials for this registry"
+        used = f"docker config used: {self.auth_source} ({held})" if self.auth_source else "no docker config"
+        return (
+            f"registry {self.registry} refused {method} {url.split('?')[0]} (HTTP 401: authentication "
+            f"required); {used}. Put the registry's credentials in a docker config file (site.yaml "
+            f"registry.docker_config names it) and retry"
+        )
 
     def _send(
         self, method: str, url: str, headers: dict[str, str], scope: str, kwargs: dict[str, Any]
@@ -137,9 +150,14 @@ class RegistryClient:
         return bool(self._bearer[scope])
 
 
+def docker_config_path(config_path: Path | None = None) -> Path:
+    """The docker config file to read: the one named, else docker's own (``$DOCKER_CONFIG``)."""
+    return config_path or Path(os.environ.get("DOCKER_CONFIG", Path.home() / ".docker")) / "config.json"
+
+
 def docker_config_auth(config_path: Path | None, registry: str) -> tuple[str, str] | None:
     """Basic credentials for ``registry`` from a docker config.json (``auths.<registry>.auth``)."""
-    path = config_path or Path(os.environ.get("DOCKER_CONFIG", Path.home() / ".docker")) / "config.json"
+    path = docker_config_path(config_path)
     try:
         auths = json.loads(path.read_text()).get("auths", {})
     except (FileNotFoundError, ValueError):
@@ -191,14 +209,15 @@ class RegistryPublisher:
         if not images:
             raise InvalidInput(Problem("nothing to push: no per-arch images"))
         scope = f"repository:{repository}:pull,push"
-        uploaded = skipped = 0
+        uploaded = skipped = sent = 0
         entries = []
         manifests: dict[str, str] = {}
         for image in images:
             manifest, raw, media_type = _read_layout(image.layout)
             for descriptor in [manifest["config"], *manifest["layers"]]:
-                if self._push_blob(repository, image.layout, descriptor["digest"], scope):
-                    uploaded += 1
+                size = self._push_blob(repository, image.layout, descriptor["digest"], scope)
+                if size is not None:
+                    uploaded, sent = uploaded + 1, sent + size
                 else:
                     skipped += 1
             digest = _sha256(raw)
@@ -219,9 +238,11 @@ class RegistryPublisher:
         body = json.dumps(index, sort_keys=True, separators=(",", ":")).encode()
         # The tag moves here, after every architecture is in the registry.
         self._put_manifest(repository, tag, body, OCI_INDEX, scope)
-        on_step(f"tagged {repository}:{tag}")
+        on_step(
+            f"tagged {repository}:{tag} ({uploaded} blobs, {sent / 1e6:.1f} MB sent; {skipped} already there)"
+        )
         return PushResult(
-            f"{self.client.registry}/{repository}:{tag}", _sha256(body), manifests, uploaded, skipped
+            f"{self.client.registry}/{repository}:{tag}", _sha256(body), manifests, uploaded, skipped, sent
         )
 
     def _put_manifest(
@@ -237,11 +258,11 @@ class RegistryPublisher:
             headers={"Content-Type": media_type},
         )
 
-    def _push_blob(self, repository: str, layout: Path, digest: str, scope: str) -> bool:
-        """Upload one blob unless the registry has it; True when uploaded."""
+    def _push_blob(self, repository: str, layout: Path, digest: str, scope: str) -> int | None:
+        """Upload one blob unless the registry has it; the bytes sent, or None when it had it."""
         head = self.client.request("HEAD", f"/v2/{repository}/blobs/{digest}", scope=scope, ok=(200, 404))
         if head.status_code == 200:
-            return False
+            return None
         path = _blob_path(layout, digest)
         if not path.exists():
             raise InvalidInput(Problem(f"{layout}: blob {digest} is missing from the layout"))
@@ -264,7 +285,7 @@ class RegistryPublisher:
                     "Content-Length": str(path.stat().st_size),
                 },
             )
-        return True
+        return path.stat().st_size
 
     def tag_digest(self, repository: str, tag: str) -> str | None:
         """The digest the tag points at now (None when absent): what a puller would get."""

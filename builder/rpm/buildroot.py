@@ -12,89 +12,30 @@ compatibility.
 
 from __future__ import annotations
 
-import fcntl
-import hashlib
-import json
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ..arch import Arch
-from ..backends.base import Command
+from ..host import rootfs
 
 if TYPE_CHECKING:
     from ..host.run import Runner
 
-DEBIAN_RELEASE = "bookworm"  # the build root's Debian release (the release this host runs)
-VARIANT = "minbase"
 ROOT_PACKAGES = ("gcc", "libc6-dev", "make", "patch", "rpm")
-READY = ".kiln-root-ready"
-BOOTSTRAP_TIMEOUT_S = 3600.0
 
 
 @dataclass(frozen=True)
-class RootSpec:
-    arch: Arch
-    release: str = DEBIAN_RELEASE
+class RootSpec(rootfs.RootSpec):
+    """A build root: Debian minbase with rpm and a toolchain, cached under ``rpm-roots``."""
+
     packages: tuple[str, ...] = ROOT_PACKAGES
-
-    @property
-    def key(self) -> str:
-        content = {
-            "release": self.release,
-            "arch": self.arch.debian,
-            "variant": VARIANT,
-            "packages": sorted(self.packages),
-        }
-        return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()[:16]
-
-    def directory(self, cache_dir: Path) -> Path:
-        return cache_dir / "rpm-roots" / f"{self.release}-{self.arch.debian}-{self.key}"
+    store: str = "rpm-roots"
 
 
-def bootstrap_command(spec: RootSpec, into: Path, mirror: str) -> Command:
-    argv = (
-        "debootstrap",
-        f"--arch={spec.arch.debian}",
-        f"--variant={VARIANT}",
-        "--include=" + ",".join(sorted(spec.packages)),
-        spec.release,
-        str(into),
-        mirror,
-    )
-    return Command(argv, timeout_s=BOOTSTRAP_TIMEOUT_S, kill_grace_s=30)
-
-
-def is_ready(spec: RootSpec, cache_dir: Path) -> bool:
-    return (spec.directory(cache_dir) / READY).exists()
-
-
-def ensure_root(spec: RootSpec, cache_dir: Path, mirror: str, runner: Runner, log: Path) -> tuple[Path, bool]:
-    """The cached root for ``spec`` (bootstrapped once). Returns (directory, whether it was bootstrapped)."""
-    final = spec.directory(cache_dir)
-    if (final / READY).exists():
-        return final, False
-    final.parent.mkdir(parents=True, exist_ok=True)
-    with final.with_name(final.name + ".lock").open("w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)  # another build bootstrapping the same root: wait for it
-        if (final / READY).exists():
-            return final, False
-        return _bootstrap(spec, final, mirror, runner, log), True
-
-
-def _bootstrap(spec: RootSpec, final: Path, mirror: str, runner: Runner, log: Path) -> Path:
-    partial = final.with_name(final.name + ".partial")
-    shutil.rmtree(partial, ignore_errors=True)
-    partial.parent.mkdir(parents=True, exist_ok=True)
-    command = bootstrap_command(spec, partial, mirror)
-    runner.run(command.argv, timeout=command.timeout_s, log_path=log, kill_grace_s=command.kill_grace_s)
-    for deb in (partial / "var/cache/apt/archives").glob("*.deb"):  # debootstrap keeps them: ~110 MB
-        deb.unlink()
-    (partial / READY).write_text(json.dumps({"spec": spec.key, "packages": list(spec.packages)}) + "\n")
-    shutil.rmtree(final, ignore_errors=True)
-    partial.rename(final)
-    return final
+bootstrap_command = rootfs.bootstrap_command
+ensure_root = rootfs.ensure_root
+is_ready = rootfs.is_ready
 
 
 def overlay_argv(base: Path, work: Path) -> tuple[str, ...]:

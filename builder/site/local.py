@@ -102,7 +102,7 @@ class LocalSite:
         if component == "glance":
             glance.prepare(self.state / "glance", p.glance, p.repo, cache_dir())
         elif component == "registry":
-            registry.prepare(self.state / "registry", p.registry)
+            registry.prepare(self.state / "registry", p.registry, self.endpoints.registry_docker_config)
         elif component == "repo":
             self.repo_root.mkdir(parents=True, exist_ok=True)
             signing.ensure_key(self.gnupghome, self.repo_root / REPO_KEY_FILE)
@@ -144,6 +144,7 @@ class LocalSite:
             "urls": self.urls.as_json(),
             "components": list(self.settings.components),
             "repo_key": f"{self.urls.repo}/{REPO_KEY_FILE}",
+            "registry_docker_config": str(self.endpoints.registry_docker_config),  # a path, not secrets
         }
         tmp = self.state / "site.json.tmp"
         tmp.write_text(json.dumps(info, indent=2, sort_keys=True) + "\n")

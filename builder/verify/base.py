@@ -23,6 +23,7 @@ class VerifyJob:
     work_dir: Path
     runner: Runner
     on_step: Step
+    gpu: bool = False  # `kiln build --gpu`: run the checks that need a GPU (skipped otherwise)
 
 
 class Verifier(Protocol):

@@ -15,6 +15,9 @@ class CaseResult:
     passed: bool
     message: str = ""
     output: str = ""
+    # Skipped: the check could not run here (no GPU...); ``passed`` stays True so the gate ignores
+    # it, ``message`` says why, and JUnit shows it as skipped.
+    skipped: bool = False
 
 
 def write_junit(path: Path, cases: list[CaseResult]) -> Path:
@@ -30,13 +33,16 @@ def write_junit(path: Path, cases: list[CaseResult]) -> Path:
             name=suite_name,
             tests=str(len(members)),
             failures=str(failures),
+            skipped=str(sum(1 for c in members if c.skipped)),
             time=f"{sum(c.seconds for c in members):.1f}",
         )
         for case in members:
             element = ET.SubElement(
                 suite, "testcase", classname=suite_name, name=case.name, time=f"{case.seconds:.1f}"
             )
-            if not case.passed:
+            if case.skipped:
+                ET.SubElement(element, "skipped", message=case.message or "skipped")
+            elif not case.passed:
                 failure = ET.SubElement(element, "failure", message=case.message or "failed")
                 failure.text = case.output
             elif case.output:

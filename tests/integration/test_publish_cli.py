@@ -14,6 +14,7 @@ import yaml
 from builder.arch import Arch
 from builder.cli import main
 from builder.manifest import BuildManifest, artifact_for
+from tests.support import registry_auth
 from tests.support.oci import make_layout
 from tests.support.rpms import build_noarch_rpm
 
@@ -103,7 +104,7 @@ def test_publish_routes_each_kind_and_records_it_in_the_ledger(local_site, site_
             [
                 "skopeo",
                 "inspect",
-                "--tls-verify=false",
+                *registry_auth.authfile_args(local_site),
                 "--raw",
                 f"docker://{local_site.urls.registry}/kiln/cli-cuda:11.8-bookworm",
             ],

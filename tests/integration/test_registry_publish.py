@@ -13,6 +13,7 @@ import requests
 from builder.arch import Arch
 from builder.errors import CommandFailed
 from builder.publishers.registry import ArchImage, RegistryClient, RegistryPublisher
+from tests.support import registry_auth
 from tests.support.oci import make_layout
 
 pytestmark = pytest.mark.site
@@ -34,9 +35,9 @@ def _images(tmp_path, marker: str) -> list[ArchImage]:
     ]
 
 
-def _skopeo_raw(ref: str) -> dict:
+def _skopeo_raw(site, ref: str) -> dict:
     result = subprocess.run(
-        ["skopeo", "inspect", "--tls-verify=false", "--raw", f"docker://{ref}"],
+        ["skopeo", "inspect", *registry_auth.authfile_args(site), "--raw", f"docker://{ref}"],
         capture_output=True,
         text=True,
         check=True,
@@ -45,12 +46,12 @@ def _skopeo_raw(ref: str) -> dict:
 
 
 def test_multi_arch_tag_lists_both_platforms_and_shared_layers_upload_once(local_site, tmp_path):
-    publisher = RegistryPublisher(RegistryClient(local_site.urls.registry))
+    publisher = RegistryPublisher(registry_auth.client(local_site))
     result = publisher.push(
         "kiln/multi", "1.0", _images(tmp_path, "a"), {"org.opencontainers.image.title": "multi"}
     )
     assert result.uploaded_blobs == 5 and result.skipped_blobs == 1  # the base layer is shared
-    index = _skopeo_raw(f"{local_site.urls.registry}/kiln/multi:1.0")
+    index = _skopeo_raw(local_site, f"{local_site.urls.registry}/kiln/multi:1.0")
     platforms = {(m["platform"]["os"], m["platform"]["architecture"]) for m in index["manifests"]}
     assert platforms == {("linux", "amd64"), ("linux", "ppc64le")}
     assert index["annotations"]["org.opencontainers.image.title"] == "multi"
@@ -59,11 +60,16 @@ def test_multi_arch_tag_lists_both_platforms_and_shared_layers_upload_once(local
 
 
 def test_docker_pulls_each_platform(local_site, tmp_path, docker_engine):
-    publisher = RegistryPublisher(RegistryClient(local_site.urls.registry))
+    publisher = RegistryPublisher(registry_auth.client(local_site))
     publisher.push("kiln/pullme", "1.0", _images(tmp_path, "p"))
     ref = f"{local_site.urls.registry}/kiln/pullme:1.0"
     for platform, arch in (("linux/amd64", "amd64"), ("linux/ppc64le", "ppc64le")):
-        subprocess.run(["docker", "pull", "-q", "--platform", platform, ref], check=True, capture_output=True)
+        subprocess.run(
+            ["docker", "pull", "-q", "--platform", platform, ref],
+            check=True,
+            capture_output=True,
+            env=registry_auth.docker_env(local_site),
+        )
         inspected = subprocess.run(
             ["docker", "image", "inspect", "--format", "{{.Architecture}}", ref],
             capture_output=True,
@@ -119,7 +125,7 @@ class _FailingProxy(BaseHTTPRequestHandler):
 
 
 def test_registry_500s_are_retried_then_fail_clearly_without_moving_the_tag(local_site, tmp_path):
-    good = RegistryPublisher(RegistryClient(local_site.urls.registry))
+    good = RegistryPublisher(registry_auth.client(local_site))
     good.push("kiln/faulty", "stable", _images(tmp_path, "old"))
     before = good.tag_digest("kiln/faulty", "stable")
 
@@ -129,7 +135,12 @@ def test_registry_500s_are_retried_then_fail_clearly_without_moving_the_tag(loca
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
         sleeps: list[float] = []
-        client = RegistryClient(f"127.0.0.1:{server.server_port}", retries=3, sleep=sleeps.append)
+        client = RegistryClient(
+            f"127.0.0.1:{server.server_port}",
+            auth=registry_auth.credentials(local_site),
+            retries=3,
+            sleep=sleeps.append,
+        )
         with pytest.raises(CommandFailed, match=r"PUT .*/manifests/stable failed: HTTP 500"):
             RegistryPublisher(client).push("kiln/faulty", "stable", _images(tmp_path, "new"))
         assert sleeps == [0.5, 1.0, 2.0]  # exponential backoff between the 4 attempts

@@ -279,8 +279,11 @@ def test_a_failed_build_is_recorded_and_exits_4(workspace, write, tmp_path, caps
 
 
 def test_kinds_without_a_backend_are_refused_clearly(workspace, write, tmp_path, capsys):
+    from builder.kinds import container
+
     write("recipes/c.yaml", "name: c\nkind: container\narches: [x86_64]\nbuild: {release: bookworm}\n")
-    code = main(["--root", str(workspace.root), "--ledger", str(tmp_path / "l.sqlite"), "build", "c"])
+    with swapped_kind(container.KIND, backend=None):
+        code = main(["--root", str(workspace.root), "--ledger", str(tmp_path / "l.sqlite"), "build", "c"])
     assert code == 4
     assert "kiln build does not build container yet" in capsys.readouterr().out
 

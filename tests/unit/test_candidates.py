@@ -197,7 +197,7 @@ def test_a_split_pipeline_triggers_the_downstream_project_once_from_the_file_abo
     tmp_path, examples
 ):
     site = GitLabSite(downstream=Downstream(project="ops/deploy-test"))
-    files = gitlab.generate(gitlab.select_stale(examples, {}), site, max_bytes=2500)
+    files = gitlab.generate(gitlab.select_stale(examples, {}), site, max_bytes=4000)
     assert len(files) > 2
     assert all("kiln-downstream" not in f.document for f in files)
     top = gitlab.dispatcher(files, "child", "kiln-generate", gitlab.downstream_jobs(site))
@@ -217,7 +217,7 @@ def test_kiln_pipeline_split_writes_the_downstream_trigger_into_the_top_file_onl
     site.write_text("gitlab: {downstream: {project: ops/deploy-test}}\n")
     out = tmp_path / "child.yml"
     argv = ["--root", str(REPO), "--site", str(site), "--ledger", str(tmp_path / "l.sqlite"), "pipeline"]
-    assert main([*argv, "-o", str(out), "--max-bytes", "2500", "--json"]) == 0
+    assert main([*argv, "-o", str(out), "--max-bytes", "4000", "--json"]) == 0
     texts = {p.name: p.read_text() for p in tmp_path.glob("child*.yml")}
     assert len(texts) > 2
     assert [name for name, text in texts.items() if "kiln-downstream" in text] == ["child.yml"]

@@ -142,7 +142,7 @@ def test_defaults_apply_only_to_their_own_kind(workspace: Workspace, write: Writ
     # guest-image's verify.boot and publish.glance would be unknown keys for a container
     recipe = load(workspace, path).recipe
     assert recipe.arches == ["x86_64", "ppc64le"]  # the container section
-    assert recipe.verify.model_dump() == {"commands": []}
+    assert recipe.verify.model_dump() == {"commands": [], "nvcc": False}
 
 
 def test_recipes_load_without_a_defaults_file(workspace: Workspace, write: Write):

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 import requests
 
-from builder.errors import CommandFailed
+from builder.errors import CommandFailed, EnvironmentProblem
 from builder.publishers.registry import RegistryClient, docker_config_auth
 
 SCOPE = "repository:kiln/base:pull,push"
@@ -234,18 +234,32 @@ def test_challenge_scope_wins_over_the_requested_scope():
 def test_refused_token_means_the_401_is_reported():
     session = FakeSession([bearer_challenge()], token_replies=[Reply(403)])
     c, _ = client(session)
-    with pytest.raises(CommandFailed) as info:
+    with pytest.raises(EnvironmentProblem) as info:  # exit 3: the site's credentials, not the build
         c.request("GET", "/v2/kiln/base/tags/list", scope=SCOPE, ok=(200,))
-    assert "GET https://registry.example.com/v2/kiln/base/tags/list failed: HTTP 401" in str(info.value)
+    assert "refused GET https://registry.example.com/v2/kiln/base/tags/list (HTTP 401" in str(info.value)
     assert len(session.calls) == 1
 
 
 def test_basic_challenge_is_not_a_token_exchange():
     session = FakeSession([Reply(401, headers={"WWW-Authenticate": 'Basic realm="registry"'})])
     c, _ = client(session)
-    with pytest.raises(CommandFailed, match="HTTP 401"):
+    with pytest.raises(EnvironmentProblem, match="HTTP 401"):
         c.request("GET", "/v2/", scope=SCOPE, ok=(200,))
     assert session.token_calls == []
+
+
+def test_a_401_names_the_docker_config_consulted_and_never_the_password():
+    session = FakeSession([Reply(401, headers={"WWW-Authenticate": 'Basic realm="kiln-local"'})])
+    c, _ = client(session)
+    c.auth, c.auth_source = ("robot", "hunter2-secret"), "/srv/kiln/docker/config.json"
+    with pytest.raises(EnvironmentProblem) as info:
+        c.request("PUT", "/v2/kiln/base/manifests/1.0", scope=SCOPE, ok=(201,))
+    message = str(info.value)
+    assert "registry registry.example.com refused PUT" in message
+    assert "/srv/kiln/docker/config.json (its credentials were refused)" in message
+    assert "hunter2-secret" not in message
+    assert base64.b64encode(b"robot:hunter2-secret").decode() not in message
+    assert len(session.calls) == 1  # a 401 is not retried
 
 
 def test_expired_bearer_token_is_refreshed():

@@ -78,7 +78,9 @@ def test_dockerfile_differs_per_arch_only_where_it_should(workspace):
     rendered = _render_all(workspace)
     amd = rendered["cuda-runtime:bookworm:x86_64"]["Dockerfile"].decode()
     ppc = rendered["cuda-runtime:bookworm:ppc64le"]["Dockerfile"].decode()
-    assert "(amd64)" in amd and "(ppc64el)" in ppc
+    assert 'LD_LIBRARY_PATH="/usr/lib/x86_64-linux-gnu"' in amd
+    assert 'LD_LIBRARY_PATH="/usr/lib/powerpc64le-linux-gnu"' in ppc
+    assert "apt-mark hold libnvtoolsext1" in ppc  # CUDA packages held: later layers cannot upgrade them
     assert 'NVIDIA_REQUIRE_CUDA="cuda>=11.8"' in ppc
     assert "'main contrib non-free'" in ppc
 

@@ -87,7 +87,12 @@ def _node(schema: dict[str, Any], node: dict[str, Any], value: Any) -> dict[str,
             if tag and isinstance(value, dict):
                 node = {"$ref": tag["mapping"][value[tag["propertyName"]]]}
             else:
-                node = next(b for b in node.get("oneOf") or node["anyOf"] if b.get("type") != "null")
+                branches = [b for b in node.get("oneOf") or node["anyOf"] if b.get("type") != "null"]
+                if isinstance(value, dict):  # a union of a string and models: the model whose keys fit
+                    models = [schema["$defs"][b["$ref"].rsplit("/", 1)[-1]] for b in branches if "$ref" in b]
+                    fitting = [m for m in models if set(value) <= set(m.get("properties", {}))]
+                    branches = [{"$ref": "#/$defs/" + m["title"]} for m in fitting] or branches
+                node = branches[0]
         else:
             return node
 
@@ -267,6 +272,8 @@ EVERY_KEY = {
           distro: debian
           release: bookworm
           packages: [ca-certificates, curl]
+          cuda: "11.8"
+          cuda_packages: [libcudart11.0]
           components: [main, contrib]
           env: {KILN_CONTAINER_ENV: container-env-value}
           labels: {org.example.team: kiln-team, org.example.tier: kiln-tier}
