@@ -10,7 +10,7 @@ help:
 	@echo "              boot-test and publish the Debian 12 x86_64 image to the local Glance (~5 min)"
 	@echo "make site-down - stop the local site that make demo started"
 	@echo "make test   - set up, then run ruff and the test suite (incl. a real x86_64 DIB build + boot)"
-	@echo "make test-slow - the emulated ppc64le build and pseries boot (~20 min)"
+	@echo "make test-slow - the emulated ppc64le build and pseries boot, the CUDA devel image (~30 min)"
 	@echo "make schema - regenerate schemas/recipe.schema.json"
 	@echo "make bench  - run the benchmarks in bench/ (~15 min: two real DIB builds)"
 	@echo "make fuzz N=100000 - mutate the example recipes N times through validate/plan/render;"
@@ -26,7 +26,7 @@ lint: bootstrap
 
 test: bootstrap
 	$(VENV)/bin/ruff check .
-	$(VENV)/bin/python -m pytest -m "not emulated"
+	$(VENV)/bin/python -m pytest -m "not emulated and not heavy"
 
 # The fuzzer (tests/support/fuzz.py): N seeded cases on every core; `make test` runs 3,000 of them.
 N ?= 10000
@@ -35,10 +35,10 @@ FUZZ_OUT ?= build/fuzz
 fuzz: bootstrap
 	$(VENV)/bin/python -m tests.support.fuzz --cases $(N) --seed $(SEED) --out $(FUZZ_OUT)
 
-# The emulated-architecture checks (a ppc64le DIB build under qemu-user, a pseries TCG boot):
-# ~20 min on 2 cores, so they are kept out of `make test`.
+# The emulated-architecture checks (a ppc64le DIB build under qemu-user, a pseries TCG boot) and the
+# heavy native ones (the CUDA devel image: ~800 MB of packages): kept out of `make test`.
 test-slow: bootstrap
-	$(VENV)/bin/python -m pytest -m emulated
+	$(VENV)/bin/python -m pytest -m "emulated or heavy"
 
 demo: bootstrap
 	$(KILN) site up
@@ -64,6 +64,7 @@ bench: bootstrap
 	$(VENV)/bin/python bench/publish.py
 	$(VENV)/bin/python bench/guest_overhead.py
 	$(VENV)/bin/python bench/rpm_rebuild.py
+	$(VENV)/bin/python bench/container.py
 
 # The only way Python dependency versions change: bootstrap installs exactly what the lock pins.
 # Keeps current pins unless LOCK_ARGS says otherwise (--upgrade, --upgrade-package NAME).

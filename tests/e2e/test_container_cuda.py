@@ -161,3 +161,21 @@ def test_rebuilding_unchanged_builds_nothing_and_pushes_no_bytes(built, local_si
     assert all(o["published"] == [] for o in outcomes)
     assert _blob_uploads(local_site) == uploads_before  # zero layer bytes, from the registry's own log
     print(f"\nwarm (unchanged) build + push, both arches: {seconds:.1f}s")
+
+
+@pytest.mark.heavy
+def test_the_devel_image_builds_for_x86_64_and_nvcc_works(built, site_file):
+    """cuda-devel (nvidia-cuda-toolkit) on the runtime layer built above: verified with nvcc."""
+    started = time.monotonic()
+    result = _kiln(
+        site_file, built["ledger"], built["build_root"], "build", "cuda-devel", "--arch", "x86_64", "--json"
+    )
+    seconds = time.monotonic() - started
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    outcomes = {o["target"]: o for o in json.loads(result.stdout)["targets"]}
+    devel = outcomes["cuda-devel:bookworm:x86_64"]
+    assert devel["status"] == "built" and devel["verification"].startswith("passed"), devel
+    assert outcomes["cuda-runtime:bookworm:x86_64"]["status"] == "skipped"  # its parent is not rebuilt
+    junit = (Path(devel["manifest"]).parent / "verify.xml").read_text()
+    assert 'name="nvcc"' in junit and 'name="gpu vector add"' in junit
+    print(f"\ncuda-devel x86_64 build + verify: {seconds:.0f}s")
