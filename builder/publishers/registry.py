@@ -33,6 +33,7 @@ from ..errors import CommandFailed, EnvironmentProblem, InvalidInput, Problem
 OCI_INDEX = "application/vnd.oci.image.index.v1+json"
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
+DOCKER_LIST = "application/vnd.docker.distribution.manifest.list.v2+json"
 MANIFEST_TYPES = f"{OCI_MANIFEST}, {DOCKER_MANIFEST}, {OCI_INDEX}"
 RETRYABLE = {429, 500, 502, 503, 504}
 
@@ -172,6 +173,27 @@ def docker_config_auth(config_path: Path | None, registry: str) -> tuple[str, st
     return user, password
 
 
+def merge_annotations(old: dict[str, str], new: dict[str, str], pushed_arches: set[str]) -> dict[str, str]:
+    """Index annotations after a push of some arches: per-arch lists (``io.kiln.digests``:
+    ``x86_64=...,ppc64le=...``) keep the other arches' items; everything else is the new value."""
+    from ..arch import Arch
+
+    pushed = set()
+    for oci in pushed_arches:
+        try:
+            pushed.add(Arch.parse(oci).value)
+        except ValueError:
+            pushed.add(oci)
+    merged = {**old, **new}
+    for key in set(old) & set(new):
+        items = [i for i in old[key].split(",") if "=" in i]
+        if not items or len(items) != len(old[key].split(",")):
+            continue  # not a per-arch list
+        others = [i for i in items if i.split("=", 1)[0] not in pushed]
+        merged[key] = ",".join(sorted(others + [i for i in new[key].split(",") if i]))
+    return merged
+
+
 def _read_layout(layout: Path) -> tuple[dict[str, Any], bytes, str]:
     """(manifest JSON, manifest bytes, media type) of the single image in an OCI layout."""
     try:
@@ -232,6 +254,14 @@ class RegistryPublisher:
                     "platform": {"architecture": image.arch.oci, "os": "linux"},
                 }
             )
+        # Arches built elsewhere (another CI job per arch) stay under the tag: their entries are kept.
+        pushed = {e["platform"]["architecture"] for e in entries}
+        kept, old_annotations = self._current_index(repository, tag, scope)
+        entries = sorted(
+            [e for e in kept if e.get("platform", {}).get("architecture") not in pushed] + entries,
+            key=lambda e: str(e.get("platform", {}).get("architecture")),
+        )
+        annotations = merge_annotations(old_annotations, annotations or {}, pushed) if kept else annotations
         index: dict[str, Any] = {"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": entries}
         if annotations:
             index["annotations"] = dict(sorted(annotations.items()))
@@ -244,6 +274,29 @@ class RegistryPublisher:
         return PushResult(
             f"{self.client.registry}/{repository}:{tag}", _sha256(body), manifests, uploaded, skipped, sent
         )
+
+    def _current_index(
+        self, repository: str, tag: str, scope: str
+    ) -> tuple[list[dict[str, Any]], dict[str, str]]:
+        """The entries and annotations of the index under ``tag`` now (none when absent or not an index)."""
+        response = self.client.request(
+            "GET",
+            f"/v2/{repository}/manifests/{tag}",
+            scope=scope,
+            ok=(200, 404),
+            headers={"Accept": f"{OCI_INDEX}, {DOCKER_LIST}"},
+        )
+        if response.status_code != 200:
+            return [], {}
+        try:
+            body = response.json()
+        except ValueError:
+            return [], {}
+        if body.get("mediaType") not in (OCI_INDEX, DOCKER_LIST) or not isinstance(
+            body.get("manifests"), list
+        ):
+            return [], {}
+        return list(body["manifests"]), dict(body.get("annotations") or {})
 
     def _put_manifest(
         self, repository: str, reference: str, body: bytes, media_type: str, scope: str

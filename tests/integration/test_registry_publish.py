@@ -59,6 +59,25 @@ def test_multi_arch_tag_lists_both_platforms_and_shared_layers_upload_once(local
     assert again.uploaded_blobs == 0
 
 
+def test_pushing_one_arch_keeps_the_other_arches_under_the_tag(local_site, tmp_path):
+    """One CI job per arch: each pushes its own arch; the tag ends up with both, neither lost."""
+    publisher = RegistryPublisher(registry_auth.client(local_site))
+    amd64, ppc64le = _images(tmp_path, "one")
+    first = publisher.push("kiln/perarch", "1.0", [amd64], {"io.kiln.digests": "x86_64=aaa"})
+    second = publisher.push("kiln/perarch", "1.0", [ppc64le], {"io.kiln.digests": "ppc64le=bbb"})
+    index = _skopeo_raw(local_site, f"{local_site.urls.registry}/kiln/perarch:1.0")
+    by_arch = {m["platform"]["architecture"]: m["digest"] for m in index["manifests"]}
+    assert by_arch == {"amd64": first.manifests["x86_64"], "ppc64le": second.manifests["ppc64le"]}
+    assert index["annotations"]["io.kiln.digests"] == "ppc64le=bbb,x86_64=aaa"
+    rebuilt = publisher.push(
+        "kiln/perarch", "1.0", _images(tmp_path, "two")[:1], {"io.kiln.digests": "x86_64=ccc"}
+    )
+    index = _skopeo_raw(local_site, f"{local_site.urls.registry}/kiln/perarch:1.0")
+    by_arch = {m["platform"]["architecture"]: m["digest"] for m in index["manifests"]}
+    assert by_arch == {"amd64": rebuilt.manifests["x86_64"], "ppc64le": second.manifests["ppc64le"]}
+    assert index["annotations"]["io.kiln.digests"] == "ppc64le=bbb,x86_64=ccc"
+
+
 def test_docker_pulls_each_platform(local_site, tmp_path, docker_engine):
     publisher = RegistryPublisher(registry_auth.client(local_site))
     publisher.push("kiln/pullme", "1.0", _images(tmp_path, "p"))
