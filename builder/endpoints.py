@@ -54,6 +54,15 @@ class LocalEndpoints:
         return self.state / "registry" / "docker-config" / "config.json"
 
     @property
+    def ipa_http_root(self) -> Path:
+        """IPA ramdisks for Bifrost (publishers/http_dir.py), served by the repo's HTTP server."""
+        return self.repo_root / "ipa"
+
+    @property
+    def ipa_http_url(self) -> str:
+        return f"{self.urls.repo}/ipa"
+
+    @property
     def mirror_work(self) -> Path:
         """A local working tree for repos that are then mirrored (S3, rsync)."""
         return self.state / "mirror-work"

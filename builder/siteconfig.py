@@ -17,6 +17,7 @@ build_hosts:
 extra_ca_certificates: [/usr/local/share/ca-certificates/*.crt]
 mirrors:
   debian: http://deb.debian.org/debian
+ipa_http: {root: /var/lib/ironic/httpboot, url: http://bifrost:8080}   # absent: <repo tree>/ipa
 candidates:                  # kiln build --publish --candidate 42 (merge requests): never production names
   image_suffix: "-mr{id}"    # Glance image names and registry tags
   repo_suffix: "-mr{id}"     # RPM repository names
@@ -104,6 +105,13 @@ class RepoSite(StrictModel):
             key = {"path": "path", "rsync": "rsync_target", "s3": "s3"}[self.backend]
             raise ValueError(f"backend {self.backend} needs {key}")
         return self
+
+
+class IpaHttpSite(StrictModel):
+    """Where IPA ramdisks are published for Bifrost (``publish.http`` in an ipa-ramdisk recipe)."""
+
+    root: str | None = Field(None, description="A directory; absent: <local repo tree>/ipa (served).")
+    url: HttpUrl | None = Field(None, description="Where clients read root; absent: <local repo URL>/ipa.")
 
 
 class BuildHost(StrictModel):
@@ -218,6 +226,7 @@ class SiteConfig(StrictModel):
     publish_after_build: bool = Field(False, description="kiln build publishes unless --no-publish.")
     gitlab: GitLabSite = Field(default_factory=GitLabSite)
     candidates: CandidateSite = Field(default_factory=CandidateSite)
+    ipa_http: IpaHttpSite = Field(default_factory=IpaHttpSite)
 
     def placement(self, arch: Arch, host: Arch) -> str:
         """How this host builds for ``arch``: "native" or "emulated" (qemu-user via binfmt).

@@ -129,6 +129,15 @@ class DibBackend:
     needs_host_adaptations = True  # device-mapper shims, sudo, binfmt: probed before planning
 
     def plan(self, job: BuildJob) -> BuildRun:
+        site_env, copies, notes = self.site_environment(job)
+        command, outputs = plan_command(job.rendered, job.out_dir, site_env)
+        return BuildRun(self.tool, (command,), outputs, job.out_dir.parent, copies=copies, notes=notes)
+
+    def site_environment(
+        self, job: BuildJob
+    ) -> tuple[dict[str, str], tuple[tuple[Path, Path], ...], tuple[str, ...]]:
+        """What the site and host add to DIB's environment (mirrors, CA copies, caches, shims, PATH),
+        the CA files to copy before the run, and what a dry run cannot know."""
         target, site = job.target, job.site
         ca_files = extra_ca_files(list(site.extra_ca_certificates))
         ca_dir = job.tmp_dir / "extra-ca"
@@ -150,14 +159,13 @@ class DibBackend:
             path = f"{shim_dir}{os.pathsep}{path}"
         site_env["PATH"] = path
         site_env["ELEMENTS_PATH"] = str(job.elements_dir)
-        command, outputs = plan_command(job.rendered, job.out_dir, site_env)
         copies = tuple((src, ca_dir / f"{i:02d}-{src.stem}.crt") for i, src in enumerate(ca_files))
         notes = (
             ()
             if job.host.probed
             else ("host adaptations (device-mapper shims, sudo) are detected at build time",)
         )
-        return BuildRun(self.tool, (command,), outputs, job.out_dir.parent, copies=copies, notes=notes)
+        return site_env, copies, notes
 
     @staticmethod
     def shim_dir(job: BuildJob) -> Path:

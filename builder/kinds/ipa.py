@@ -3,17 +3,20 @@ ironic-python-agent-builder (which runs DIB)."""
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, Field, StringConstraints
 
+from ..arch import Arch
 from ..backends.dib import DISTRO_ELEMENTS, kiln_elements
+from ..backends.ipa import IpaBackend
 from ..recipe import (
     BootVerify,
     ElementName,
     EnvName,
     GlancePublish,
     Name,
+    PackageName,
     Release,
     ShortText,
     StrictModel,
@@ -21,13 +24,41 @@ from ..recipe import (
 )
 from .base import Kind, Output
 
+# A PyPI requirement without URLs or options: name, optional extras, optional version specifier.
+PythonRequirement = Annotated[
+    str,
+    StringConstraints(
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}(\[[a-z0-9,_-]+\])?((==|>=|<=|~=|!=|<|>)[0-9][0-9a-z.*+!-]{0,40})?$"
+    ),
+]
+KernelArg = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_.-]{1,64}(=[A-Za-z0-9_.,:/@+-]{0,200})?$")]
+
 
 class IpaBuild(StrictModel):
     distro: Literal["debian", "ubuntu", "centos"] = "debian"
     release: Release
     elements: Annotated[list[ElementName], AfterValidator(_unique)] = Field(default_factory=list)
     ipa_version: Annotated[str, StringConstraints(pattern=r"^[0-9]+(\.[0-9]+)*$")] | None = Field(
-        None, description="ironic-python-agent release from PyPI; default: the newest."
+        None, description="ironic-python-agent release from PyPI; default: the newest at build time."
+    )
+    glean_version: Annotated[str, StringConstraints(pattern=r"^[0-9]+(\.[0-9]+)*$")] | None = Field(
+        None, description="glean (the ramdisk's network set-up) release from PyPI; default: the newest."
+    )
+    packages: Annotated[list[PackageName], AfterValidator(_unique)] = Field(
+        default_factory=list, description="Extra Debian packages in the ramdisk (e.g. lvm2, nvme-cli)."
+    )
+    raid: bool = Field(False, description="Software RAID: mdadm in the ramdisk (checked when it boots).")
+    debug_login: bool = Field(
+        False,
+        description="A login for debugging (DIB's dynamic-login: an SSH key or password given on the kernel "
+        "command line at boot, nothing baked in); the artifact's name and Glance properties say so.",
+    )
+    hardware_managers: Annotated[list[PythonRequirement], AfterValidator(_unique)] = Field(
+        default_factory=list,
+        description="Extra hardware managers: Python packages installed into the agent's environment.",
+    )
+    kernel_args: list[KernelArg] = Field(
+        default_factory=list, description="Kernel arguments baked into the ISO's boot menu (virtual media)."
     )
     iso: bool = Field(True, description="Also build an ISO for virtual-media boot.")
     compression: Literal["gzip", "xz"] = "gzip"
@@ -41,8 +72,33 @@ class IpaVerify(StrictModel):
     boot: BootVerify = Field(default_factory=lambda: BootVerify(memory_mb=3072, timeout_s=1200))
 
 
+HttpDirectory = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")]
+
+
+class HttpDirPublish(StrictModel):
+    directory: HttpDirectory | None = Field(
+        None,
+        description="Directory under site.yaml's ipa_http.root for ipa.kernel, ipa.initramfs (ipa.iso) and "
+        "their .sha256, as Bifrost expects; default: '<recipe>-<release>[-<variant>]-<arch>'.",
+    )
+
+
 class IpaPublish(StrictModel):
     glance: GlancePublish | None = None
+    http: HttpDirPublish | None = Field(None, description="Also publish to an HTTP directory for Bifrost.")
+
+
+def iso_for(build: Any, arch: Arch) -> bool:
+    """An ISO is built where DIB's ``iso`` element boots (isolinux/EFI): not for POWER, whose
+    machines boot the kernel and initramfs over the network (petitboot)."""
+    return bool(build.iso) and arch is not Arch.PPC64LE
+
+
+def ipa_verifier(verify: Any) -> Any:
+    """Boot kernel + initramfs (and the ISO) in QEMU and ask the agent's API (builder/verify/ipa_boot.py)."""
+    from ..verify.ipa_boot import ipa_verifier as boot_verifier
+
+    return boot_verifier(verify)
 
 
 OUTPUTS = (Output("dib.env", "ipa/environment.j2"), Output("build.json", "ipa/build.json.j2"))
@@ -57,8 +113,13 @@ KIND = Kind(
     elements=lambda build, arch: (
         DISTRO_ELEMENTS[build.distro],
         *build.elements,
+        *(["iso"] if iso_for(build, arch) else []),
+        *(["dynamic-login"] if build.debug_login else []),
+        *(["kiln-ipa-extras"] if build.packages or build.raid or build.hardware_managers else []),
         *kiln_elements(build, arch),
     ),
-    publish_route="glance",
+    backend=IpaBackend(),
+    verifier=ipa_verifier,
+    publish_route="ipa",  # Glance (aki/ari) and the Bifrost HTTP directory
     description="an Ironic Python Agent ramdisk (kernel, initramfs, ISO)",
 )

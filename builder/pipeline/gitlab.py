@@ -46,6 +46,7 @@ _DESTINATION: dict[str, Callable[[Any], str | None]] = {
     "registry": lambda t: (
         t.publish.registry.repository if getattr(t.publish, "registry", None) is not None else None
     ),
+    "ipa": lambda t: t.image_name if getattr(t.publish, "glance", None) is not None else None,
 }
 
 

@@ -21,6 +21,7 @@ from pydantic import BaseModel
 
 from ..arch import Arch
 from ..capabilities import refusals
+from ..elements import known_elements, unknown_element
 from ..errors import InvalidInput, Problem
 from ..kinds import kind_of
 from ..kinds.base import Kind
@@ -173,6 +174,7 @@ def _expand_one(loaded: LoadedRecipe, hasher: FileHasher, problems: list[Problem
     recipe = loaded.recipe
     out: list[_Pending] = []
     for variant, variant_build in loaded.variant_builds.items():
+        _check_elements(loaded, variant_build, hasher.workspace.elements_dir, problems)
         releases = recipe.matrix.releases or [variant_build.release]  # type: ignore[attr-defined]
         for release in releases:
             build = variant_build
@@ -211,6 +213,20 @@ def _expand_one(loaded: LoadedRecipe, hasher: FileHasher, problems: list[Problem
                     )
                 )
     return out
+
+
+def _check_elements(
+    loaded: LoadedRecipe, build: BaseModel, elements_dir: Path, problems: list[Problem]
+) -> None:
+    """A recipe's own DIB elements (``build.elements``) must exist: refused here, not minutes into DIB."""
+    names = getattr(build, "elements", None)
+    if not names:
+        return
+    known = known_elements(str(elements_dir))
+    for index, name in enumerate(names):
+        why = unknown_element(name, known)
+        if why is not None:
+            problems.append(loaded.problem(("build", "elements", index), why))
 
 
 def _finish(pending: list[_Pending], hasher: FileHasher) -> list[Target]:

@@ -99,11 +99,19 @@ def _repo_candidate(manifest: BuildManifest, data: dict[str, Any], candidate: Ca
         data["repo"]["repo"] = data["repo"]["repo"] + candidate.repo_suffix
 
 
+def _ipa_candidate(manifest: BuildManifest, data: dict[str, Any], candidate: Candidate) -> None:
+    _glance_candidate(manifest, data, candidate)
+    if data.get("http") is not None:
+        directory = data["http"].get("directory") or default_http_directory(manifest)
+        data["http"]["directory"] = directory + candidate.image_suffix
+
+
 # Per route: how its publish settings (dumped to JSON data) take a candidate's names, in place.
 CANDIDATE_NAMES: dict[str, Callable[[BuildManifest, dict[str, Any], Candidate], None]] = {
     "glance": _glance_candidate,
     "registry": _registry_candidate,
     "repo": _repo_candidate,
+    "ipa": _ipa_candidate,
 }
 
 
@@ -185,10 +193,15 @@ def _to_glance(items: list[tuple[BuildManifest, Any]], publishers: Any, on_step:
         if glance is None:
             continue
         name = glance.image_name or default_image_name(manifest)
-        for artifact in manifest.artifacts:
+        kernel_id = None
+        # Kernels first: Ironic's convention links a ramdisk image to its kernel (``kernel_id``).
+        for artifact in sorted(manifest.artifacts, key=lambda a: a.type != "kernel"):
             if artifact.type not in ("disk-image", "kernel", "ramdisk", "iso"):
                 continue
             suffix = "" if artifact.type == "disk-image" else f" {artifact.name}"
+            properties = dict(glance.properties)
+            if artifact.type == "ramdisk" and kernel_id is not None:
+                properties["kernel_id"] = kernel_id
             on_step(f"glance: {manifest.target} {artifact.name}")
             result = publishers.glance().publish(
                 manifest,
@@ -196,8 +209,10 @@ def _to_glance(items: list[tuple[BuildManifest, Any]], publishers: Any, on_step:
                 name=name + suffix,
                 visibility=glance.visibility,
                 keep=glance.keep,
-                properties=dict(glance.properties),
+                properties=properties,
             )
+            if artifact.type == "kernel":
+                kernel_id = result.image_id
             out.append(Publication(manifest.target, artifact.name, "glance", result.image_id, result.noop))
     return out
 
@@ -296,10 +311,38 @@ def _to_registry(items: list[tuple[BuildManifest, Any]], publishers: Any, on_ste
     return out
 
 
+def _to_ipa(items: list[tuple[BuildManifest, Any]], publishers: Any, on_step: Step) -> list[Publication]:
+    """IPA ramdisks: Glance (kernel ``aki``, ramdisk ``ari``, ISO) and the Bifrost HTTP directory."""
+    from ..publishers.http_dir import bifrost_files
+
+    out = _to_glance(items, publishers, on_step)
+    for manifest, settings in items:
+        http = getattr(settings, "http", None)
+        if http is None:
+            continue
+        files = bifrost_files(manifest)
+        directory = http.directory or default_http_directory(manifest)
+        publisher = publishers.http_dir()
+        on_step(f"http: {manifest.target} -> {publisher.url_of(directory)}")
+        result = publisher.publish(directory, files, on_step)
+        out += [
+            Publication(manifest.target, f.artifact, "http", publisher.url_of(directory, f.name), result.noop)
+            for f in files
+        ]
+    return out
+
+
+def default_http_directory(manifest: BuildManifest) -> str:
+    """``publish.http.directory`` by omission: the default Glance name, one word (``ipa-bookworm-x86_64``),
+    so the targets of one recipe (arches, releases, variants) never share a directory."""
+    return default_image_name(manifest).replace(" ", "-")
+
+
 _ROUTES: dict[str, Callable[[list[tuple[BuildManifest, Any]], Any, Step], list[Publication]]] = {
     "glance": _to_glance,
     "repo": _to_repo,
     "registry": _to_registry,
+    "ipa": _to_ipa,
 }
 
 

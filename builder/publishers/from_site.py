@@ -85,6 +85,18 @@ class SitePublishers:
             self._repo = RepoPublisher(root, key, base_url)
         return self._repo
 
+    def http_dir(self) -> Any:
+        """The Bifrost HTTP directory publisher: site.yaml ``ipa_http``, else the local repo tree's ipa/."""
+        from .http_dir import HttpDirPublisher
+
+        settings = self.site.ipa_http
+        if settings.root:
+            root = Path(os.path.expanduser(settings.root))
+            url = settings.url or root.resolve().as_uri()
+        else:
+            root, url = self.local.ipa_http_root, settings.url or self.local.ipa_http_url
+        return HttpDirPublisher(root, url)
+
     def mirror(self) -> Any:
         settings = self.site.repo
         if settings.backend == "s3" and settings.s3 is not None:

@@ -37,29 +37,32 @@ HASH_ALGO = "sha512"  # Glance's default os_hash_algo
 _OS_VERSIONS = {("debian", "bookworm"): "12", ("debian", "trixie"): "13", ("ubuntu", "noble"): "24.04"}
 
 
-def image_properties(manifest: BuildManifest, extra: dict[str, str]) -> dict[str, str]:
-    """The properties Nova and operators read, per architecture (pure; tested without Glance)."""
+# Artifacts Ironic boots (an agent's kernel, ramdisk and ISO): no guest whose disk bus, firmware,
+# machine type, guest agent or OS Nova would read from these properties.
+BOOT_ARTIFACTS = ("kernel", "ramdisk", "iso")
+
+
+def image_properties(
+    manifest: BuildManifest, extra: dict[str, str], artifact_type: str = "disk-image", artifact_name: str = ""
+) -> dict[str, str]:
+    """The properties Nova and operators read, per architecture and artifact type (pure; tested
+    without Glance). A kernel, ramdisk or ISO (:data:`BOOT_ARTIFACTS`) gets ``architecture`` and
+    Kiln's own, plus ``kiln_artifact`` (which of the build's artifacts it is), ``kiln_ipa_version``
+    (the manifest's ``build.ipa_version``, when the build names one) and ``kiln_debug_login=true``
+    when the build enabled a debug login."""
     arch = manifest.arch_enum
     build = manifest.build
-    distro = str(build.get("distro", ""))
-    release = str(build.get("release", manifest.release))
+    boot = artifact_type in BOOT_ARTIFACTS
     props: dict[str, str] = {
         "architecture": arch.glance,  # Nova maps it to hw_architecture for scheduling
-        "hw_disk_bus": "scsi",
-        "hw_scsi_model": "virtio-scsi",
-        "hw_qemu_guest_agent": "yes",
-        "os_require_quiesce": "yes",
         "kiln_recipe": manifest.recipe,
         "kiln_target": manifest.target,
         "kiln_digest": manifest.digest,
     }
-    if distro:
-        props["os_distro"] = distro
-        props["os_version"] = _OS_VERSIONS.get((distro, release), release)
-    if arch is Arch.PPC64LE:
-        props["hw_machine_type"] = "pseries"  # POWER has no firmware type choice (SLOF)
+    if boot:
+        props.update(_boot_properties(build, artifact_name))
     else:
-        props["hw_firmware_type"] = str(build.get("firmware", "uefi" if arch is Arch.AARCH64 else "bios"))
+        props.update(_guest_properties(manifest))
     if manifest.build_id is not None:
         props["kiln_build"] = str(manifest.build_id)
     if manifest.source_commit:
@@ -70,6 +73,38 @@ def image_properties(manifest: BuildManifest, extra: dict[str, str]) -> dict[str
     # Recipes may override Nova's properties, never Kiln's own: publish decides no-ops and
     # rotation by kiln_target and kiln_digest.
     props.update({k: v for k, v in extra.items() if not k.startswith("kiln_")})
+    return props
+
+
+def _guest_properties(manifest: BuildManifest) -> dict[str, str]:
+    arch = manifest.arch_enum
+    build = manifest.build
+    distro = str(build.get("distro", ""))
+    release = str(build.get("release", manifest.release))
+    props = {
+        "hw_disk_bus": "scsi",
+        "hw_scsi_model": "virtio-scsi",
+        "hw_qemu_guest_agent": "yes",
+        "os_require_quiesce": "yes",
+    }
+    if distro:
+        props["os_distro"] = distro
+        props["os_version"] = _OS_VERSIONS.get((distro, release), release)
+    if arch is Arch.PPC64LE:
+        props["hw_machine_type"] = "pseries"  # POWER has no firmware type choice (SLOF)
+    else:
+        props["hw_firmware_type"] = str(build.get("firmware", "uefi" if arch is Arch.AARCH64 else "bios"))
+    return props
+
+
+def _boot_properties(build: dict[str, Any], artifact_name: str) -> dict[str, str]:
+    props = {}
+    if artifact_name:  # a build's kernel, ramdisk and ISO share a target: rotation tells them apart
+        props["kiln_artifact"] = artifact_name
+    if build.get("ipa_version"):
+        props["kiln_ipa_version"] = str(build["ipa_version"])
+    if build.get("debug_login") is True:
+        props["kiln_debug_login"] = "true"
     return props
 
 
@@ -191,7 +226,7 @@ class GlancePublisher:
             self.conn.image.delete_image(stale.id, ignore_missing=True)
 
         path = manifest.path_of(artifact)
-        props = image_properties(manifest, properties or {})
+        props = image_properties(manifest, properties or {}, artifact.type, artifact.name)
         candidate = self._create_candidate(name, artifact, props)
         try:
             local_hash = self._upload(candidate, path, on_progress)
@@ -205,7 +240,7 @@ class GlancePublisher:
             self._delete_quietly(candidate.id)
             raise
         hidden = self._promote(candidate.id, name, visibility, mine)
-        deleted = self._rotate(manifest.target, keep)
+        deleted = self._rotate(manifest.target, keep, props.get("kiln_artifact"))
         return GlanceResult(candidate.id, name, False, hidden, deleted)
 
     def _create_candidate(self, name: str, artifact: Artifact, props: dict[str, str]) -> Any:
@@ -265,9 +300,15 @@ class GlancePublisher:
         self.conn.image.update_image(image_id, name=name, visibility=visibility, **{CANDIDATE_MARK: "false"})
         return tuple(hidden)
 
-    def _rotate(self, target: str, keep: int) -> tuple[str, ...]:
+    def _rotate(self, target: str, keep: int, artifact: str | None = None) -> tuple[str, ...]:
+        """Delete hidden images of ``target`` beyond ``keep``; of one ``artifact`` (``kiln_artifact``:
+        an IPA build's kernel, ramdisk and ISO are rotated each on its own), or without one."""
         superseded = [
-            i for i in self._images() if (i.properties or {}).get("kiln_target") == target and i.is_hidden
+            i
+            for i in self._images()
+            if (i.properties or {}).get("kiln_target") == target
+            and (i.properties or {}).get("kiln_artifact") == artifact
+            and i.is_hidden
         ]
         superseded.sort(key=lambda i: i.created_at or "", reverse=True)
         doomed = superseded[keep:]

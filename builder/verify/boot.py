@@ -92,6 +92,9 @@ def _remember_kvm_hangs() -> None:
     _KVM_VERDICT.write_text(os.uname().release + "\n")
 
 
+remember_kvm_hangs = _remember_kvm_hangs  # for the other verifiers that fall back from KVM to TCG
+
+
 def serial_device(arch: Arch) -> str:
     """The console device the guest writes to: pseries has hvc0, not a 16550 UART."""
     return "/dev/hvc0" if arch is Arch.PPC64LE else "/dev/ttyS0"
@@ -120,10 +123,9 @@ def user_data(token: str, arch: Arch, ssh_public_key: str | None) -> str:
     return "\n".join(lines) + "\n"
 
 
-def qemu_argv(
-    arch: Arch, *, accel: str, memory_mb: int, disk: Path, seed: Path, serial_log: Path, ssh_port: int | None
-) -> list[str]:
-    netdev = "user,id=n0" + (f",hostfwd=tcp:127.0.0.1:{ssh_port}-:22" if ssh_port else "")
+def qemu_machine_argv(arch: Arch, *, accel: str, memory_mb: int, serial_log: Path) -> list[str]:
+    """The machine every Kiln boot uses (shared by the image and IPA verifiers): binary, accelerator,
+    memory, 2 CPUs, no display, the serial console to ``serial_log``, the arch's machine type."""
     argv = [
         arch.qemu_system,
         "-accel",
@@ -142,6 +144,14 @@ def qemu_argv(
         argv += ["-M", "pseries", "-vga", "none"]
     elif arch is Arch.AARCH64:
         argv += ["-M", "virt", "-cpu", "max", "-bios", "/usr/share/qemu-efi-aarch64/QEMU_EFI.fd"]
+    return argv
+
+
+def qemu_argv(
+    arch: Arch, *, accel: str, memory_mb: int, disk: Path, seed: Path, serial_log: Path, ssh_port: int | None
+) -> list[str]:
+    netdev = "user,id=n0" + (f",hostfwd=tcp:127.0.0.1:{ssh_port}-:22" if ssh_port else "")
+    argv = qemu_machine_argv(arch, accel=accel, memory_mb=memory_mb, serial_log=serial_log)
     argv += [
         "-drive",
         f"file={disk},if=virtio,format=qcow2",

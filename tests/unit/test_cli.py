@@ -45,6 +45,20 @@ def test_validate_invalid_recipe_exits_1_with_located_problems(capsys, workspace
     assert problem["file"] == "recipes/g.yaml" and problem["line"] == 4 and problem["key"] == "build.release"
 
 
+def test_validate_refuses_cuda_12_6_on_ppc64le_with_the_reason_and_the_line(capsys, workspace, write):
+    write(
+        "recipes/cuda-new.yaml",
+        "name: cuda-new\nkind: container\narches: [x86_64, ppc64le]\n"
+        "build:\n  distro: ubuntu\n  release: jammy\n  cuda: '12.6'\n",
+    )
+    code, out, _ = run(capsys, "--root", str(workspace.root), "validate", "--json")
+    assert code == 1
+    [problem] = json.loads(out)["problems"]
+    assert problem["file"].endswith("recipes/cuda-new.yaml")
+    assert (problem["line"], problem["key"]) == (7, "build.cuda")
+    assert "cannot build for ppc64le" in problem["message"] and "12.4" in problem["message"]
+
+
 def test_plan_json_reflects_the_ledger(capsys, workspace, write, tmp_path):
     write("recipes/g.yaml", GOOD)
     ledger_path = tmp_path / "ledger.sqlite"

@@ -413,3 +413,22 @@ def test_aarch64_guest_with_explicit_bios_points_at_the_firmware_line(workspace:
     text = GUEST.replace("[x86_64]", "[aarch64]") + "  firmware: bios\n"
     found = expand_problems(workspace, write("recipes/a.yaml", text))
     assert [(p.location.line, p.location.column) for p in found if p.location] == [(8, 3)]
+
+
+def test_a_misspelled_dib_element_is_refused_naming_it_and_the_closest_real_ones(
+    workspace: Workspace, write: Write
+):
+    text = textwrap.dedent("""\
+        name: ipa
+        kind: ipa-ramdisk
+        arches: [x86_64]
+        build:
+          release: bookworm
+          elements: [dynamic-login, dhcp-all-interface]
+        """)
+    found = expand_problems(workspace, write("recipes/ipa.yaml", text))
+    [problem] = [str(p) for p in found]
+    assert problem.startswith(
+        "recipes/ipa.yaml:6:29: build.elements[1]: unknown DIB element 'dhcp-all-interface' (not in "
+        "elements/, diskimage-builder or ironic-python-agent-builder); closest: dhcp-all-interfaces"
+    )

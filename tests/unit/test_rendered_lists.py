@@ -244,6 +244,9 @@ EVERY_KEY = {
           components: [main, contrib, non-free-firmware]
           compression: xz
           ipa_version: "9.4.0"
+          packages: [lvm2, sg3-utils]
+          hardware_managers: [kiln-hwm-example, "proliantutils>=2.0"]
+          kernel_args: [ipa-insecure=1, kiln.arg=value]
           env:
             DIB_DEV_USER_USERNAME: ipa-dev-user
         """,
@@ -344,6 +347,7 @@ def test_ipa_build_json_passes_each_extra_element_and_kiln_extra_ca(tmp_path, wo
     assert [argv[i + 1] for i, arg in enumerate(argv) if arg == "-e"] == [
         "dynamic-login",
         "devuser",
+        "iso",  # iso: true by default (x86_64): DIB's iso element
         "kiln-extra-ca",
     ]
     assert argv[-1] == "debian-minimal"  # the distribution, ironic-python-agent-builder's positional

@@ -1,0 +1,146 @@
+"""Ironic Python Agent ramdisks: the rendered ``ironic-python-agent-builder`` command (which runs
+disk-image-create with the IPA elements), on DIB's site environment, caches and host shims.
+
+What IPA adds to a DIB build:
+
+* **Sources without the upstream git host**: the IPA elements git-clone ironic-python-agent,
+  requirements and glean. ``run`` makes local git repos from the PyPI sdists of the pinned releases
+  (builder/ipa_sources.py: cached, tagged so pbr reads the version) and points
+  ``DIB_REPOLOCATION_*``/``DIB_REPOREF_*`` at them; a site whose ``ipa.upstream_git`` is true clones
+  upstream at the same tags. An unpinned release is the newest on PyPI when the build runs.
+* **The recipe's additions** to the ramdisk (packages, mdadm for RAID, hardware managers; Kiln's
+  ``kiln-ipa-extras`` element) and the ISO's kernel arguments (``DIB_DEPLOY_ISO_KERNEL_CMDLINE_ARGS``,
+  read by DIB's ``iso`` element) come rendered in ``dib.env`` (templates/ipa/environment.j2).
+* **Outputs**: ``<name>.kernel`` (Glance ``aki``), ``<name>.initramfs`` (``ari``) and ``<name>.iso``
+  when asked, each with a ``.sha256`` beside it (``HEX  NAME``, as Bifrost and ``sha256sum -c`` read).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from ..manifest import Artifact
+from .base import BuildJob, BuildRun, Command, ExpectedOutput, Step
+from .dib import BUILD_TIMEOUT_S, DibBackend, parse_env_file
+
+if TYPE_CHECKING:
+    from ..host.run import Runner
+
+def ipa_pins(build: Any) -> list[Any]:
+    """The releases the recipe pins (ironic-python-agent, glean); unpinned ones are resolved at run time."""
+    from ..ipa_sources import SourcePin
+
+    pins = []
+    if build.ipa_version:
+        pins.append(SourcePin("ironic-python-agent", build.ipa_version))
+    if build.glean_version:
+        pins.append(SourcePin("glean", build.glean_version))
+    return pins
+
+
+class IpaBackend(DibBackend):
+    tool = "ironic-python-agent-builder"
+
+    def plan(self, job: BuildJob) -> BuildRun:
+        from ..ipa_sources import environment, plan_repos
+
+        build: Any = job.target.build
+        site_env, copies, notes = self.site_environment(job)
+        spec = json.loads(job.rendered["build.json"])
+        argv = [str(a) for a in spec["argv"]]
+        # Absolute: DIB's ramdisk-create writes <output>.sha256 from another working directory.
+        stem = job.out_dir / argv[argv.index("-o") + 1]
+        argv[argv.index("-o") + 1] = str(stem)
+        env = {**parse_env_file(job.rendered[spec["env_file"]].decode()), **site_env}
+        upstream = self._upstream_git(job)
+        pins = ipa_pins(build)
+        env.update(environment(plan_repos(pins, job.cache_dir, upstream_git=upstream)))
+        if upstream:
+            from ..ipa_sources import upstream_refs
+
+            env.update(upstream_refs(pins))
+        unpinned = [
+            name
+            for name, v in (("ironic-python-agent", build.ipa_version), ("glean", build.glean_version))
+            if not v
+        ]
+        if unpinned and not upstream:
+            notes += (
+                f"unpinned ({', '.join(unpinned)}): the newest release on PyPI at build time, "
+                "as a local git repo",
+            )
+        command = Command(
+            tuple(argv),
+            env,
+            cwd=job.out_dir,
+            timeout_s=BUILD_TIMEOUT_S,
+            kill_grace_s=60,
+            shown_env=("DIB_", "ELEMENTS", "KILN", "TMPDIR"),
+        )
+        outputs = [
+            ExpectedOutput(stem.with_name(stem.name + ".kernel"), "kernel", "kernel", "aki"),
+            ExpectedOutput(stem.with_name(stem.name + ".initramfs"), "initramfs", "ramdisk", "ari"),
+        ]
+        if spec.get("iso"):
+            outputs.append(ExpectedOutput(stem.with_name(stem.name + ".iso"), "iso", "iso", "iso"))
+        return BuildRun(self.tool, (command,), tuple(outputs), job.out_dir.parent, copies=copies, notes=notes)
+
+    @staticmethod
+    def _upstream_git(job: BuildJob) -> bool:
+        return bool(getattr(getattr(job.site, "ipa", None), "upstream_git", False))
+
+    def run(self, run: BuildRun, job: BuildJob, runner: Runner, log: Path, on_step: Step) -> list[Artifact]:
+        [command] = run.commands
+        if not self._upstream_git(job):
+            command = replace(command, env={**command.env, **self._local_sources(job, runner, log, on_step)})
+        artifacts = super().run(replace(run, commands=(command,)), job, runner, log, on_step)
+        for output in run.outputs:
+            write_sha256(output.path)
+        return artifacts
+
+    def _local_sources(self, job: BuildJob, runner: Runner, log: Path, on_step: Step) -> dict[str, str]:
+        """Local git repos of the pinned (or newest) releases, made once and cached."""
+        from ..ipa_sources import SourcePin, ensure_repo, environment, latest_version, plan_repos
+
+        build: Any = job.target.build
+        pins = [
+            SourcePin(project, version or latest_version(project))
+            for project, version in (
+                ("ironic-python-agent", build.ipa_version),
+                ("glean", build.glean_version),
+            )
+        ]
+        plans = plan_repos(pins, job.cache_dir)
+        log.parent.mkdir(parents=True, exist_ok=True)
+        for plan in plans:
+            made = ensure_repo(plan, runner, log)
+            on_step(
+                f"{job.target.id}: source {plan.project} {plan.version}: "
+                f"{'made a local git repo' if made.made else 'cached local git repo'}"
+            )
+        return environment(plans)
+
+    def tool_versions(self, runner: Runner) -> dict[str, str]:
+        from importlib.metadata import PackageNotFoundError, version
+
+        out = dict(super().tool_versions(runner))
+        try:
+            out["ironic-python-agent-builder"] = version("ironic-python-agent-builder")
+        except PackageNotFoundError:
+            out["ironic-python-agent-builder"] = "unknown"
+        return out
+
+
+def write_sha256(path: Path) -> Path:
+    """``<file>.sha256`` holding ``HEX  NAME`` (``sha256sum -c`` reads it in the file's directory)."""
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        while chunk := handle.read(1 << 20):
+            digest.update(chunk)
+    target = path.with_name(path.name + ".sha256")
+    target.write_text(f"{digest.hexdigest()}  {path.name}\n")
+    return target
