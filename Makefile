@@ -8,6 +8,7 @@ DEMO_OUT := build/demo
 help:
 	@echo "make demo   - set up, start the local site, validate/plan/render the examples, then build,"
 	@echo "              boot-test and publish the Debian 12 x86_64 image to the local Glance (~5 min)"
+	@echo "              make demo IPA=1 adds the IPA ramdisk (~15 min), CONTAINERS=1 the CUDA images (~6 min)"
 	@echo "make site-down - stop the local site that make demo started"
 	@echo "make test   - set up, then run ruff and the test suite (incl. a real x86_64 DIB build + boot)"
 	@echo "make test-slow - the emulated ppc64le build and pseries boot, the CUDA devel image (~30 min)"
@@ -47,6 +48,15 @@ demo: bootstrap
 	$(KILN) render -o $(DEMO_OUT)
 	@echo "rendered build files are under $(DEMO_OUT)/ (one directory per target)"
 	$(KILN) build debian-12 --arch x86_64 --publish
+ifeq ($(IPA),1)
+	$(KILN) build ipa-bookworm --arch x86_64 --publish
+	@echo "the IPA ramdisk is in the local Glance (aki/ari) and under http://127.0.0.1:18080/ipa/"
+endif
+ifeq ($(CONTAINERS),1)
+	@docker info >/dev/null 2>&1 || { echo "start the docker engine first (dockerd &)"; exit 3; }
+	$(KILN) build cuda-runtime --publish
+	@echo "kiln/cuda:11.8-runtime-bookworm (amd64 + ppc64le) is in the local registry (see README: credentials)"
+endif
 	$(KILN) site status
 	@echo "the Debian 12 image is in the local Glance: openstack --os-auth-type none \\"
 	@echo "  --os-endpoint http://127.0.0.1:19292 image list --long"

@@ -110,7 +110,7 @@ def cmd_rpm_rebuild(args: argparse.Namespace) -> int:
         )
     )
     args.recipes = [str(recipe)]
-    args.candidate = None  # kiln build's options that `rpm rebuild` does not offer
+    args.candidate, args.gpu = None, False  # kiln build's options that `rpm rebuild` does not offer
     return int(cli.cmd_build(args))
 
 

@@ -11,6 +11,7 @@ cd "$(dirname "$0")/.."
 # communicator; rpm: rpmbuild/rpmsign; python3-venv: Debian's python3 needs it.
 # The local site: glance-api, docker-registry, createrepo-c, gnupg, the swift S3 stack + memcached.
 # Clients that check Kiln's work from outside: python3-openstackclient, skopeo, dnf, docker.io.
+# IPA ISOs: grub-mkrescue (grub-common, the BIOS and EFI modules, xorriso, mtools: no loop mount).
 APT_PACKAGES=(
     packer openssh-client rpm python3-venv rsync curl
     glance-api docker-registry createrepo-c gnupg
@@ -19,6 +20,7 @@ APT_PACKAGES=(
     qemu-system-x86 qemu-system-ppc qemu-utils qemu-user-static cloud-image-utils ovmf
     sudo gdisk dosfstools parted fdisk squashfs-tools genisoimage cpio xz-utils procps file
     debootstrap kpartx
+    grub-common grub-pc-bin grub-efi-amd64-bin xorriso mtools
     chromium
 )
 VENV=.venv

@@ -19,16 +19,18 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..manifest import Artifact
-from .base import BuildJob, BuildRun, Command, ExpectedOutput, Step
+from .base import BuildJob, BuildRun, Command, ExpectedOutput, Step, clear_outputs
 from .dib import BUILD_TIMEOUT_S, DibBackend, parse_env_file
 
 if TYPE_CHECKING:
     from ..host.run import Runner
+
 
 def ipa_pins(build: Any) -> list[Any]:
     """The releases the recipe pins (ironic-python-agent, glean); unpinned ones are resolved at run time."""
@@ -79,28 +81,59 @@ class IpaBackend(DibBackend):
             cwd=job.out_dir,
             timeout_s=BUILD_TIMEOUT_S,
             kill_grace_s=60,
-            shown_env=("DIB_", "ELEMENTS", "KILN", "TMPDIR"),
+            shown_env=("ARCH", "DIB_", "ELEMENTS", "KILN", "TMPDIR"),
         )
         outputs = [
             ExpectedOutput(stem.with_name(stem.name + ".kernel"), "kernel", "kernel", "aki"),
             ExpectedOutput(stem.with_name(stem.name + ".initramfs"), "initramfs", "ramdisk", "ari"),
         ]
+        commands = [command]
         if spec.get("iso"):
-            outputs.append(ExpectedOutput(stem.with_name(stem.name + ".iso"), "iso", "iso", "iso"))
-        return BuildRun(self.tool, (command,), tuple(outputs), job.out_dir.parent, copies=copies, notes=notes)
+            iso = stem.with_name(stem.name + ".iso")
+            outputs.append(ExpectedOutput(iso, "iso", "iso", "iso"))
+            commands.append(iso_command(iso, iso_root(job)))
+            notes += (
+                f"{iso_root(job)}: vmlinuz, initrd and boot/grub/grub.cfg (rendered) before grub-mkrescue",
+            )
+        return BuildRun(
+            self.tool, tuple(commands), tuple(outputs), job.out_dir.parent, copies=copies, notes=notes
+        )
 
     @staticmethod
     def _upstream_git(job: BuildJob) -> bool:
         return bool(getattr(getattr(job.site, "ipa", None), "upstream_git", False))
 
     def run(self, run: BuildRun, job: BuildJob, runner: Runner, log: Path, on_step: Step) -> list[Artifact]:
-        [command] = run.commands
+        command, *iso = run.commands
+        clear_outputs(run)  # the ISO too: never a stale one from an earlier build
         if not self._upstream_git(job):
             command = replace(command, env={**command.env, **self._local_sources(job, runner, log, on_step)})
-        artifacts = super().run(replace(run, commands=(command,)), job, runner, log, on_step)
+        ramdisk = tuple(o for o in run.outputs if o.type != "iso")
+        artifacts = super().run(replace(run, commands=(command,), outputs=ramdisk), job, runner, log, on_step)
+        if iso:
+            on_step(f"{job.target.id}: ISO for virtual media (grub-mkrescue)")
+            artifacts += self._make_iso(run, job, iso[0], runner, log)
         for output in run.outputs:
             write_sha256(output.path)
         return artifacts
+
+    def _make_iso(
+        self, run: BuildRun, job: BuildJob, command: Command, runner: Runner, log: Path
+    ) -> list[Artifact]:
+        from .base import collect_outputs
+
+        by_type = {o.type: o.path for o in run.outputs}
+        root = iso_root(job)
+        shutil.rmtree(root, ignore_errors=True)
+        (root / "boot" / "grub").mkdir(parents=True)
+        try:
+            shutil.copyfile(by_type["kernel"], root / "vmlinuz")
+            shutil.copyfile(by_type["ramdisk"], root / "initrd")
+            shutil.copyfile(job.render_dir / "iso" / "grub.cfg", root / "boot" / "grub" / "grub.cfg")
+            runner.run(command.argv, timeout=command.timeout_s, log_path=log)
+        finally:
+            shutil.rmtree(root, ignore_errors=True)
+        return collect_outputs(replace(run, outputs=tuple(o for o in run.outputs if o.type == "iso")), log)
 
     def _local_sources(self, job: BuildJob, runner: Runner, log: Path, on_step: Step) -> dict[str, str]:
         """Local git repos of the pinned (or newest) releases, made once and cached."""
@@ -133,6 +166,16 @@ class IpaBackend(DibBackend):
         except PackageNotFoundError:
             out["ironic-python-agent-builder"] = "unknown"
         return out
+
+
+def iso_root(job: BuildJob) -> Path:
+    return job.tmp_dir.with_name(job.tmp_dir.name + ".iso-root")
+
+
+def iso_command(iso: Path, root: Path) -> Command:
+    """A hybrid BIOS/EFI ISO of ``root`` (grub-mkrescue builds its EFI image with mtools: no loop
+    mount, which this kind of host lacks for vfat)."""
+    return Command(("grub-mkrescue", "-o", str(iso), str(root), "--", "-volid", "IPA"), timeout_s=1800)
 
 
 def write_sha256(path: Path) -> Path:

@@ -89,8 +89,8 @@ class IpaPublish(StrictModel):
 
 
 def iso_for(build: Any, arch: Arch) -> bool:
-    """An ISO is built where DIB's ``iso`` element boots (isolinux/EFI): not for POWER, whose
-    machines boot the kernel and initramfs over the network (petitboot)."""
+    """An ISO (GRUB for BIOS and EFI) is built for x86_64 and aarch64: not for POWER, whose machines
+    boot the kernel and initramfs over the network (petitboot)."""
     return bool(build.iso) and arch is not Arch.PPC64LE
 
 
@@ -101,6 +101,8 @@ def ipa_verifier(verify: Any) -> Any:
     return boot_verifier(verify)
 
 
+# The ISO's boot menu; Kiln makes the ISO with grub-mkrescue (BIOS and EFI, no loop mount needed).
+ISO_OUTPUTS = (Output("iso/grub.cfg", "ipa/grub.cfg.j2"),)
 OUTPUTS = (Output("dib.env", "ipa/environment.j2"), Output("build.json", "ipa/build.json.j2"))
 
 KIND = Kind(
@@ -109,11 +111,10 @@ KIND = Kind(
     build_model=IpaBuild,
     verify_model=IpaVerify,
     publish_model=IpaPublish,
-    outputs=lambda build, arch: OUTPUTS,
+    outputs=lambda build, arch: OUTPUTS + (ISO_OUTPUTS if iso_for(build, arch) else ()),
     elements=lambda build, arch: (
         DISTRO_ELEMENTS[build.distro],
         *build.elements,
-        *(["iso"] if iso_for(build, arch) else []),
         *(["dynamic-login"] if build.debug_login else []),
         *(["kiln-ipa-extras"] if build.packages or build.raid or build.hardware_managers else []),
         *kiln_elements(build, arch),

@@ -347,7 +347,6 @@ def test_ipa_build_json_passes_each_extra_element_and_kiln_extra_ca(tmp_path, wo
     assert [argv[i + 1] for i, arg in enumerate(argv) if arg == "-e"] == [
         "dynamic-login",
         "devuser",
-        "iso",  # iso: true by default (x86_64): DIB's iso element
         "kiln-extra-ca",
     ]
     assert argv[-1] == "debian-minimal"  # the distribution, ironic-python-agent-builder's positional
