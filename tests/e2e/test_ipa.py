@@ -3,7 +3,8 @@
 ISO) until the agent's API answers through a forwarded port with both virtual disks in its
 inventory, then published to the local Glance (aki/ari) and the Bifrost HTTP directory.
 
-Heavy (`make test-slow`): a cold build is ~8 min here, each TCG boot ~3-5 min.
+Part of `make test`: 7 min 22 s here with a warm DIB cache (the build, two TCG boots of ~2 min
+each, publishing).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import requests
 
 from builder.workspace import PACKAGE_ROOT
 
-pytestmark = [pytest.mark.heavy, pytest.mark.site]
+pytestmark = [pytest.mark.slow, pytest.mark.site]
 
 KILN = [sys.executable, "-m", "builder"]
 TARGET = "ipa-bookworm:bookworm:x86_64"
