@@ -74,6 +74,7 @@ bench: bootstrap
 	$(VENV)/bin/python bench/publish.py
 	$(VENV)/bin/python bench/guest_overhead.py
 	$(VENV)/bin/python bench/rpm_rebuild.py
+	$(VENV)/bin/python bench/ipa.py
 	$(VENV)/bin/python bench/container.py
 
 # The only way Python dependency versions change: bootstrap installs exactly what the lock pins.

@@ -18,6 +18,7 @@ extra_ca_certificates: [/usr/local/share/ca-certificates/*.crt]
 mirrors:
   debian: http://deb.debian.org/debian
 ipa_http: {root: /var/lib/ironic/httpboot, url: http://bifrost:8080}   # absent: <repo tree>/ipa
+ipa: {upstream_git: false}   # true: IPA sources cloned from opendev.org, not local repos from PyPI
 candidates:                  # kiln build --publish --candidate 42 (merge requests): never production names
   image_suffix: "-mr{id}"    # Glance image names and registry tags
   repo_suffix: "-mr{id}"     # RPM repository names
@@ -112,6 +113,14 @@ class IpaHttpSite(StrictModel):
 
     root: str | None = Field(None, description="A directory; absent: <local repo tree>/ipa (served).")
     url: HttpUrl | None = Field(None, description="Where clients read root; absent: <local repo URL>/ipa.")
+
+
+class IpaSite(StrictModel):
+    upstream_git: bool = Field(
+        False,
+        description="The build host reaches opendev.org: the IPA elements clone upstream (at the "
+        "recipe's pinned tags) instead of Kiln's local git repos made from PyPI sdists.",
+    )
 
 
 class BuildHost(StrictModel):
@@ -227,6 +236,7 @@ class SiteConfig(StrictModel):
     gitlab: GitLabSite = Field(default_factory=GitLabSite)
     candidates: CandidateSite = Field(default_factory=CandidateSite)
     ipa_http: IpaHttpSite = Field(default_factory=IpaHttpSite)
+    ipa: IpaSite = Field(default_factory=IpaSite)
 
     def placement(self, arch: Arch, host: Arch) -> str:
         """How this host builds for ``arch``: "native" or "emulated" (qemu-user via binfmt).

@@ -44,3 +44,14 @@ def test_kiln_rpm_rebuild_dry_run_runs_through_kiln_builds_options(capsys, tmp_p
     out = capsys.readouterr().out
     assert code == 0, out
     assert "rpmbuild --target ppc64le" in out
+
+
+def test_a_site_that_reaches_the_git_host_clones_upstream_at_the_pinned_tags(capsys, tmp_path):
+    site = tmp_path / "site.yaml"
+    site.write_text("ipa: {upstream_git: true}\n")
+    argv = ["--root", str(PACKAGE_ROOT), "--site", str(site), "--ledger", str(tmp_path / "l.sqlite")]
+    assert main([*argv, "build", "ipa-bookworm", "--arch", "x86_64", "--dry-run", "--json"]) == 0
+    [target] = json.loads(capsys.readouterr().out)["targets"]
+    env = target["plan"]["commands"][0]["env"]
+    assert not [k for k in env if k.startswith("DIB_REPOLOCATION_")]  # the elements' own URLs
+    assert env["DIB_REPOREF_ironic_python_agent"] == "13.0.0"
