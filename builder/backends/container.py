@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..arch import Arch
 from ..errors import CommandFailed, EnvironmentProblem
-from ..manifest import Artifact
+from ..manifest import Artifact, sha256_file
 from ..workspace import source_commit
 from .base import BuildJob, BuildRun, Command, ExpectedOutput, Step, clear_outputs, collect_outputs
 
@@ -354,7 +354,7 @@ def write_docker_archive(rootfs: Path, arch: Arch, tag: str, dest: Path) -> str:
                         filter=_numeric_owner,
                     )
                     dirs.remove(name)
-    diff_id = _file_sha256(layer)
+    diff_id = sha256_file(layer)
     config = {
         "architecture": arch.oci,
         "os": "linux",
@@ -386,14 +386,6 @@ def write_docker_archive(rootfs: Path, arch: Arch, tag: str, dest: Path) -> str:
 def _numeric_owner(info: tarfile.TarInfo) -> tarfile.TarInfo:
     info.uname = info.gname = ""
     return info
-
-
-def _file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        while chunk := handle.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 # --- small helpers -------------------------------------------------------------------------------------

@@ -17,14 +17,13 @@ What IPA adds to a DIB build:
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..manifest import Artifact
+from ..manifest import Artifact, sha256_file
 from .base import BuildJob, BuildRun, Command, ExpectedOutput, Step, clear_outputs
 from .dib import BUILD_TIMEOUT_S, DibBackend, parse_env_file
 
@@ -180,10 +179,6 @@ def iso_command(iso: Path, root: Path) -> Command:
 
 def write_sha256(path: Path) -> Path:
     """``<file>.sha256`` holding ``HEX  NAME`` (``sha256sum -c`` reads it in the file's directory)."""
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        while chunk := handle.read(1 << 20):
-            digest.update(chunk)
     target = path.with_name(path.name + ".sha256")
-    target.write_text(f"{digest.hexdigest()}  {path.name}\n")
+    target.write_text(f"{sha256_file(path)}  {path.name}\n")
     return target
