@@ -80,11 +80,11 @@ class ContainerBackend:
         platform = target.arch.oci_platform
         commands: list[Command] = []
         if base.how == "debootstrap":
-            from ..host.rootfs import bootstrap_command
+            from ..host.rootfs import BOOTSTRAP_TIMEOUT_S, bootstrap_argv
 
             root = base.rootfs.directory(job.cache_dir)
             commands += [
-                bootstrap_command(base.rootfs, root, _mirror(job)),
+                Command(bootstrap_argv(base.rootfs, root, _mirror(job)), timeout_s=BOOTSTRAP_TIMEOUT_S),
                 Command(("docker", "load", "-i", str(_archive_path(root))), timeout_s=ENGINE_TIMEOUT_S),
             ]
         elif base.how == "parent" and base.layout is not None:

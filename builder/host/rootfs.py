@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..arch import Arch
-from ..backends.base import Command
 
 if TYPE_CHECKING:
     from .run import Runner
@@ -50,8 +49,11 @@ class RootSpec:
         return cache_dir / self.store / f"{self.release}-{self.arch.debian}-{self.key}"
 
 
-def bootstrap_command(spec: RootSpec, into: Path, mirror: str) -> Command:
-    argv = (
+BOOTSTRAP_KILL_GRACE_S = 30.0
+
+
+def bootstrap_argv(spec: RootSpec, into: Path, mirror: str) -> tuple[str, ...]:
+    return (
         "debootstrap",
         f"--arch={spec.arch.debian}",
         f"--variant={VARIANT}",
@@ -60,7 +62,6 @@ def bootstrap_command(spec: RootSpec, into: Path, mirror: str) -> Command:
         str(into),
         mirror,
     )
-    return Command(argv, timeout_s=BOOTSTRAP_TIMEOUT_S, kill_grace_s=30)
 
 
 def is_ready(spec: RootSpec, cache_dir: Path) -> bool:
@@ -84,8 +85,8 @@ def _bootstrap(spec: RootSpec, final: Path, mirror: str, runner: Runner, log: Pa
     partial = final.with_name(final.name + ".partial")
     shutil.rmtree(partial, ignore_errors=True)
     partial.parent.mkdir(parents=True, exist_ok=True)
-    command = bootstrap_command(spec, partial, mirror)
-    runner.run(command.argv, timeout=command.timeout_s, log_path=log, kill_grace_s=command.kill_grace_s)
+    argv = bootstrap_argv(spec, partial, mirror)
+    runner.run(argv, timeout=BOOTSTRAP_TIMEOUT_S, log_path=log, kill_grace_s=BOOTSTRAP_KILL_GRACE_S)
     for deb in (partial / "var/cache/apt/archives").glob("*.deb"):  # debootstrap keeps them: ~110 MB
         deb.unlink()
     (partial / READY).write_text(json.dumps({"spec": spec.key, "packages": list(spec.packages)}) + "\n")

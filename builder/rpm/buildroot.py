@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from ..backends.base import Command
 from ..host import rootfs
 
 if TYPE_CHECKING:
@@ -33,7 +34,15 @@ class RootSpec(rootfs.RootSpec):
     store: str = "rpm-roots"
 
 
-bootstrap_command = rootfs.bootstrap_command
+def bootstrap_command(spec: rootfs.RootSpec, into: Path, mirror: str) -> Command:
+    """What a dry run shows for a root that is not cached yet."""
+    return Command(
+        rootfs.bootstrap_argv(spec, into, mirror),
+        timeout_s=rootfs.BOOTSTRAP_TIMEOUT_S,
+        kill_grace_s=rootfs.BOOTSTRAP_KILL_GRACE_S,
+    )
+
+
 ensure_root = rootfs.ensure_root
 is_ready = rootfs.is_ready
 
