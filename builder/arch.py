@@ -24,6 +24,7 @@ class ArchSpellings:
     runner_tag: str  # GitLab runner tag
     uname: tuple[str, ...]  # what `uname -m` may print on a native host
     multiarch: str  # Debian's multiarch triplet: /usr/lib/<multiarch>
+    nvidia: str  # the directory of NVIDIA's CUDA apt repositories (.../repos/<distro>/<nvidia>/)
     aliases: tuple[str, ...]  # extra spellings accepted in recipes
 
 
@@ -110,6 +111,7 @@ _TABLE: dict[Arch, ArchSpellings] = {
         runner_tag="x86_64",
         uname=("x86_64",),
         multiarch="x86_64-linux-gnu",
+        nvidia="x86_64",
         aliases=("amd64", "x64", "x86-64"),
     ),
     Arch.PPC64LE: ArchSpellings(
@@ -123,6 +125,7 @@ _TABLE: dict[Arch, ArchSpellings] = {
         runner_tag="ppc64le",
         uname=("ppc64le",),
         multiarch="powerpc64le-linux-gnu",
+        nvidia="ppc64el",
         aliases=("ppc64el", "powerpc64le", "power"),
     ),
     Arch.AARCH64: ArchSpellings(
@@ -136,6 +139,7 @@ _TABLE: dict[Arch, ArchSpellings] = {
         runner_tag="aarch64",
         uname=("aarch64", "arm64"),
         multiarch="aarch64-linux-gnu",
+        nvidia="sbsa",
         aliases=("arm64", "armv8"),
     ),
 }

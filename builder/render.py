@@ -311,6 +311,7 @@ def _arch_context(arch: Arch) -> dict[str, str]:
         "qemu_machine": arch.qemu_machine,
         "glance": arch.glance,
         "multiarch": arch.multiarch,
+        "nvidia": arch.spellings.nvidia,
     }
 
 

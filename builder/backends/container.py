@@ -129,9 +129,14 @@ class ContainerBackend:
             )
         if build.cuda_packages:
             notes.append("held: " + ", ".join(build.cuda_packages))
+        keys = tuple(
+            (job.workspace_root / repo.key, job.render_dir / "apt-keys" / f"{i}.asc")
+            for i, repo in enumerate(build.apt_repositories)
+        )
         return BuildRun(
             tool=self.tool,
             commands=tuple(commands),
+            copies=keys,  # the extra repositories' keys, into the build context
             # Beside the layout: packages.dpkg (the SBOM's source) and image.json (tag, id, labels).
             outputs=(ExpectedOutput(out / "oci", "image", "oci-layout", "oci"),),
             base_dir=out.parent,
@@ -166,6 +171,9 @@ class ContainerBackend:
             (job.out_dir / stale).unlink(missing_ok=True)
         log.parent.mkdir(parents=True, exist_ok=True)
         engine_ok(runner)
+        for source, destination in run.copies:
+            destination.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(source, destination)
         base = self.base_source(job)
         self._ensure_base(base, job, runner, log, on_step)
         tag = local_tag(target.recipe, target.arch, target.digest)

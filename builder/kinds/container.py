@@ -19,6 +19,7 @@ from ..capabilities import Rule, version_tuple
 from ..recipe import (
     CudaVersion,
     EnvName,
+    FileRef,
     Name,
     PackageName,
     RegistryPublish,
@@ -50,6 +51,25 @@ class RegistryBase(StrictModel):
     image: ImageReference = Field(description="A registry reference, pulled for the target's platform.")
 
 
+class AptRepository(StrictModel):
+    """An extra apt repository, e.g. NVIDIA's CUDA repos for sites that reach them."""
+
+    uri: Annotated[
+        str,
+        StringConstraints(
+            pattern=r"^https?://[A-Za-z0-9.-]+(:[0-9]{1,5})?(/[A-Za-z0-9._~%/-]*|/?\{(nvidia|debian)_arch\}/?)*$"
+        ),
+    ] = Field(
+        description="The repository's URL; {nvidia_arch} (x86_64, ppc64el, sbsa) or {debian_arch} "
+        "(amd64, ppc64el, arm64) is replaced per target."
+    )
+    suite: Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9._/-]{1,64}$")] = Field(
+        "/", description="The suite; '/' for a flat repository (NVIDIA's)."
+    )
+    components: list[Name] = Field(default_factory=list)
+    key: FileRef = Field(description="The repository's signing key (ASCII-armored), relative to the recipe.")
+
+
 class ContainerBuild(StrictModel):
     distro: Literal["debian", "ubuntu"] = "debian"
     release: Release
@@ -64,6 +84,10 @@ class ContainerBuild(StrictModel):
         description="CUDA packages of this layer; held (apt-mark hold): later layers cannot upgrade them.",
     )
     packages: Annotated[list[PackageName], AfterValidator(_unique)] = Field(default_factory=list)
+    apt_repositories: list[AptRepository] = Field(
+        default_factory=list,
+        description="Extra apt repositories (signed-by their key) for this layer's packages.",
+    )
     components: Annotated[list[Name], Field(min_length=1)] = Field(default_factory=lambda: ["main"])
     env: dict[EnvName, ShortText] = Field(default_factory=dict)
     labels: dict[Annotated[str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9._/-]{0,127}$")], ShortText] = (

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import json
+import shutil
 import tarfile
 
 from builder.arch import Arch
 from builder.backends.container import local_tag, write_docker_archive
+from builder.cli import main
+from builder.workspace import PACKAGE_ROOT
 
 
 def _rootfs(tmp_path):
@@ -44,3 +47,42 @@ def other_arch_differs(root, tmp_path, ppc64le_id: str) -> bool:
 
 def test_engine_tags_name_recipe_arch_and_digest():
     assert local_tag("cuda-runtime", Arch.PPC64LE, "ab" * 32) == "kiln-build/cuda-runtime:ppc64le-" + "ab" * 8
+
+
+def test_an_nvidia_repository_is_signed_by_its_key_and_named_per_arch(tmp_path, capsys):
+    for folder in ("templates", "elements"):
+        shutil.copytree(PACKAGE_ROOT / folder, tmp_path / folder)
+    (tmp_path / "files").mkdir()
+    (tmp_path / "files" / "nvidia.asc").write_text("-----BEGIN PGP PUBLIC KEY BLOCK-----\n")
+    (tmp_path / "recipes").mkdir()
+    (tmp_path / "recipes" / "c.yaml").write_text(
+        "name: cuda-nv\nkind: container\narches: [x86_64, ppc64le]\nbuild:\n  distro: ubuntu\n"
+        "  release: focal\n  cuda: '12.2'\n  cuda_packages: [cuda-cudart-12-2]\n  apt_repositories:\n"
+        "    - uri: 'https://developer.download.nvidia.com/compute/cuda/repos/ubuntu2004/{nvidia_arch}/'\n"
+        "      key: ../files/nvidia.asc\n"
+    )
+    assert main(["--root", str(tmp_path), "render", "-o", str(tmp_path / "out")]) == 0
+    ppc = (tmp_path / "out" / "cuda-nv_focal_ppc64le" / "Dockerfile").read_text()
+    amd = (tmp_path / "out" / "cuda-nv_focal_x86_64" / "Dockerfile").read_text()
+    line = "deb [signed-by=/etc/apt/keyrings/kiln/0.asc] https://developer.download.nvidia.com/compute/cuda/repos"
+    assert f"'{line}/ubuntu2004/ppc64el/ /'" in ppc and f"'{line}/ubuntu2004/x86_64/ /'" in amd
+    assert "COPY apt-keys/ /etc/apt/keyrings/kiln/" in ppc
+    capsys.readouterr()
+    argv = [
+        "--root",
+        str(tmp_path),
+        "--ledger",
+        str(tmp_path / "l.sqlite"),
+        "build",
+        "cuda-nv",
+        "--arch",
+        "ppc64le",
+    ]
+    assert main([*argv, "--dry-run", "--json"]) == 0
+    [target] = json.loads(capsys.readouterr().out)["targets"]
+    assert target["plan"]["copies"] == [
+        [
+            str(tmp_path / "files" / "nvidia.asc"),
+            str(tmp_path / ".kiln/build/cuda-nv_focal_ppc64le/render/apt-keys/0.asc"),
+        ]
+    ]

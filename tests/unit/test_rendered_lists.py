@@ -277,6 +277,11 @@ EVERY_KEY = {
           packages: [ca-certificates, curl]
           cuda: "11.8"
           cuda_packages: [libcudart11.0]
+          apt_repositories:
+            - uri: "https://apt.example.com/kiln-repo"
+              suite: kiln-suite
+              components: [kiln-comp]
+              key: ../files/kiln-apt-key.asc
           components: [main, contrib]
           env: {KILN_CONTAINER_ENV: container-env-value}
           labels: {org.example.team: kiln-team, org.example.tier: kiln-tier}
@@ -292,6 +297,7 @@ FILES = (
     "files/rpm/0001-first.patch",
     "files/rpm/0002-second.patch",
     "files/rpm/RPM-GPG-KEY-kiln-upstream",
+    "files/kiln-apt-key.asc",
 )
 
 
