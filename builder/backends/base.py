@@ -129,6 +129,22 @@ def run_command(
     )
 
 
+def place_copies(run: BuildRun) -> None:
+    """The files a plan copies into place before its commands (CA certificates, apt keys)."""
+    import shutil
+
+    for source, destination in run.copies:
+        destination.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(source, destination)
+
+
+def debian_mirror(job: BuildJob) -> str:
+    """The Debian archive debootstrap and apt use: site.yaml's, else the one this host's apt uses."""
+    from ..host.compat import host_apt_mirror
+
+    return str(job.site.mirrors.debian or host_apt_mirror() or "http://deb.debian.org/debian")
+
+
 def collect_outputs(run: BuildRun, log: Path) -> list[Artifact]:
     """The artifacts a plan promised, measured; a missing one fails the build."""
     missing = [str(o.path) for o in run.outputs if not o.path.exists()]

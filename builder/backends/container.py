@@ -34,7 +34,17 @@ from ..arch import Arch
 from ..errors import CommandFailed, EnvironmentProblem
 from ..manifest import Artifact, sha256_file
 from ..workspace import source_commit
-from .base import BuildJob, BuildRun, Command, ExpectedOutput, Step, clear_outputs, collect_outputs
+from .base import (
+    BuildJob,
+    BuildRun,
+    Command,
+    ExpectedOutput,
+    Step,
+    clear_outputs,
+    collect_outputs,
+    debian_mirror,
+    place_copies,
+)
 
 if TYPE_CHECKING:
     from ..host.run import Runner
@@ -84,7 +94,7 @@ class ContainerBackend:
 
             root = base.rootfs.directory(job.cache_dir)
             commands += [
-                Command(bootstrap_argv(base.rootfs, root, _mirror(job)), timeout_s=BOOTSTRAP_TIMEOUT_S),
+                Command(bootstrap_argv(base.rootfs, root, debian_mirror(job)), timeout_s=BOOTSTRAP_TIMEOUT_S),
                 Command(("docker", "load", "-i", str(_archive_path(root))), timeout_s=ENGINE_TIMEOUT_S),
             ]
         elif base.how == "parent" and base.layout is not None:
@@ -171,9 +181,7 @@ class ContainerBackend:
             (job.out_dir / stale).unlink(missing_ok=True)
         log.parent.mkdir(parents=True, exist_ok=True)
         engine_ok(runner)
-        for source, destination in run.copies:
-            destination.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(source, destination)
+        place_copies(run)
         base = self.base_source(job)
         self._ensure_base(base, job, runner, log, on_step)
         tag = local_tag(target.recipe, target.arch, target.digest)
@@ -212,7 +220,7 @@ class ContainerBackend:
                 f"{job.target.id}: base rootfs {base.rootfs.release} {job.target.arch.debian}"
                 " (debootstrap unless cached)"
             )
-            root, fresh = ensure_root(base.rootfs, job.cache_dir, _mirror(job), runner, log)
+            root, fresh = ensure_root(base.rootfs, job.cache_dir, debian_mirror(job), runner, log)
             on_step(f"{job.target.id}: base rootfs {'bootstrapped' if fresh else 'reused from the cache'}")
             archive = _archive_path(root)
             if fresh or not archive.exists():
@@ -409,9 +417,3 @@ def _parent_tag(layout: Path | None) -> str:
     except (OSError, ValueError, KeyError):
         # A dry run before the parent was built: the tag its build will have is not known here.
         return f"kiln-build/(the parent's image: {layout.parent.parent.name})"
-
-
-def _mirror(job: BuildJob) -> str:
-    from ..host.compat import host_apt_mirror
-
-    return str(job.site.mirrors.debian or host_apt_mirror() or "http://deb.debian.org/debian")

@@ -35,6 +35,7 @@ from .base import (
     Step,
     clear_outputs,
     collect_outputs,
+    place_copies,
     run_command,
 )
 
@@ -175,9 +176,7 @@ class DibBackend:
         shutil.rmtree(job.tmp_dir, ignore_errors=True)
         job.tmp_dir.mkdir(parents=True)
         hostcompat.prepare_shims(self.shim_dir(job), list(job.host.adaptations))
-        for src, dest in run.copies:
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(src, dest)
+        place_copies(run)
         clear_outputs(run)
         [command] = run.commands
         progress = DibProgress(on_step)

@@ -31,16 +31,16 @@ if TYPE_CHECKING:
     from ..host.run import Runner
 
 
+def releases(build: Any) -> list[tuple[str, str | None]]:
+    """(PyPI project, the recipe's pinned release or None: the newest at build time) of each source."""
+    return [("ironic-python-agent", build.ipa_version), ("glean", build.glean_version)]
+
+
 def ipa_pins(build: Any) -> list[Any]:
-    """The releases the recipe pins (ironic-python-agent, glean); unpinned ones are resolved at run time."""
+    """The releases the recipe pins; unpinned ones are resolved at run time."""
     from ..ipa_sources import SourcePin
 
-    pins = []
-    if build.ipa_version:
-        pins.append(SourcePin("ironic-python-agent", build.ipa_version))
-    if build.glean_version:
-        pins.append(SourcePin("glean", build.glean_version))
-    return pins
+    return [SourcePin(project, version) for project, version in releases(build) if version]
 
 
 class IpaBackend(DibBackend):
@@ -64,11 +64,7 @@ class IpaBackend(DibBackend):
             from ..ipa_sources import upstream_refs
 
             env.update(upstream_refs(pins))
-        unpinned = [
-            name
-            for name, v in (("ironic-python-agent", build.ipa_version), ("glean", build.glean_version))
-            if not v
-        ]
+        unpinned = [project for project, version in releases(build) if not version]
         if unpinned and not upstream:
             notes += (
                 f"unpinned ({', '.join(unpinned)}): the newest release on PyPI at build time, "
@@ -100,7 +96,7 @@ class IpaBackend(DibBackend):
 
     @staticmethod
     def _upstream_git(job: BuildJob) -> bool:
-        return bool(getattr(getattr(job.site, "ipa", None), "upstream_git", False))
+        return job.site.ipa.upstream_git
 
     def run(self, run: BuildRun, job: BuildJob, runner: Runner, log: Path, on_step: Step) -> list[Artifact]:
         command, *iso = run.commands
@@ -140,11 +136,7 @@ class IpaBackend(DibBackend):
 
         build: Any = job.target.build
         pins = [
-            SourcePin(project, version or latest_version(project))
-            for project, version in (
-                ("ironic-python-agent", build.ipa_version),
-                ("glean", build.glean_version),
-            )
+            SourcePin(project, version or latest_version(project)) for project, version in releases(build)
         ]
         plans = plan_repos(pins, job.cache_dir)
         log.parent.mkdir(parents=True, exist_ok=True)

@@ -29,7 +29,7 @@ from ..rpm.brmap import map_build_requires
 from ..rpm.changes import Changes, apply_changes, patch_failure
 from ..rpm.source import arch_refusal, fetch_source, read_header, repo_packages
 from ..rpm.trust import check_signature
-from .base import BuildJob, BuildRun, Command, Step
+from .base import BuildJob, BuildRun, Command, Step, debian_mirror
 
 if TYPE_CHECKING:
     from ..host.run import Runner
@@ -122,7 +122,7 @@ class RpmbuildBackend:
         base = spec.directory(job.cache_dir)
         work_root = job.tmp_dir / "root"
         commands = (
-            buildroot.bootstrap_command(spec, base, _mirror(job)),
+            buildroot.bootstrap_command(spec, base, debian_mirror(job)),
             Command(buildroot.overlay_argv(base, work_root)),
             Command(
                 buildroot.chroot_argv(work_root, rebuild_argv(job, "SRPM")), timeout_s=RPMBUILD_TIMEOUT_S
@@ -220,7 +220,7 @@ class RpmbuildBackend:
 
         # -- the root ----------------------------------------------------------------------------
         spec = buildroot.RootSpec(arch)
-        mirror = _mirror(job)
+        mirror = debian_mirror(job)
         on_step(f"{target.id}: rpm: build root {spec.directory(job.cache_dir).name}")
         base, fresh = buildroot.ensure_root(spec, job.cache_dir, mirror, runner, log)
         on_step(f"{target.id}: rpm: build root {'bootstrapped' if fresh else 'cached'}")
@@ -302,12 +302,6 @@ class RpmbuildBackend:
             "rpmbuild": tool_version(["rpmbuild", "--version"], runner),
             "srpm-signature": self.last_signature,
         }
-
-
-def _mirror(job: BuildJob) -> str:
-    from ..host.compat import host_apt_mirror
-
-    return str(job.site.mirrors.debian or host_apt_mirror() or "http://deb.debian.org/debian")
 
 
 def _published(url: str) -> list[Any]:

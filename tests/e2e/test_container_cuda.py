@@ -9,33 +9,19 @@ Times here (2 cores): cold ~6 min (the ppc64el debootstrap is most of it), warm 
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 
-from builder.workspace import PACKAGE_ROOT
 from tests.support import registry_auth
+from tests.support.kiln_cli import run_kiln
 
 pytestmark = [pytest.mark.slow, pytest.mark.site]
 
-KILN = [sys.executable, "-m", "builder"]
 TAG = "kiln/cuda:11.8-runtime-bookworm"
-
-
-def _kiln(site_file: Path, ledger: Path, build_root: Path, *args: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "KILN_BUILD_ROOT": str(build_root)}
-    return subprocess.run(
-        [*KILN, "--root", str(PACKAGE_ROOT), "--site", str(site_file), "--ledger", str(ledger), *args],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=3600,
-    )
 
 
 def _blob_uploads(local_site) -> int:
@@ -58,7 +44,9 @@ def built(local_site, site_file, docker_engine, tools, tmp_path_factory):
     ledger, build_root = work / "ledger.sqlite", work / "build"
     uploads_before = _blob_uploads(local_site)
     started = time.monotonic()
-    result = _kiln(site_file, ledger, build_root, "build", "cuda-runtime", "--publish", "--json")
+    result = run_kiln(
+        site_file, ledger, build_root, "build", "cuda-runtime", "--publish", "--json", timeout=3600
+    )
     seconds = time.monotonic() - started
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
     outcomes = {o["target"]: o for o in json.loads(result.stdout)["targets"]}
@@ -151,8 +139,15 @@ def test_the_cuda_packages_are_held_in_the_image(built, local_site):
 def test_rebuilding_unchanged_builds_nothing_and_pushes_no_bytes(built, local_site, site_file):
     uploads_before = _blob_uploads(local_site)
     started = time.monotonic()
-    result = _kiln(
-        site_file, built["ledger"], built["build_root"], "build", "cuda-runtime", "--publish", "--json"
+    result = run_kiln(
+        site_file,
+        built["ledger"],
+        built["build_root"],
+        "build",
+        "cuda-runtime",
+        "--publish",
+        "--json",
+        timeout=3600,
     )
     seconds = time.monotonic() - started
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
@@ -167,8 +162,16 @@ def test_rebuilding_unchanged_builds_nothing_and_pushes_no_bytes(built, local_si
 def test_the_devel_image_builds_for_x86_64_and_nvcc_works(built, site_file):
     """cuda-devel (nvidia-cuda-toolkit) on the runtime layer built above: verified with nvcc."""
     started = time.monotonic()
-    result = _kiln(
-        site_file, built["ledger"], built["build_root"], "build", "cuda-devel", "--arch", "x86_64", "--json"
+    result = run_kiln(
+        site_file,
+        built["ledger"],
+        built["build_root"],
+        "build",
+        "cuda-devel",
+        "--arch",
+        "x86_64",
+        "--json",
+        timeout=3600,
     )
     seconds = time.monotonic() - started
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]

@@ -11,7 +11,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -19,23 +18,9 @@ import pytest
 
 from builder.workspace import PACKAGE_ROOT
 from tests.support.clients import glance_image_of
+from tests.support.kiln_cli import KILN, run_kiln
 
 pytestmark = [pytest.mark.slow, pytest.mark.site]
-
-KILN = [sys.executable, "-m", "builder"]
-
-
-def _kiln(
-    site_file: Path, ledger: Path, build_root: Path, *args: str, **kwargs
-) -> subprocess.CompletedProcess:
-    env = {**os.environ, "KILN_BUILD_ROOT": str(build_root)}
-    return subprocess.run(
-        [*KILN, "--root", str(PACKAGE_ROOT), "--site", str(site_file), "--ledger", str(ledger), *args],
-        capture_output=True,
-        text=True,
-        env=env,
-        **kwargs,
-    )
 
 
 @pytest.fixture(scope="module")
@@ -43,7 +28,7 @@ def built(local_site, site_file, dib_ready, tmp_path_factory):
     work = tmp_path_factory.mktemp("dib-e2e")
     ledger, build_root = work / "ledger.sqlite", work / "build"
     started = time.monotonic()
-    result = _kiln(
+    result = run_kiln(
         site_file, ledger, build_root, "build", "debian-12", "--arch", "x86_64", "--publish", "--json"
     )
     seconds = time.monotonic() - started
@@ -75,7 +60,7 @@ def test_debian_12_x86_64_builds_boots_and_publishes(built, local_site):
 
 def test_unchanged_target_is_skipped_in_well_under_a_second(built, site_file):
     started = time.monotonic()
-    result = _kiln(
+    result = run_kiln(
         site_file,
         built["ledger"],
         built["build_root"],
@@ -95,7 +80,7 @@ def test_unchanged_target_is_skipped_in_well_under_a_second(built, site_file):
 def test_packer_build_on_the_dib_image_runs_its_provisioners(built, site_file, local_site):
     """debian-12-packer builds on debian-12 (built above, so skipped now); its provisioner leaves
     /etc/kiln-provisioned, which the recipe's boot check finds over SSH."""
-    result = _kiln(
+    result = run_kiln(
         site_file,
         built["ledger"],
         built["build_root"],

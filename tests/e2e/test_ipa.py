@@ -11,37 +11,28 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 import requests
 
-from builder.workspace import PACKAGE_ROOT
+from tests.support.kiln_cli import run_kiln
 
 pytestmark = [pytest.mark.slow, pytest.mark.site]
 
-KILN = [sys.executable, "-m", "builder"]
 TARGET = "ipa-bookworm:bookworm:x86_64"
 
 
 @pytest.fixture(scope="module")
 def built(local_site, site_file, dib_ready, tmp_path_factory):
     work = tmp_path_factory.mktemp("ipa-e2e")
-    env = {**os.environ, "KILN_BUILD_ROOT": str(work / "build")}
     started = time.monotonic()
-    result = subprocess.run(
-        [
-            *KILN,
-            *("--root", str(PACKAGE_ROOT), "--site", str(site_file), "--ledger", str(work / "l.sqlite")),
-            *("build", "ipa-bookworm", "--arch", "x86_64", "--publish", "--json"),
-        ],
-        capture_output=True,
-        text=True,
-        env=env,
+    result = run_kiln(
+        site_file,
+        work / "l.sqlite",
+        work / "build",
+        *("build", "ipa-bookworm", "--arch", "x86_64", "--publish", "--json"),
         timeout=5400,
     )
     seconds = time.monotonic() - started
