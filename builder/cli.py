@@ -286,7 +286,7 @@ def cmd_build(args: argparse.Namespace) -> int:
             outcomes = Pipeline(workspace, site, ledger, on_step=step).run(targets, options)
         text = "\n".join(
             f"{o.target:40} {o.status:8} {o.seconds:8.1f}s  "
-            + (o.error or f"{o.manifest or ''}  verification {o.verification}")
+            + (o.error or o.note or f"{o.manifest or ''}  verification {o.verification}")
             for o in outcomes
         )
     failed = [o for o in outcomes if o.status == "failed"]

@@ -37,7 +37,7 @@ from ..verify.base import VerifyJob
 from ..workspace import Workspace, source_commit
 from .graph import Target
 from .plan import dependencies_first
-from .publish import Candidate, publish_group, publish_manifests
+from .publish import Candidate, InRegistry, in_registry, publish_group, publish_manifests
 
 Step = Callable[[str], None]
 
@@ -52,6 +52,7 @@ class Outcome:
     published: list[dict[str, Any]] = field(default_factory=list)
     error: str | None = None
     plan: dict[str, Any] | None = None  # dry run: what the backend would run
+    note: str | None = None  # why nothing was done (e.g. already in the registry)
 
     def as_json(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -122,6 +123,7 @@ class Pipeline:
         self.dirs = BuildDirs(build_root or default_build_root(workspace))
         self.cache_dir = cache_dir or Path.home() / ".cache" / "kiln"
         self._publishers = publishers
+        self._in_registry: dict[str, InRegistry] = {}  # target id -> its image found in the registry
 
     # -- the loop --------------------------------------------------------------------------------------
 
@@ -157,7 +159,8 @@ class Pipeline:
         self, members: list[tuple[Outcome, BuildManifest | None]], options: BuildOptions
     ) -> None:
         """One publication over a group's manifests (every arch under one tag), all or nothing."""
-        failed = [o.target for o, m in members if o.status == "failed" or m is None]
+        # A member found in the registry has no manifest here: the index keeps its entry.
+        failed = [o.target for o, m in members if o.status == "failed" or (m is None and not o.note)]
         if failed:
             for outcome, _ in members:
                 if outcome.status != "failed":
@@ -189,6 +192,16 @@ class Pipeline:
         manifest = None
         try:
             manifest = self.existing_manifest(target)
+            found = None
+            if manifest is None and options.publish:
+                found = in_registry(target, self.publishers(), self._candidate(options))
+            if found is not None:
+                # Built, verified and pushed before (by another runner, or before this ledger).
+                self._in_registry[target.id] = found
+                outcome.status, outcome.note = "skipped", f"in the registry: {found.reference}"
+                outcome.verification = "passed before it was pushed"
+                self.on_step(f"{target.id}: {outcome.note} (same digest): not built, not pushed")
+                return outcome, None
             if manifest is None:
                 manifest = self.build(target)
             elif not self._needs_verification(target, manifest, options) and (
@@ -343,6 +356,9 @@ class Pipeline:
         """Each dependency's main artifact (its first), from its manifest in this build root."""
         found: dict[str, Path] = {}
         for dependency in target.depends_on:
+            if dependency in self._in_registry:
+                found[dependency] = self._pull_dependency(dependency)
+                continue
             path = self.dirs.manifest(slug_of(dependency))
             try:
                 manifest = read_manifest(path)
@@ -355,6 +371,20 @@ class Pipeline:
                 ) from None
             found[dependency] = main_artifact(manifest)
         return found
+
+    def _pull_dependency(self, dependency: str) -> Path:
+        """A parent found in the registry, pulled by its manifest digest into an OCI layout under its
+        own build directory, with the ``image.json`` a child's build reads its engine tag from."""
+        import json
+
+        found = self._in_registry[dependency]
+        directory = self.dirs.target(slug_of(dependency)) / "registry"
+        self.on_step(f"{dependency}: pulling {found.repository}@{found.manifest_digest[:19]} to build on")
+        layout = found.pull(self.publishers(), directory / "oci")
+        name = found.repository.rsplit("/", 1)[-1]
+        tag = f"kiln-registry/{name}:{slug_of(dependency)}-{found.manifest_digest[7:23]}"
+        (directory / "image.json").write_text(json.dumps({"tag": tag, "from": found.reference}) + "\n")
+        return layout
 
     # -- the gate ----------------------------------------------------------------------------------------
 

@@ -311,6 +311,42 @@ def _to_registry(items: list[tuple[BuildManifest, Any]], publishers: Any, on_ste
     return out
 
 
+@dataclass(frozen=True)
+class InRegistry:
+    """A target whose exact input digest is already under every tag it publishes to: not built, not
+    pushed. ``manifest_digest`` is its arch's image there (a child built on it pulls it by digest)."""
+
+    reference: str  # registry/repository:tag (the first tag)
+    repository: str
+    manifest_digest: str
+
+    def pull(self, publishers: Any, dest: Path) -> Path:
+        """The image into an OCI layout at ``dest`` (for a child layer to build on)."""
+        publisher, _ = publishers.registry()
+        return publisher.pull_layout(self.repository, self.manifest_digest, dest)
+
+
+def in_registry(target: Any, publishers: Any, candidate: Candidate | None = None) -> InRegistry | None:
+    """Ask the registry whether ``target`` is there already: every tag it would publish under holds an
+    image for its arch whose Kiln digest (the index annotation written at push) is the target's. A
+    target that publishes elsewhere, or to no registry, is never "in the registry"."""
+    if target.spec.publish_route != "registry" or getattr(target.publish, "registry", None) is None:
+        return None
+    registry = target.publish.registry
+    tags = [t + (candidate.image_suffix if candidate else "") for t in registry.tags]
+    publisher, prefix = publishers.registry()
+    repository = f"{prefix}/{registry.repository}".strip("/")
+    found = None
+    for tag in tags:
+        image = publisher.published_images(repository, tag).get(target.arch.value)
+        if image is None or image.kiln_digest != target.digest:
+            return None
+        found = found or InRegistry(
+            f"{publisher.client.registry}/{repository}:{tag}", repository, image.manifest_digest
+        )
+    return found
+
+
 def _to_ipa(items: list[tuple[BuildManifest, Any]], publishers: Any, on_step: Step) -> list[Publication]:
     """IPA ramdisks: Glance (kernel ``aki``, ramdisk ``ari``, ISO) and the Bifrost HTTP directory."""
     from ..publishers.http_dir import bifrost_files

@@ -54,6 +54,15 @@ class PushResult:
     uploaded_bytes: int = 0  # layer and config bytes sent (the push stream): 0 when the registry had all
 
 
+@dataclass(frozen=True)
+class PublishedImage:
+    """One arch under a tag as Kiln pushed it: Kiln's input digest (the index's ``io.kiln.digests``
+    annotation) and the digest of that arch's image manifest (what a puller gets)."""
+
+    kiln_digest: str
+    manifest_digest: str
+
+
 @dataclass
 class RegistryClient:
     registry: str  # host:port
@@ -339,6 +348,83 @@ class RegistryPublisher:
                 },
             )
         return path.stat().st_size
+
+    def published_images(self, repository: str, tag: str) -> dict[str, PublishedImage]:
+        """Kiln arch -> the image Kiln pushed for it under ``tag`` (none when the tag is absent, is not
+        an index, or was not pushed by Kiln: an arch without an ``io.kiln.digests`` item is left out)."""
+        entries, annotations = self._current_index(repository, tag, f"repository:{repository}:pull")
+        kiln = dict(
+            item.split("=", 1) for item in annotations.get("io.kiln.digests", "").split(",") if "=" in item
+        )
+        found = {}
+        for entry in entries:
+            try:
+                arch = Arch.parse(str(entry.get("platform", {}).get("architecture"))).value
+            except ValueError:
+                continue
+            if arch in kiln and isinstance(entry.get("digest"), str):
+                found[arch] = PublishedImage(kiln[arch], entry["digest"])
+        return found
+
+    def pull_layout(self, repository: str, digest: str, dest: Path) -> Path:
+        """The image manifest ``digest`` and its blobs, into an OCI layout at ``dest``; every byte is
+        checked against its digest, and ``dest`` appears whole or not at all."""
+        import shutil
+
+        scope = f"repository:{repository}:pull"
+        response = self.client.request(
+            "GET",
+            f"/v2/{repository}/manifests/{digest}",
+            scope=scope,
+            ok=(200,),
+            headers={"Accept": f"{OCI_MANIFEST}, {DOCKER_MANIFEST}"},
+        )
+        raw = response.content
+        if _sha256(raw) != digest:
+            raise CommandFailed(f"registry {self.client.registry}: {repository}@{digest} has other bytes")
+        try:
+            manifest = json.loads(raw)
+            blobs = [manifest["config"], *manifest["layers"]]
+        except (ValueError, KeyError, TypeError):
+            raise CommandFailed(
+                f"registry {self.client.registry}: {repository}@{digest} is not an image manifest"
+            ) from None
+        partial = dest.with_name(dest.name + ".partial")
+        shutil.rmtree(partial, ignore_errors=True)
+        (partial / "blobs" / "sha256").mkdir(parents=True)
+        try:
+            for descriptor in blobs:
+                blob = descriptor["digest"]
+                self._pull_blob(repository, blob, _blob_path(partial, blob), scope)
+        except BaseException:
+            shutil.rmtree(partial, ignore_errors=True)
+            raise
+        _blob_path(partial, digest).write_bytes(raw)
+        media_type = manifest.get("mediaType") or response.headers.get("Content-Type", OCI_MANIFEST)
+        index = {
+            "schemaVersion": 2,
+            "manifests": [{"mediaType": media_type, "digest": digest, "size": len(raw)}],
+        }
+        (partial / "index.json").write_text(json.dumps(index))
+        (partial / "oci-layout").write_text(json.dumps({"imageLayoutVersion": "1.0.0"}))
+        shutil.rmtree(dest, ignore_errors=True)
+        partial.rename(dest)
+        return dest
+
+    def _pull_blob(self, repository: str, digest: str, path: Path, scope: str) -> None:
+        response = self.client.request(
+            "GET", f"/v2/{repository}/blobs/{digest}", scope=scope, ok=(200,), stream=True
+        )
+        hasher = hashlib.sha256()
+        with path.open("wb") as handle:
+            for chunk in response.iter_content(1 << 20):
+                hasher.update(chunk)
+                handle.write(chunk)
+        if "sha256:" + hasher.hexdigest() != digest:
+            path.unlink(missing_ok=True)
+            raise CommandFailed(
+                f"registry {self.client.registry}: blob {digest} of {repository} has other bytes"
+            )
 
     def tag_digest(self, repository: str, tag: str) -> str | None:
         """The digest the tag points at now (None when absent): what a puller would get."""

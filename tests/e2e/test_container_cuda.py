@@ -9,6 +9,7 @@ Times here (2 cores): cold ~6 min (the ppc64el debootstrap is most of it), warm 
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import time
@@ -17,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from tests.support import registry_auth
-from tests.support.kiln_cli import run_kiln
+from tests.support.kiln_cli import KILN, run_kiln
 
 pytestmark = [pytest.mark.slow, pytest.mark.site]
 
@@ -75,15 +76,18 @@ def test_base_and_runtime_are_built_verified_and_published_for_both_arches(built
     print(f"\ncold build + push of base and runtime, both arches: {built['seconds']:.0f}s")
 
 
-def test_the_tag_is_one_index_with_amd64_and_ppc64le(built, local_site):
-    ref = f"docker://{local_site.urls.registry}/{TAG}"
+def _skopeo_raw(local_site, ref: str) -> dict:
     raw = subprocess.run(
-        ["skopeo", "inspect", "--raw", *registry_auth.authfile_args(local_site), ref],
+        ["skopeo", "inspect", "--raw", *registry_auth.authfile_args(local_site), f"docker://{ref}"],
         capture_output=True,
         text=True,
         check=True,
     ).stdout
-    index = json.loads(raw)
+    return json.loads(raw)
+
+
+def test_the_tag_is_one_index_with_amd64_and_ppc64le(built, local_site):
+    index = _skopeo_raw(local_site, f"{local_site.urls.registry}/{TAG}")
     assert index["mediaType"] == "application/vnd.oci.image.index.v1+json"
     platforms = sorted(f"{m['platform']['os']}/{m['platform']['architecture']}" for m in index["manifests"])
     assert platforms == ["linux/amd64", "linux/ppc64le"]
@@ -156,6 +160,80 @@ def test_rebuilding_unchanged_builds_nothing_and_pushes_no_bytes(built, local_si
     assert all(o["published"] == [] for o in outcomes)
     assert _blob_uploads(local_site) == uploads_before  # zero layer bytes, from the registry's own log
     print(f"\nwarm (unchanged) build + push, both arches: {seconds:.1f}s")
+
+
+def test_a_fresh_ledger_asks_the_registry_and_builds_and_pushes_nothing(
+    built, local_site, site_file, tmp_path
+):
+    """Another runner (no ledger, no build root): the index's io.kiln.digests has every target's digest."""
+    uploads_before = _blob_uploads(local_site)
+    result = run_kiln(
+        site_file, tmp_path / "ledger.sqlite", tmp_path / "build", "build", "cuda-runtime", "--publish",
+        "--json", timeout=600,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    outcomes = json.loads(result.stdout)["targets"]
+    assert [o["status"] for o in outcomes] == ["skipped"] * 4
+    assert all(o["note"].startswith("in the registry: ") for o in outcomes), outcomes
+    assert _blob_uploads(local_site) == uploads_before
+    assert not (tmp_path / "build" / "cuda-runtime_bookworm_x86_64" / "out").exists()  # nothing built
+
+
+CHILD_LAYER = """\
+name: cuda-layer-test
+kind: container
+description: a layer on cuda-runtime, built where only the registry has its parent
+arches: [x86_64]
+build:
+  distro: debian
+  release: bookworm
+  base: {recipe: cuda-runtime}
+  cuda: "11.8"
+  components: [main, contrib, non-free]
+  env: {KILN_TEST_LAYER: "on-the-registry-parent"}
+verify:
+  commands:
+    - [sh, -c, 'ldconfig -p | grep -q libnvToolsExt.so.1 && test "$KILN_TEST_LAYER" = on-the-registry-parent']
+publish:
+  registry:
+    repository: kiln/cuda
+    tags: ["11.8-layer-test"]
+"""
+
+
+def test_a_child_of_a_parent_only_in_the_registry_pulls_it_by_digest(built, local_site, site_file, tmp_path):
+    """A new layer on a fresh runner: its parents are not rebuilt; the parent image is pulled by the
+    manifest digest the index lists for the arch, and the child is built on it, verified and pushed."""
+    from builder.workspace import PACKAGE_ROOT
+
+    workspace = tmp_path / "workspace"
+    for part in ("recipes", "templates", "elements", "files"):
+        if (PACKAGE_ROOT / part).exists():
+            shutil.copytree(PACKAGE_ROOT / part, workspace / part)
+    (workspace / "recipes" / "containers" / "cuda-layer-test.yaml").write_text(CHILD_LAYER)
+    env_root = tmp_path / "build"
+    result = subprocess.run(
+        [
+            *KILN, "--root", str(workspace), "--site", str(site_file), "--ledger",
+            str(tmp_path / "ledger.sqlite"), "build", "cuda-layer-test", "--publish", "--json",
+        ],
+        capture_output=True, text=True, timeout=1800, env={**os.environ, "KILN_BUILD_ROOT": str(env_root)},
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    outcomes = {o["target"]: o for o in json.loads(result.stdout)["targets"]}
+    assert outcomes["cuda-runtime:bookworm:x86_64"]["status"] == "skipped"
+    child = outcomes["cuda-layer-test:bookworm:x86_64"]
+    assert child["status"] == "built" and child["verification"].startswith("passed"), child
+    pulled = json.loads((env_root / "cuda-runtime_bookworm_x86_64" / "registry" / "image.json").read_text())
+    index = _skopeo_raw(local_site, f"{local_site.urls.registry}/{TAG}")
+    runtime_amd64 = [m["digest"] for m in index["manifests"] if m["platform"]["architecture"] == "amd64"]
+    pulled_index = json.loads(
+        (env_root / "cuda-runtime_bookworm_x86_64" / "registry" / "oci" / "index.json").read_text()
+    )
+    assert [m["digest"] for m in pulled_index["manifests"]] == runtime_amd64  # by digest, the one listed
+    assert pulled["from"].endswith(TAG)
+    child_index = _skopeo_raw(local_site, f"{local_site.urls.registry}/kiln/cuda:11.8-layer-test")
+    assert {m["platform"]["architecture"] for m in child_index["manifests"]} == {"amd64"}
 
 
 @pytest.mark.heavy

@@ -104,12 +104,19 @@ class _FailingProxy(BaseHTTPRequestHandler):
 
     upstream = ""
     fail_all = False
+    fail_tagged_puts = True
+    corrupt_blobs = False  # flip a byte of every blob it hands out (a broken or hostile registry)
     failures = 0
 
     def _handle(self) -> None:
         length = int(self.headers.get("Content-Length") or 0)
         body = self.rfile.read(length) if length else None
-        tagged_put = self.command == "PUT" and "/manifests/" in self.path and "sha256:" not in self.path
+        tagged_put = (
+            self.fail_tagged_puts
+            and self.command == "PUT"
+            and "/manifests/" in self.path
+            and "sha256:" not in self.path
+        )
         if self.fail_all or tagged_put:
             type(self).failures += 1
             self.send_response(500)
@@ -132,10 +139,13 @@ class _FailingProxy(BaseHTTPRequestHandler):
             if key.lower() == "location":
                 value = value.replace(self.upstream, f"http://127.0.0.1:{self.server.server_port}")
             self.send_header(key, value)
-        self.send_header("Content-Length", str(len(reply.content)))
+        content = reply.content
+        if self.corrupt_blobs and self.command == "GET" and "/blobs/sha256:" in self.path and content:
+            content = bytes([content[0] ^ 1]) + content[1:]
+        self.send_header("Content-Length", str(len(content)))
         self.end_headers()
         if self.command != "HEAD":
-            self.wfile.write(reply.content)
+            self.wfile.write(content)
 
     do_GET = do_PUT = do_POST = do_HEAD = do_PATCH = _handle
 
@@ -169,3 +179,55 @@ def test_registry_500s_are_retried_then_fail_clearly_without_moving_the_tag(loca
     assert good.tag_digest("kiln/faulty", "stable") == before  # the tag did not move
     retried = good.push("kiln/faulty", "stable", _images(tmp_path, "new"))
     assert good.tag_digest("kiln/faulty", "stable") == retried.index_digest != before
+
+
+# --- what is there already: a fresh runner asks the registry, and pulls a parent by digest --------------
+
+
+def test_published_images_reads_each_arch_kiln_digest_and_manifest(local_site, tmp_path):
+    publisher = RegistryPublisher(registry_auth.client(local_site))
+    pushed = publisher.push(
+        "kiln/known", "1.0", _images(tmp_path, "k"), {"io.kiln.digests": "ppc64le=bbb,x86_64=aaa"}
+    )
+    found = publisher.published_images("kiln/known", "1.0")
+    assert {arch: (i.kiln_digest, i.manifest_digest) for arch, i in found.items()} == {
+        "x86_64": ("aaa", pushed.manifests["x86_64"]),
+        "ppc64le": ("bbb", pushed.manifests["ppc64le"]),
+    }
+    assert publisher.published_images("kiln/known", "absent") == {}
+    publisher.push("kiln/unknown", "1.0", _images(tmp_path, "u"))  # pushed without Kiln's annotation
+    assert publisher.published_images("kiln/unknown", "1.0") == {}
+
+
+def test_pull_layout_fetches_one_arch_by_digest_into_a_layout_skopeo_reads(local_site, tmp_path):
+    publisher = RegistryPublisher(registry_auth.client(local_site))
+    images = _images(tmp_path, "pull")
+    pushed = publisher.push("kiln/pulled", "1.0", images)
+    digest = pushed.manifests["ppc64le"]
+    layout = publisher.pull_layout("kiln/pulled", digest, tmp_path / "got" / "oci")
+    original = images[1].layout
+    assert sorted(p.name for p in (layout / "blobs" / "sha256").iterdir()) == sorted(
+        p.name for p in (original / "blobs" / "sha256").iterdir()
+    )
+    inspected = subprocess.run(
+        ["skopeo", "inspect", f"oci:{layout}"], capture_output=True, text=True, check=True
+    )
+    assert json.loads(inspected.stdout)["Architecture"] == "ppc64le"
+    assert not (tmp_path / "got" / "oci.partial").exists()
+
+
+def test_pull_layout_refuses_blobs_whose_bytes_do_not_match_and_leaves_no_layout(local_site, tmp_path):
+    good = RegistryPublisher(registry_auth.client(local_site))
+    digest = good.push("kiln/corrupt", "1.0", _images(tmp_path, "c")).manifests["x86_64"]
+    _FailingProxy.upstream = f"http://{local_site.urls.registry}"
+    _FailingProxy.fail_tagged_puts, _FailingProxy.corrupt_blobs = False, True
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _FailingProxy)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        client = RegistryClient(f"127.0.0.1:{server.server_port}", auth=registry_auth.credentials(local_site))
+        with pytest.raises(CommandFailed, match=r"blob sha256:[0-9a-f]{64} of kiln/corrupt has other bytes"):
+            RegistryPublisher(client).pull_layout("kiln/corrupt", digest, tmp_path / "bad" / "oci")
+    finally:
+        _FailingProxy.fail_tagged_puts, _FailingProxy.corrupt_blobs = True, False
+        server.shutdown()
+    assert sorted((tmp_path / "bad").iterdir()) == []  # neither the layout nor a partial one
