@@ -7,6 +7,13 @@ the gate's verdict (passed, or off and by what, e.g. ``kiln build --no-verify``)
 key is configured, a detached ASCII-armoured GPG signature ``<artifact>.intoto.json.asc``.
 ``check_artifact`` (``kiln verify ARTIFACT``) checks an artifact's bytes against its statement and
 the statement against its signature.
+
+An RPM subject carries a second digest, ``rpmContentSha256`` (in-toto's DigestSet allows an
+algorithm of one's own: lowercase hex sha256 of the main header and the payload, i.e. every byte
+after the 96-byte lead and the signature header padded to 8 bytes). The repo publisher re-signs its
+copy with rpmsign, which rewrites only the signature header: that copy's file sha256 differs, its
+content digest does not. ``kiln verify`` accepts it by that digest, says so, and checks the copy's
+own RPM signature with the site key when it has one.
 """
 
 from __future__ import annotations
@@ -15,13 +22,15 @@ import hashlib
 import json
 import shutil
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from .errors import InvalidInput
 from .host.run import Runner
 from .manifest import Artifact, BuildManifest, sha256_file
+from .publishers import rpmheader
 
 STATEMENT_TYPE = "https://in-toto.io/Statement/v1"
 PREDICATE_TYPE = "https://slsa.dev/provenance/v1"
@@ -29,6 +38,7 @@ BUILD_TYPE = "https://kiln.invalid/build/v1"  # Kiln's own build type: the recip
 BUILDER_ID = "https://kiln.invalid/builder"
 SUFFIX = ".intoto.json"
 SIGNATURE_SUFFIX = ".asc"
+RPM_CONTENT_DIGEST = "rpmContentSha256"  # a DigestSet algorithm of Kiln's: see the module's docstring
 
 
 @dataclass(frozen=True)
@@ -58,12 +68,28 @@ def measured(path: Path) -> str:
     return sha256_file(path / "index.json" if path.is_dir() else path)
 
 
-def statement(manifest: BuildManifest, artifact: Artifact, context: BuildContext) -> dict[str, Any]:
+def subject_digests(path: Path) -> dict[str, str]:
+    """The digests a subject carries besides the file's sha256: an RPM's content digest."""
+    if not rpmheader.is_rpm(path):
+        return {}
+    try:
+        return {RPM_CONTENT_DIGEST: rpmheader.content_sha256(path)}
+    except InvalidInput:  # an RPM lead on something rpm could not read: the file's sha256 alone
+        return {}
+
+
+def statement(
+    manifest: BuildManifest,
+    artifact: Artifact,
+    context: BuildContext,
+    extra_digests: Mapping[str, str] | None = None,
+) -> dict[str, Any]:
     verification = dict(manifest.verification or {"status": "pending"})
     verification.setdefault("by", "")
+    digests = {**(extra_digests or {}), "sha256": artifact.sha256}
     return {
         "_type": STATEMENT_TYPE,
-        "subject": [{"name": Path(artifact.path).name, "digest": {"sha256": artifact.sha256}}],
+        "subject": [{"name": Path(artifact.path).name, "digest": digests}],
         "predicateType": PREDICATE_TYPE,
         "predicate": {
             "buildDefinition": {
@@ -133,7 +159,8 @@ def write_provenance(
     for artifact in manifest.artifacts:
         path = manifest.path_of(artifact)
         target = path.with_name(path.name + SUFFIX)
-        data = (json.dumps(statement(manifest, artifact, context), indent=2, sort_keys=True) + "\n").encode()
+        document = statement(manifest, artifact, context, subject_digests(path))
+        data = (json.dumps(document, indent=2, sort_keys=True) + "\n").encode()
         tmp = target.with_name(f".{target.name}.tmp")
         tmp.write_bytes(data)
         tmp.replace(target)
@@ -182,6 +209,7 @@ class VerifyReport:
     checks: list[Check] = field(default_factory=list)
     signed_by: str | None = None
     verification: dict[str, Any] | None = None  # the gate's verdict, as the statement records it
+    matched_by: str | None = None  # the subject's digest that matched: "sha256", or RPM_CONTENT_DIGEST
 
     @property
     def ok(self) -> bool:
@@ -194,6 +222,7 @@ class VerifyReport:
             "ok": self.ok,
             "signed_by": self.signed_by,
             "verification": self.verification,
+            "matched_by": self.matched_by,
             "checks": [c.as_json() for c in self.checks],
         }
 
@@ -223,6 +252,8 @@ def check_artifact(
         )
         return report
     report.checks.append(_check_statement(raw, artifact, statement_path, report))
+    if report.matched_by == RPM_CONTENT_DIGEST:  # a re-signed copy: is its own signature the site's?
+        report.checks.append(_check_rpm_signature(artifact, keyring, list(public_keys), runner or Runner()))
     signature = statement_path.with_name(statement_path.name + SIGNATURE_SUFFIX)
     if signature.exists():
         check, report.signed_by = _check_signature(
@@ -261,16 +292,88 @@ def _check_statement(raw: bytes, artifact: Path, where: Path, report: VerifyRepo
     if subject is None:
         names = ", ".join(str(s.get("name")) for s in subjects) or "none"
         return Check("provenance", False, f"{where}: does not name {artifact.name} as its subject ({names})")
-    expected = str((subject.get("digest") or {}).get("sha256", ""))
+    digests = subject.get("digest") if isinstance(subject.get("digest"), dict) else {}
+    expected = str(digests.get("sha256", ""))
     actual = measured(artifact)
+    if actual == expected:
+        report.matched_by = "sha256"
+        return Check("digest", True, f"sha256 {actual} matches its provenance")
+    if artifact.is_file() and rpmheader.is_rpm(artifact):
+        return _check_rpm_content(artifact, str(digests.get(RPM_CONTENT_DIGEST, "")), actual, report)
+    return Check(
+        "digest",
+        False,
+        f"{artifact}: sha256 {actual} does not match its provenance ({expected}): "
+        "the artifact changed after it was built",
+    )
+
+
+def _check_rpm_content(artifact: Path, expected: str, file_sha256: str, report: VerifyReport) -> Check:
+    """An RPM whose bytes differ from the built package's: a copy re-signed by the repo publisher
+    passes when its main header and payload are the ones built."""
+    if not expected:
+        return Check(
+            "digest",
+            False,
+            f"{artifact}: sha256 {file_sha256} does not match its provenance, which records no "
+            f"{RPM_CONTENT_DIGEST} to check a signed copy by (written by an older Kiln: "
+            "verify the built package, or rebuild)",
+        )
+    try:
+        actual = rpmheader.content_sha256(artifact)
+    except InvalidInput as exc:
+        return Check("digest", False, f"{exc}: the package changed after it was built")
     if actual != expected:
         return Check(
             "digest",
             False,
-            f"{artifact}: sha256 {actual} does not match its provenance ({expected}): "
-            "the artifact changed after it was built",
+            f"{artifact}: the package's content (main header and payload) does not match its provenance "
+            f"({RPM_CONTENT_DIGEST} {actual}, recorded {expected}): the package changed after it was built",
         )
-    return Check("digest", True, f"sha256 {actual} matches its provenance")
+    report.matched_by = RPM_CONTENT_DIGEST
+    return Check(
+        "digest",
+        True,
+        f"signed copy: content matches, signature header differs ({RPM_CONTENT_DIGEST} {actual} "
+        f"matches its provenance; the file's sha256 {file_sha256} is not the built package's)",
+    )
+
+
+def _check_rpm_signature(
+    artifact: Path, keyring: Path | None, public_keys: list[Path], runner: Runner
+) -> Check:
+    """The re-signed copy's own RPM signature, with the site key (the repo publisher signs with it)."""
+    from .rpm.trust import package_signature
+
+    work = Path(tempfile.mkdtemp(prefix="kiln-verify-rpm-"))
+    try:
+        keys = _armoured_keys(keyring, public_keys, work, runner)
+        if not keys:
+            return Check("rpm-signature", True, "not checked (no site key or --key to check it with)")
+        verdict, said = package_signature(artifact, keys, runner, work)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    if verdict == "signed":
+        return Check("rpm-signature", True, "the package's own signature verifies with the site key")
+    if verdict == "unchecked":
+        return Check("rpm-signature", True, f"not checked ({said})")
+    why = (
+        "is signed by a key that is not the site's"
+        if verdict == "unknown-key"
+        else "is not signed, though its signature header differs from the built package's"
+    )
+    return Check("rpm-signature", False, f"{artifact}: the package {why} (rpmkeys: {said})")
+
+
+def _armoured_keys(keyring: Path | None, public_keys: list[Path], work: Path, runner: Runner) -> list[Path]:
+    """The armoured public keys to check with: ``public_keys``, and ``keyring``'s exported into ``work``."""
+    keys = list(public_keys)
+    if keyring is not None:
+        exported = runner.capture(["gpg", "--homedir", str(keyring), "--batch", "--armor", "--export"])
+        if exported.ok and exported.stdout.strip():
+            (work / "site.asc").write_text(exported.stdout)
+            keys.append(work / "site.asc")
+    return keys
 
 
 def _check_signature(
@@ -281,12 +384,7 @@ def _check_signature(
     home = Path(tempfile.mkdtemp(prefix="kiln-verify-"))
     home.chmod(0o700)
     try:
-        keys = list(public_keys)
-        if keyring is not None:
-            exported = runner.capture(["gpg", "--homedir", str(keyring), "--batch", "--armor", "--export"])
-            if exported.ok and exported.stdout.strip():
-                (home / "site.asc").write_text(exported.stdout)
-                keys.append(home / "site.asc")
+        keys = _armoured_keys(keyring, public_keys, home, runner)
         if not keys:
             return Check(
                 "signature", False, f"{signature}: no public key to check it with (give --key)"

@@ -1,4 +1,5 @@
-"""Read a package's name and arch from its RPM header, without running rpm or reading the payload.
+"""Read a package's name and arch from its RPM header, without running rpm or reading the payload;
+and the digest of what signing leaves alone (``content_sha256``).
 
 Layout (rpm's ``lib/rpmlead.c`` and ``lib/header.c``): a 96-byte lead, then the signature header,
 padded to 8 bytes, then the main header. Each header is an 8-byte intro (magic ``8e ad e8``, version,
@@ -8,6 +9,7 @@ count: 16 bytes each) and the data store.
 
 from __future__ import annotations
 
+import hashlib
 import re
 import struct
 from pathlib import Path
@@ -55,15 +57,45 @@ def _string_tag(index: bytes, data: bytes, tag: int, path: Path) -> str:
     raise InvalidInput(Problem(f"{path}: not an RPM (no string tag {tag} in its header)"))
 
 
+def _main_header_offset(handle: BinaryIO, path: Path) -> int:
+    """Where the main header starts: after the lead and the signature header, padded to 8 bytes."""
+    if handle.read(4) != LEAD_MAGIC:
+        raise InvalidInput(Problem(f"{path}: not an RPM (no RPM lead)"))
+    signature_size, _, _ = _header_at(handle, LEAD_SIZE, path)
+    return LEAD_SIZE + (signature_size + 7) // 8 * 8
+
+
+def is_rpm(path: Path) -> bool:
+    """Whether ``path`` is a file that starts with an RPM lead."""
+    try:
+        with path.open("rb") as handle:
+            return handle.read(4) == LEAD_MAGIC
+    except OSError:
+        return False
+
+
+def content_sha256(path: Path) -> str:
+    """sha256 (lowercase hex) of the main header and the payload: every byte after the lead and
+    the signature header. ``rpmsign --addsign`` rewrites only the signature header, so a signed copy
+    has the same content digest as the package that was built; a changed header or payload does not."""
+    try:
+        with path.open("rb") as handle:
+            main_offset = _main_header_offset(handle, path)
+            _header_at(handle, main_offset, path)  # the main header must be there, whole
+            digest = hashlib.sha256()
+            handle.seek(main_offset)
+            while chunk := handle.read(1 << 20):
+                digest.update(chunk)
+    except OSError as exc:
+        raise InvalidInput(Problem(f"{path}: cannot read it ({exc.strerror or exc})")) from exc
+    return digest.hexdigest()
+
+
 def name_and_arch(path: Path) -> tuple[str, str]:
     """(NAME, ARCH) of an RPM file; InvalidInput naming the file for anything that is not one."""
     try:
         with path.open("rb") as handle:
-            if handle.read(4) != LEAD_MAGIC:
-                raise InvalidInput(Problem(f"{path}: not an RPM (no RPM lead)"))
-            signature_size, _, _ = _header_at(handle, LEAD_SIZE, path)
-            main_offset = LEAD_SIZE + (signature_size + 7) // 8 * 8
-            _, index, data = _header_at(handle, main_offset, path)
+            _, index, data = _header_at(handle, _main_header_offset(handle, path), path)
     except OSError as exc:
         raise InvalidInput(Problem(f"{path}: cannot read it ({exc.strerror or exc})")) from exc
     name, arch = _string_tag(index, data, TAG_NAME, path), _string_tag(index, data, TAG_ARCH, path)

@@ -54,3 +54,24 @@ def check_signature(srpm: Path, keys: list[Path], runner: Runner, work: Path, lo
             "(set build.verify_signature: false to rebuild it anyway)"
         )
     )
+
+
+def package_signature(package: Path, keys: list[Path], runner: Runner, work: Path) -> tuple[str, str]:
+    """(verdict, what rpm said) for any package against a private rpm database holding ``keys``
+    (armoured exports): ``signed``, ``unknown-key``, ``unsigned``, or ``unchecked`` when rpmkeys
+    is missing or refuses a key. Never raises: ``kiln verify`` reports it as one check."""
+    db = work / "rpmdb"
+    shutil.rmtree(db, ignore_errors=True)
+    db.mkdir(parents=True)
+    try:
+        for key in keys:
+            imported = runner.capture(["rpmkeys", "--dbpath", str(db), "--import", str(key)], timeout=60)
+            if not imported.ok:
+                why = imported.error or imported.output.strip() or f"exit status {imported.returncode}"
+                return "unchecked", f"rpmkeys --import {key.name}: {why}"
+        said = runner.capture(["rpmkeys", "--dbpath", str(db), "--checksig", str(package)], timeout=120)
+    finally:
+        shutil.rmtree(db, ignore_errors=True)
+    if said.returncode is None:
+        return "unchecked", f"rpmkeys --checksig: {said.error}"
+    return signature_verdict(said.output, said.returncode), said.output.strip()

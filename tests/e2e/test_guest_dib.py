@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from builder.manifest import sha256_file
 from builder.workspace import PACKAGE_ROOT
 from tests.support.clients import glance_image_of
 from tests.support.kiln_cli import KILN, run_kiln
@@ -37,7 +38,7 @@ def built(local_site, site_file, dib_ready, tmp_path_factory):
     return {"outcome": outcome, "ledger": ledger, "build_root": build_root, "seconds": seconds}
 
 
-def test_debian_12_x86_64_builds_boots_and_publishes(built, local_site):
+def test_debian_12_x86_64_builds_boots_and_publishes(built, local_site, site_file):
     outcome = built["outcome"]
     assert outcome["status"] == "built" and outcome["verification"].startswith("passed")
     manifest = json.loads(Path(outcome["manifest"]).read_text())
@@ -56,6 +57,15 @@ def test_debian_12_x86_64_builds_boots_and_publishes(built, local_site):
     assert props["architecture"] == "x86_64" and props["hw_firmware_type"] == "bios"
     assert props["os_distro"] == "debian" and props["os_version"] == "12"
     assert props["kiln_digest"] == manifest["digest"]
+    # The image names its provenance statement (beside the artifact) by digest, and that statement
+    # is the one `kiln verify` accepts for the image, signed with the site key.
+    statement = image.with_name(image.name + ".intoto.json")
+    assert props["kiln_provenance"] == f"sha256:{sha256_file(statement)}"
+    verified = run_kiln(
+        site_file, built["ledger"], built["build_root"], "verify", str(image), "--require-signature", "--json"
+    )
+    assert verified.returncode == 0, verified.stdout[-3000:]
+    assert json.loads(verified.stdout)["statement"] == str(statement)
 
 
 def test_unchanged_target_is_skipped_in_well_under_a_second(built, site_file):
