@@ -7,7 +7,8 @@ Where the list comes from, per build (taken during the build, never by opening t
 - RPM rebuilds: the packages themselves (``packages_of_rpms``: their headers and file names).
 - any other builder: a ``packages.dpkg`` (``dpkg-query -W`` output: ``name[:arch]<TAB>version``) or
   ``packages.rpm`` (``rpm -qa --qf '%{NAME}\\t%{VERSION}-%{RELEASE}\\t%{ARCH}\\n'``) file in its
-  output directory.
+  output directory (containers: ``dpkg-query`` in the built image; Packer guests: in the guest, by the
+  template's last provisioners, downloaded with a ``file`` provisioner).
 
 Everything here but ``find_package_list`` and ``read_sbom`` is pure.
 """
@@ -23,6 +24,8 @@ from typing import Any
 
 SPDX_VERSION = "SPDX-2.3"
 DIB_DPKG_GLOB = "dib-manifest-dpkg-*"
+DPKG_LIST = "packages.dpkg"  # what a builder other than DIB leaves: ``dpkg-query -W`` output
+RPM_LIST = "packages.rpm"  # or ``rpm -qa`` output
 
 
 @dataclass(frozen=True, order=True)
@@ -81,7 +84,7 @@ def find_package_list(out_dir: Path) -> list[Package] | None:
     for path in sorted(out_dir.rglob(DIB_DPKG_GLOB)):
         if path.is_file():
             return parse_dib_dpkg(path.read_text())
-    for name, parse in (("packages.dpkg", parse_dpkg_query), ("packages.rpm", parse_rpm_qa)):
+    for name, parse in ((DPKG_LIST, parse_dpkg_query), (RPM_LIST, parse_rpm_qa)):
         for path in sorted(out_dir.rglob(name)):
             if path.is_file():
                 return parse(path.read_text())

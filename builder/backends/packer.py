@@ -4,6 +4,8 @@ The HCL comes from the rendered files; ``plan`` adds what is site- or run-specif
 base image (the dependency's artifact), an SSH key made for this build (its public half goes into
 the NoCloud seed's user-data), the output directory, the workspace root (recipe file paths are
 relative to it) and the accelerator (KVM only where the probe says it works).
+The template's last provisioners download the guest's package list into the output directory
+(``packages.dpkg`` or ``packages.rpm``, as ``builder/sbom.py`` reads them): the SBOM's source.
 Packer's ``-machine-readable`` output is turned into Kiln's progress lines.
 """
 
@@ -13,8 +15,9 @@ import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ..errors import InvalidInput, Problem
+from ..errors import CommandFailed, InvalidInput, Problem
 from ..manifest import Artifact
+from ..sbom import DPKG_LIST, RPM_LIST
 from .base import BuildJob, BuildRun, Command, ExpectedOutput, Step, collect_outputs, run_command
 
 if TYPE_CHECKING:
@@ -22,6 +25,7 @@ if TYPE_CHECKING:
 
 BUILD_TIMEOUT_S = 2 * 3600
 UNPROBED_ACCELERATOR = "kvm-or-tcg"  # what a dry run shows: the KVM probe runs at build time
+PACKAGE_LISTS = (DPKG_LIST, RPM_LIST)  # the template downloads one, by the guest's distro
 
 
 def machine_readable_step(line: str) -> str | None:
@@ -44,6 +48,7 @@ def packer_command(
 ) -> Command:
     variables = {
         "output_dir": str(out_dir / "image"),
+        "package_list_dir": str(out_dir),
         "seed_dir": str(render_dir / "seed"),
         "workspace": str(workspace_root),
         "ssh_private_key_file": str(ssh_private_key),
@@ -107,6 +112,8 @@ class PackerBackend:
         [output] = run.outputs
         shutil.rmtree(output.path.parent, ignore_errors=True)  # packer refuses an existing output dir
         output.path.parent.parent.mkdir(parents=True, exist_ok=True)
+        for stale in PACKAGE_LISTS:  # never an earlier build's package list in this build's SBOM
+            (job.out_dir / stale).unlink(missing_ok=True)
         try:
             run_command(keygen, runner, log)
             seed = job.render_dir / "seed" / "user-data"
@@ -115,6 +122,11 @@ class PackerBackend:
             run_command(build, runner, log, on_line=lambda line: _report(line, on_step))
         finally:
             shutil.rmtree(key.parent, ignore_errors=True)  # the key was for this build only
+        if not any((job.out_dir / name).is_file() for name in PACKAGE_LISTS):
+            raise CommandFailed(
+                f"packer finished but did not download the guest's package list "
+                f"({' or '.join(PACKAGE_LISTS)} in {job.out_dir}; log: {log})"
+            )
         return collect_outputs(run, log)
 
     def tool_versions(self, runner: Runner) -> dict[str, str]:
