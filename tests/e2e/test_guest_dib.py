@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from builder.manifest import sha256_file
+from builder.sbom import packages_of, read_sbom
 from builder.workspace import PACKAGE_ROOT
 from tests.support.clients import glance_image_of
 from tests.support.kiln_cli import KILN, run_kiln
@@ -89,7 +90,8 @@ def test_unchanged_target_is_skipped_in_well_under_a_second(built, site_file):
 
 def test_packer_build_on_the_dib_image_runs_its_provisioners(built, site_file, local_site):
     """debian-12-packer builds on debian-12 (built above, so skipped now); its provisioner leaves
-    /etc/kiln-provisioned, which the recipe's boot check finds over SSH."""
+    /etc/kiln-provisioned, which the recipe's boot check finds over SSH; the guest's package list,
+    downloaded by the template's last provisioners, becomes its SBOM."""
     result = run_kiln(
         site_file,
         built["ledger"],
@@ -113,6 +115,9 @@ def test_packer_build_on_the_dib_image_runs_its_provisioners(built, site_file, l
     assert ",ui,say," in log.read_text()  # -machine-readable output, which Kiln turns into progress
     shown = glance_image_of(packer, local_site.urls.glance)
     assert shown["name"] == "debian-12-packer bookworm x86_64"
+    manifest = json.loads(Path(packer["manifest"]).read_text())
+    listed = packages_of(read_sbom(Path(packer["manifest"]).parent / manifest["sbom"]))
+    assert {"openssh-server", "cloud-init", "qemu-guest-agent"} <= listed.keys()  # debian-12's, in the guest
 
 
 def _loop_devices() -> str:
