@@ -271,6 +271,7 @@ def cmd_build(args: argparse.Namespace) -> int:
         dry_run=args.dry_run,
         candidate=args.candidate,
         gpu=args.gpu,
+        force=getattr(args, "force", False),
     )
     if options.candidate is not None:
         site.candidates.suffixes(options.candidate)  # an unfit id is refused before anything runs
@@ -557,6 +558,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--no-verify",
         action="store_true",
         help="switch verification off (recorded as 'off' in the manifest and ledger; still publishable)",
+    )
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="build every selected target again even when its digest was built (a new build id; "
+        "caches such as the DIB base tree are still used)",
     )
     p.add_argument(
         "--gpu",

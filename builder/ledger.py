@@ -74,6 +74,12 @@ CREATE TABLE IF NOT EXISTS attestations (
     sha256 TEXT NOT NULL DEFAULT '',
     recorded_at REAL NOT NULL
 );
+CREATE TABLE IF NOT EXISTS build_facts (
+    build_id INTEGER PRIMARY KEY REFERENCES builds(id),
+    base_digest TEXT,                 -- the base tree it started from (DIB), NULL: none
+    base_state TEXT,                  -- reused, recorded, off
+    facts TEXT NOT NULL DEFAULT '{}'  -- JSON: the backend's build facts (base, phase times)
+);
 CREATE TABLE IF NOT EXISTS publications (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     artifact_id INTEGER NOT NULL REFERENCES artifacts(id),
@@ -254,6 +260,21 @@ class Ledger:
                 )
                 ids.append(int(cursor.lastrowid or 0))
             return ids
+
+    def record_build_facts(self, build_id: int, facts: dict[str, Any]) -> None:
+        """What the backend told about how it built (builder/backends/base.py FACTS): the base tree
+        (digest and whether it was reused), phase times."""
+        base = facts.get("base") if isinstance(facts.get("base"), dict) else {}
+        with self._tx() as db:
+            db.execute(
+                "INSERT OR REPLACE INTO build_facts (build_id, base_digest, base_state, facts) "
+                "VALUES (?,?,?,?)",
+                (build_id, base.get("digest"), base.get("state"), json.dumps(facts, sort_keys=True)),
+            )
+
+    def build_facts(self, build_id: int) -> dict[str, Any]:
+        row = self._db.execute("SELECT facts FROM build_facts WHERE build_id=?", (build_id,)).fetchone()
+        return json.loads(row[0]) if row else {}
 
     def record_publication(self, artifact_id: int, publisher: str, location: str) -> None:
         with self._tx() as db:

@@ -60,6 +60,8 @@ class BuildManifest:
     # {artifact name: {"statement": path, "sha256": ..., "signature": path or None}}, and the SBOM.
     provenance: dict[str, Any] | None = None
     sbom: str | None = None
+    # How the backend built (builder/backends/base.py FACTS): e.g. DIB's base tree and phase times.
+    build_facts: dict[str, Any] | None = None
     base_dir: Path = field(default=Path("."), compare=False)
 
     @property

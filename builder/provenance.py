@@ -68,6 +68,20 @@ def measured(path: Path) -> str:
     return sha256_file(path / "index.json" if path.is_dir() else path)
 
 
+def _base_tree(manifest: BuildManifest) -> list[dict[str, Any]]:
+    """The cached base tree a DIB build started from (builder/backends/dib_base.py), by its key."""
+    base = (manifest.build_facts or {}).get("base") or {}
+    if not base.get("digest"):
+        return []
+    return [
+        {
+            "name": "kiln-base-tree",
+            "digest": {"sha256": base["digest"]},
+            "annotations": {"state": base.get("state", "")},
+        }
+    ]
+
+
 def subject_digests(path: Path) -> dict[str, str]:
     """The digests a subject carries besides the file's sha256: an RPM's content digest."""
     if not rpmheader.is_rpm(path):
@@ -118,6 +132,7 @@ def statement(
                         {"name": f"render/{name}", "digest": {"sha256": digest}}
                         for name, digest in sorted(context.rendered.items())
                     ),
+                    *_base_tree(manifest),
                 ],
             },
             "runDetails": {

@@ -123,6 +123,43 @@ class IpaSite(StrictModel):
     )
 
 
+# Packages a DIB guest or IPA base tree may hold when a recipe asks for them (its own list is
+# intersected with this one): common to most images, slow to install, rarely the one a change adds.
+DEFAULT_BASE_PACKAGES = [
+    "cloud-init",
+    "cloud-guest-utils",
+    "ifupdown",
+    "isc-dhcp-client",
+    "openssh-server",
+    "qemu-guest-agent",
+    "sudo",
+]
+
+
+class BaseCacheSite(StrictModel):
+    enabled: bool = Field(
+        True,
+        description="DIB builds (guest images, IPA) start from a cached base tree: the distro "
+        "bootstrap plus the shared packages, keyed by the digest of its inputs.",
+    )
+    packages: list[str] = Field(
+        default_factory=lambda: list(DEFAULT_BASE_PACKAGES),
+        description="Of a recipe's packages, those that go into the base tree (the distro's own "
+        "packages, e.g. the kernel, always do).",
+    )
+    max_gb: float = Field(20.0, gt=0, description="Base trees kept, least recently used evicted first.")
+    store: str | None = Field(None, description="Where base trees are kept. Absent: ~/.cache/kiln/dib-base.")
+
+
+class DibSite(StrictModel):
+    base_cache: BaseCacheSite = Field(default_factory=BaseCacheSite)
+    qcow2_compression: Literal["zstd", "zlib", "none"] = Field(
+        "zstd",
+        description="zstd: ~6x faster than zlib and smaller here; readable by QEMU >= 5.1. zlib: for "
+        "hypervisors with an older QEMU. none: the largest file, the fastest build.",
+    )
+
+
 class BuildHost(StrictModel):
     mode: Literal["native", "emulated", "ssh"] = "emulated"
     host: str | None = None
@@ -237,6 +274,7 @@ class SiteConfig(StrictModel):
     candidates: CandidateSite = Field(default_factory=CandidateSite)
     ipa_http: IpaHttpSite = Field(default_factory=IpaHttpSite)
     ipa: IpaSite = Field(default_factory=IpaSite)
+    dib: DibSite = Field(default_factory=DibSite)
 
     def placement(self, arch: Arch, host: Arch) -> str:
         """How this host builds for ``arch``: "native" or "emulated" (qemu-user via binfmt).

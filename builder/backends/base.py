@@ -158,3 +158,25 @@ def clear_outputs(run: BuildRun) -> None:
     for output in run.outputs:
         output.path.parent.mkdir(parents=True, exist_ok=True)
         output.path.unlink(missing_ok=True)
+
+
+# Beside a build's outputs: what the backend can tell about how it built (e.g. DIB's base tree and
+# phase times). The pipeline copies it into the manifest and the ledger; a backend need not write it.
+FACTS = "build-facts.json"
+
+
+def write_build_facts(out_dir: Path, facts: dict[str, Any]) -> None:
+    import json
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / FACTS).write_text(json.dumps(facts, indent=2, sort_keys=True) + "\n")
+
+
+def read_build_facts(out_dir: Path) -> dict[str, Any]:
+    import json
+
+    try:
+        data = json.loads((out_dir / FACTS).read_text())
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}

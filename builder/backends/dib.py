@@ -19,7 +19,9 @@ import re
 import shlex
 import shutil
 import sys
+import time
 from collections.abc import Iterator
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -27,6 +29,7 @@ from ..arch import Arch
 from ..errors import InvalidInput, Problem
 from ..host import compat as hostcompat
 from ..manifest import Artifact
+from . import dib_base
 from .base import (
     BuildJob,
     BuildRun,
@@ -37,6 +40,7 @@ from .base import (
     collect_outputs,
     place_copies,
     run_command,
+    write_build_facts,
 )
 
 if TYPE_CHECKING:
@@ -132,6 +136,9 @@ class DibBackend:
     def plan(self, job: BuildJob) -> BuildRun:
         site_env, copies, notes = self.site_environment(job)
         command, outputs = plan_command(job.rendered, job.out_dir, site_env)
+        if base_cache_applies(job):
+            command = replace(command, argv=(*command.argv, dib_base.ELEMENT))
+            notes = (*notes, BASE_NOTE)
         return BuildRun(self.tool, (command,), outputs, job.out_dir.parent, copies=copies, notes=notes)
 
     def site_environment(
@@ -160,6 +167,11 @@ class DibBackend:
             path = f"{shim_dir}{os.pathsep}{path}"
         site_env["PATH"] = path
         site_env["ELEMENTS_PATH"] = str(job.elements_dir)
+        compression = site.dib.qcow2_compression
+        if compression == "none":
+            site_env["COMPRESS_IMAGE"] = ""  # what disk-image-create -u sets
+        elif compression == "zstd":
+            site_env["QEMU_IMG_OPTIONS"] = "compression_type=zstd"
         copies = tuple((src, ca_dir / f"{i:02d}-{src.stem}.crt") for i, src in enumerate(ca_files))
         notes = (
             ()
@@ -180,13 +192,29 @@ class DibBackend:
         clear_outputs(run)
         [command] = run.commands
         progress = DibProgress(on_step)
+        image_cache = dib_cache(job.cache_dir, job.target.arch)
+        spot = dib_base.spot_name(
+            str(getattr(job.target.build, "distro", "")), job.target.release, job.target.arch
+        )
         try:
-            with cache_lock(dib_cache(job.cache_dir, job.target.arch), job.target.id, on_step):
-                run_command(command, runner, log, on_line=progress.line)
+            with cache_lock(image_cache, job.target.id, on_step):
+                # Inside the lock: the spot (the tarball DIB starts from) is this build's alone.
+                base = choose_base(job, command, image_cache, spot, on_step)
+                try:
+                    run_command(replace(command, env={**command.env, **base.env}), runner, log, progress.line)
+                except BaseException:
+                    base.abandon()
+                    raise
+                finally:
+                    dib_base.settle_spot(image_cache, spot)
+                base.finish()
         finally:
             for action in hostcompat.cleanup_after_interrupt(job.tmp_dir):
                 on_step(f"cleanup: {action}")
             shutil.rmtree(job.tmp_dir, ignore_errors=True)
+        phases = progress.clock.durations()
+        on_step(f"{job.target.id}: dib phases: {format_phases(phases)}")
+        write_build_facts(job.out_dir, {"base": base.as_json(), "phases": phases})
         return collect_outputs(run, log)
 
     def tool_versions(self, runner: Runner) -> dict[str, str]:
@@ -196,6 +224,140 @@ class DibBackend:
             return {"diskimage-builder": version("diskimage-builder")}
         except PackageNotFoundError:
             return {"diskimage-builder": "unknown"}
+
+
+# --- the base tree (builder/backends/dib_base.py) --------------------------------------------------------
+
+BASE_NOTE = "base tree: reused or recorded, decided at build time (site.yaml dib.base_cache)"
+
+
+def base_cache_applies(job: BuildJob) -> bool:
+    """Debian builds from debian-minimal, with the base cache switched on in site.yaml."""
+    build = job.target.build
+    return job.site.dib.base_cache.enabled and getattr(build, "distro", "") == "debian"
+
+
+@dataclass
+class BaseUse:
+    """The base tree one build uses: ``reused``, ``recorded`` (built by this build), or ``off``."""
+
+    state: str
+    reason: str = ""
+    key: str | None = None
+    spec: dib_base.BaseSpec | None = None
+    store: dib_base.BaseStore | None = None
+    env: dict[str, str] = field(default_factory=dict)
+    started: float = field(default_factory=time.monotonic)
+    seconds: float | None = None
+
+    def finish(self) -> None:
+        if self.state != "recorded" or self.store is None or self.key is None or self.spec is None:
+            return
+        if not self.store.tree(self.key).is_file():
+            self.state, self.reason = "off", "the build did not record the tree (no kiln-base-tree run)"
+            self.store.discard(self.key)
+            return
+        self.seconds = time.monotonic() - self.started
+        self.store.commit(self.key, self.spec, self.seconds)
+
+    def abandon(self) -> None:
+        """A failed build: a tree it recorded is discarded, never reused half-trusted."""
+        if self.state == "recorded" and self.store is not None and self.key is not None:
+            self.store.discard(self.key)
+
+    def as_json(self) -> dict[str, Any]:
+        return {"state": self.state, "digest": self.key, "reason": self.reason}
+
+
+def choose_base(job: BuildJob, command: Command, image_cache: Path, spot: str, on_step: Step) -> BaseUse:
+    """Reuse the base tree whose key matches, or record it in this build; point the spot."""
+    if not base_cache_applies(job) or dib_base.ELEMENT not in command.argv:  # IPA: not yet
+        dib_base.point_spot(image_cache, spot, None)
+        return BaseUse("off", "site.yaml dib.base_cache or a distro other than debian")
+    settings = job.site.dib.base_cache
+    build: Any = job.target.build
+    env = dict(command.env)
+    elements, packages = elements_and_packages(command.argv)
+    try:
+        state = dib_base.mirror_state(mirror_suites(env, job.target.release))
+    except OSError as exc:
+        dib_base.point_spot(image_cache, spot, None)
+        on_step(f"{job.target.id}: base tree off: the mirror's state is unknown ({exc})")
+        return BaseUse("off", f"mirror state unknown: {exc}", env={"KILN_BASE_TREE_MODE": "off"})
+    try:
+        spec = dib_base.base_spec(
+            distro=build.distro,
+            release=job.target.release,
+            arch=job.target.arch,
+            elements=elements,
+            elements_dir=job.elements_dir,
+            env=env,
+            recipe_packages=packages,
+            shared_packages=settings.packages,
+            distro_elements={DISTRO_ELEMENTS[build.distro], "debootstrap"},
+            mirror_state=state,
+        )
+    except Exception as exc:  # DIB's element resolver: the DIB run itself reports a real problem
+        dib_base.point_spot(image_cache, spot, None)
+        on_step(f"{job.target.id}: base tree off: its elements could not be resolved ({exc})")
+        return BaseUse("off", f"elements not resolved: {exc}", env={"KILN_BASE_TREE_MODE": "off"})
+    key = dib_base.base_key(spec)
+    root = Path(os.path.expanduser(settings.store)) if settings.store else job.cache_dir / "dib-base"
+    store = dib_base.BaseStore(root / job.target.arch.debian, int(settings.max_gb * 1024**3))
+    if store.has(key):
+        store.touch(key)
+        dib_base.point_spot(image_cache, spot, store.tree(key))
+        on_step(f"{job.target.id}: base tree {key[:12]} reused ({len(spec.packages)} packages)")
+        return BaseUse("reused", key=key, spec=spec, store=store, env={"KILN_BASE_TREE_MODE": "reuse"})
+    out = store.prepare(key)
+    dib_base.point_spot(image_cache, spot, None)
+    on_step(f"{job.target.id}: base tree {key[:12]} not cached: recording it in this build")
+    return BaseUse(
+        "recorded",
+        key=key,
+        spec=spec,
+        store=store,
+        env={
+            "KILN_BASE_TREE_MODE": "record",
+            "KILN_BASE_TREE_OUT": str(out),
+            "KILN_BASE_PACKAGES": " ".join(spec.packages),
+        },
+    )
+
+
+_VALUED_OPTIONS = {"-a", "-o", "-t", "-p", "--image-size", "--qemu-img-options", "-x"}
+
+
+def elements_and_packages(argv: tuple[str, ...] | list[str]) -> tuple[list[str], list[str]]:
+    """The elements and the ``-p`` packages of a disk-image-create argv (options and their values
+    left out; Kiln's own base-tree element too: it records the tree, it does not shape it)."""
+    elements: list[str] = []
+    packages: list[str] = []
+    words = list(argv[1:])
+    while words:
+        word = words.pop(0)
+        if word in _VALUED_OPTIONS and words:
+            value = words.pop(0)
+            if word == "-p":
+                packages += [p for p in value.split(",") if p]
+        elif not word.startswith("-") and word != dib_base.ELEMENT:
+            elements.append(word)
+    return elements, packages
+
+
+def mirror_suites(env: dict[str, str], release: str) -> list[str]:
+    """The suites whose state the tree depends on: the release and its updates, and security
+    when the build includes it (DIB_DEBIAN_SECURITY_MIRROR)."""
+    mirror = env.get("DIB_DISTRIBUTION_MIRROR", "http://deb.debian.org/debian").rstrip("/")
+    suites = [f"{mirror}/dists/{release}", f"{mirror}/dists/{release}-updates"]
+    security = env.get("DIB_DEBIAN_SECURITY_MIRROR")
+    if security and f"{release}-security" in env.get("DIB_APT_SOURCES_CONF", f"{release}-security"):
+        suites.append(f"{security.rstrip('/')}/dists/{release}-security")
+    return suites
+
+
+def format_phases(phases: dict[str, float]) -> str:
+    return ", ".join(f"{name} {seconds:.1f}s" for name, seconds in phases.items()) or "none seen"
 
 
 @contextlib.contextmanager
@@ -234,14 +396,48 @@ def progress_message(line: str) -> str | None:
     return None
 
 
+class PhaseClock:
+    """How long each DIB phase took, from the output as it arrives: a phase runs from its first
+    ``dib-run-parts`` line to the next phase's; the image conversion from its milestone to the end."""
+
+    def __init__(self, clock: Any = time.monotonic):
+        self.clock = clock
+        self.current: str | None = None
+        self.since = 0.0
+        self.totals: dict[str, float] = {}
+
+    def line(self, text: str) -> None:
+        match = _RUN_PARTS.search(text)
+        if match:
+            self.enter(f"{match.group(1)}.d")
+        elif "Converting image using qemu-img convert" in text:
+            self.enter("qemu-img convert")
+
+    def enter(self, phase: str) -> None:
+        if phase == self.current:
+            return
+        now = self.clock()
+        if self.current is not None:
+            self.totals[self.current] = self.totals.get(self.current, 0.0) + now - self.since
+        self.current, self.since = phase, now
+
+    def durations(self) -> dict[str, float]:
+        totals = dict(self.totals)
+        if self.current is not None:
+            totals[self.current] = totals.get(self.current, 0.0) + self.clock() - self.since
+        return {name: round(seconds, 1) for name, seconds in totals.items()}
+
+
 class DibProgress:
     """Turns DIB's output into progress steps: one per phase script, and the milestones."""
 
     def __init__(self, on_step: Step):
         self.on_step = on_step
         self.last: str | None = None
+        self.clock = PhaseClock()
 
     def line(self, text: str) -> None:
+        self.clock.line(text)
         message = progress_message(text)
         if message is not None and message != self.last:
             self.last = message

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from ..arch import Arch
-from ..backends.base import Backend, BuildJob, HostFacts
+from ..backends.base import FACTS, Backend, BuildJob, HostFacts, read_build_facts
 from ..errors import CommandFailed, EnvironmentProblem, InvalidInput, KilnError, Problem
 from ..host import compat as hostcompat
 from ..host.run import Runner
@@ -65,6 +65,7 @@ class BuildOptions:
     dry_run: bool = False
     candidate: str | None = None  # publish under this candidate's names (site.yaml candidates:)
     gpu: bool = False  # verifiers that can: run a program on this host's GPU (kiln build --gpu)
+    force: bool = False  # build again even when the digest has a build (kiln build --force)
 
 
 class BuildDirs:
@@ -191,9 +192,9 @@ class Pipeline:
         outcome = Outcome(target.id, "built")
         manifest = None
         try:
-            manifest = self.existing_manifest(target)
+            manifest = None if options.force else self.existing_manifest(target)
             found = None
-            if manifest is None and options.publish:
+            if manifest is None and options.publish and not options.force:
                 found = in_registry(target, self.publishers(), self._candidate(options))
             if found is not None:
                 # Built, verified and pushed before (by another runner, or before this ledger).
@@ -288,6 +289,7 @@ class Pipeline:
         log = self.dirs.logs(target) / f"build-{time.strftime('%Y%m%dT%H%M%S')}.log"
         build_id = self.ledger.start_build(target, log_path=str(log))
         self.on_step(f"{target.id}: {run.tool} (log: {log})")
+        (job.out_dir / FACTS).unlink(missing_ok=True)  # never an earlier build's
         try:
             artifacts = backend.run(run, job, self.runner, log, self.on_step)
         except BaseException as exc:
@@ -308,9 +310,12 @@ class Pipeline:
             build_id=build_id,
             source_commit=source_commit(self.workspace.root),
             verification={"status": "pending"},
+            build_facts=read_build_facts(job.out_dir) or None,
             base_dir=self.dirs.target(target),
         )
         manifest.write(self.dirs.manifest(target))
+        if manifest.build_facts:
+            self.ledger.record_build_facts(build_id, manifest.build_facts)
         self.ledger.finish_build(
             build_id,
             "succeeded",
