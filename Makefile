@@ -13,7 +13,7 @@ help:
 	@echo "make test   - set up, then run ruff and the test suite (incl. a real x86_64 DIB build + boot)"
 	@echo "make test-slow - the emulated ppc64le build and pseries boot, the CUDA devel image (~30 min)"
 	@echo "make schema - regenerate schemas/recipe.schema.json"
-	@echo "make bench  - run the benchmarks in bench/ (~15 min: two real DIB builds)"
+	@echo "make bench  - run the benchmarks in bench/ (~25 min: real DIB, IPA and container builds)"
 	@echo "make fuzz N=100000 - mutate the example recipes N times through validate/plan/render;"
 	@echo "              failures (with their input) go to FUZZ_OUT (default build/fuzz)"
 	@echo "make lock   - re-resolve requirements.lock (pinned, hashed Python deps) from pyproject.toml;"
@@ -73,6 +73,7 @@ bench: bootstrap
 	$(VENV)/bin/python bench/pipeline_scale.py --validate
 	$(VENV)/bin/python bench/publish.py
 	$(VENV)/bin/python bench/guest_overhead.py
+	$(VENV)/bin/python bench/base_tree.py
 	$(VENV)/bin/python bench/rpm_rebuild.py
 	$(VENV)/bin/python bench/ipa.py
 	$(VENV)/bin/python bench/container.py
