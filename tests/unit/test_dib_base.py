@@ -243,11 +243,12 @@ def test_two_concurrent_builds_needing_one_missing_base_build_it_once(tmp_path, 
     runner = FakeDib()
     target = _target()
     outcomes: dict[str, Any] = {}
+    steps: list[str] = []
 
     def build(name: str) -> None:
         job = _job(target, tmp_path, name, cache)
         run = backend.plan(job)
-        backend.run(run, job, runner, tmp_path / name / "build.log", lambda _: None)
+        backend.run(run, job, runner, tmp_path / name / "build.log", steps.append)
         outcomes[name] = read_build_facts(job.out_dir)["base"]
 
     threads = [threading.Thread(target=build, args=(n,)) for n in ("first", "second")]
@@ -258,6 +259,11 @@ def test_two_concurrent_builds_needing_one_missing_base_build_it_once(tmp_path, 
     assert sorted(runner.modes) == ["record", "reuse"]  # built once; the other waited, then reused it
     assert sorted(o["state"] for o in outcomes.values()) == ["recorded", "reused"]
     assert outcomes["first"]["digest"] == outcomes["second"]["digest"]
+    digest = outcomes["first"]["digest"][:12]
+    # what kiln build says: which base, reused or recorded, and the DIB phase times
+    assert f"debian-12:bookworm:x86_64: base tree {digest} not cached: recording it in this build" in steps
+    assert any(s.startswith(f"debian-12:bookworm:x86_64: base tree {digest} reused") for s in steps)
+    assert sum(s.startswith("debian-12:bookworm:x86_64: dib phases: ") for s in steps) == 2
     spot = cache / "dib" / "amd64" / dib_base.spot_name("debian", "bookworm", Arch.X86_64)
     assert not spot.is_symlink()  # nothing left pointing at a tree after the runs
 
