@@ -16,6 +16,7 @@ gate's verdict) and ``verify.xml`` (JUnit).
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import time
@@ -380,8 +381,6 @@ class Pipeline:
     def _pull_dependency(self, dependency: str) -> Path:
         """A parent found in the registry, pulled by its manifest digest into an OCI layout under its
         own build directory, with the ``image.json`` a child's build reads its engine tag from."""
-        import json
-
         found = self._in_registry[dependency]
         directory = self.dirs.target(slug_of(dependency)) / "registry"
         self.on_step(f"{dependency}: pulling {found.repository}@{found.manifest_digest[:19]} to build on")

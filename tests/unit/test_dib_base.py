@@ -7,6 +7,7 @@ The DIB runs themselves are played by a fake runner here; tests/e2e/test_base_tr
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import threading
 import time
@@ -115,8 +116,6 @@ def _record(store: dib_base.BaseStore, key: str, size: int, used: float) -> None
     store.prepare(key).write_bytes(b"x" * size)
     store.commit(key, _spec(), 1.0)
     record = store.directory(key) / dib_base.RECORD
-    import os
-
     os.utime(record, (used, used))
 
 
@@ -296,7 +295,6 @@ def test_the_base_cache_switched_off_in_site_yaml_adds_no_element_and_records_no
     job = replace(_job(_target(), tmp_path, "off", tmp_path / "cache"), site=site)
     run = DibBackend().plan(job)
     assert dib_base.ELEMENT not in run.commands[0].argv
-    runner = FakeDib()
 
     @dataclass
     class NoModeDib(FakeDib):
