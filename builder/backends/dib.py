@@ -199,7 +199,8 @@ class DibBackend:
         try:
             with cache_lock(image_cache, job.target.id, on_step):
                 # Inside the lock: the spot (the tarball DIB starts from) is this build's alone.
-                base = choose_base(job, command, image_cache, spot, on_step)
+                inputs = self.base_inputs(command)
+                base = choose_base(job, command, inputs, image_cache, spot, runner, on_step)
                 try:
                     run_command(replace(command, env={**command.env, **base.env}), runner, log, progress.line)
                 except BaseException:
@@ -216,6 +217,13 @@ class DibBackend:
         on_step(f"{job.target.id}: dib phases: {format_phases(phases)}")
         write_build_facts(job.out_dir, {"base": base.as_json(), "phases": phases})
         return collect_outputs(run, log)
+
+    def base_inputs(self, command: Command) -> BaseInputs:
+        """What of this build's command shapes its base tree (disk-image-create's own argv)."""
+        elements, packages = elements_and_packages(command.argv)
+        argv = list(command.argv)
+        env = {"ARCH": argv[argv.index("-a") + 1]} if "-a" in argv else {}  # disk-image-create's export
+        return BaseInputs(elements, packages, {**env, **command.env})
 
     def tool_versions(self, runner: Runner) -> dict[str, str]:
         from importlib.metadata import PackageNotFoundError, version
@@ -235,6 +243,17 @@ def base_cache_applies(job: BuildJob) -> bool:
     """Debian builds from debian-minimal, with the base cache switched on in site.yaml."""
     build = job.target.build
     return job.site.dib.base_cache.enabled and getattr(build, "distro", "") == "debian"
+
+
+@dataclass(frozen=True)
+class BaseInputs:
+    """A build's elements (as disk-image-create gets them), its ``-p`` packages, the environment
+    DIB starts from, and element directories beyond Kiln's (IPA's)."""
+
+    elements: list[str]
+    packages: list[str]
+    env: dict[str, str]
+    elements_path: str = ""
 
 
 @dataclass
@@ -269,15 +288,22 @@ class BaseUse:
         return {"state": self.state, "digest": self.key, "reason": self.reason}
 
 
-def choose_base(job: BuildJob, command: Command, image_cache: Path, spot: str, on_step: Step) -> BaseUse:
+def choose_base(
+    job: BuildJob,
+    command: Command,
+    inputs: BaseInputs,
+    image_cache: Path,
+    spot: str,
+    runner: Runner,
+    on_step: Step,
+) -> BaseUse:
     """Reuse the base tree whose key matches, or record it in this build; point the spot."""
-    if not base_cache_applies(job) or dib_base.ELEMENT not in command.argv:  # IPA: not yet
+    if not base_cache_applies(job) or dib_base.ELEMENT not in command.argv:
         dib_base.point_spot(image_cache, spot, None)
         return BaseUse("off", "site.yaml dib.base_cache or a distro other than debian")
     settings = job.site.dib.base_cache
     build: Any = job.target.build
-    env = dict(command.env)
-    elements, packages = elements_and_packages(command.argv)
+    env = inputs.env
     try:
         state = dib_base.mirror_state(mirror_suites(env, job.target.release))
     except OSError as exc:
@@ -289,10 +315,12 @@ def choose_base(job: BuildJob, command: Command, image_cache: Path, spot: str, o
             distro=build.distro,
             release=job.target.release,
             arch=job.target.arch,
-            elements=elements,
+            elements=inputs.elements,
             elements_dir=job.elements_dir,
+            elements_path=inputs.elements_path,
             env=env,
-            recipe_packages=packages,
+            runner=runner,
+            recipe_packages=inputs.packages,
             shared_packages=settings.packages,
             distro_elements={DISTRO_ELEMENTS[build.distro], "debootstrap"},
             mirror_state=state,

@@ -14,10 +14,15 @@ How it plugs into diskimage-builder (no fork of DIB's scripts):
   to the store, atomically. Reusing, it does nothing: the tree came in through the spot.
 
 The key (:func:`base_key`) covers everything that shapes the tree up to that point: distro, release,
-arch, the text of every ``root.d`` and ``environment.d`` script of the build's elements (so a
-changed or added element is a new base), the environment values those scripts read, the base
-packages, the mirror's state (the sha256 of each suite's ``InRelease``) and the stage's own version
-(this module's and the element's script). Builds share a base exactly when all of it agrees.
+arch, the text of every ``root.d`` script of the build's elements (so a changed or added element
+with such a script is a new base), the values those scripts read of the environment that the
+elements' ``environment.d`` files make (sourced as DIB sources them: what an ``environment.d`` file
+changes reaches the tree only through the environment), the base packages, the mirror's state (the
+sha256 of each suite's ``InRelease``) and the stage's own version (this module's and the element's
+script). Builds share a base exactly when all of it agrees: a guest image and an IPA ramdisk of one
+distro, release and arch do, though IPA's elements bring ``environment.d`` files of their own. When
+the ``environment.d`` files cannot be sourced here, their text is part of the key instead (a base
+shared by fewer builds, never a wrong one).
 
 The store keeps base trees under ``<cache>/dib-base/<arch>/<key>/`` (``tree.tar.gz`` and
 ``base.json``, written last: a directory without it is never reused), up to a size limit, evicting
@@ -29,18 +34,22 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
 from ..arch import Arch
 
-STAGE_VERSION = 1  # bump when the recorded tree's layout or the recording changes
+if TYPE_CHECKING:
+    from ..host.run import Runner
+
+STAGE_VERSION = 2  # bump when the recorded tree's layout or the recording changes
 ELEMENT = "kiln-base-tree"
 TREE = "tree.tar.gz"
 RECORD = "base.json"
@@ -116,11 +125,14 @@ def expanded_elements(elements: Iterable[str], elements_path: str) -> list[tuple
     return sorted((name, Path(path)) for name, path in found)
 
 
-def tree_scripts(elements: list[tuple[str, Path]]) -> list[tuple[str, str, str]]:
-    """(element/phase/name, sha256, text) of the scripts that run before the tree is recorded."""
+def tree_scripts(
+    elements: list[tuple[str, Path]], phases: tuple[str, ...] = ("root.d",)
+) -> list[tuple[str, str, str]]:
+    """(element/phase/name, sha256, text) of the scripts of ``phases`` (those that run before the
+    tree is recorded: root.d; environment.d's effect is taken through :func:`sourced_environment`)."""
     out = []
     for name, directory in elements:
-        for phase in ("environment.d", "root.d"):
+        for phase in phases:
             for script in sorted((directory / phase).glob("*")) if (directory / phase).is_dir() else []:
                 if script.is_file():
                     data = script.read_bytes()
@@ -134,10 +146,54 @@ def tree_scripts(elements: list[tuple[str, Path]]) -> list[tuple[str, str, str]]
     return out
 
 
+# dib-run-parts' own order (lib/dib-run-parts, source_environment): every element's environment.d
+# files in one directory, names matching its pattern, `LANG=C sort -n`. Paths come as arguments.
+_SOURCE_ENVIRONMENT = r"""
+set +eu
+files=$(find "$1" -maxdepth 1 -xtype f | grep -E "/[0-9A-Za-z_\.-]+$" | LANG=C sort -n)
+for file in $files; do source "$file" >/dev/null 2>&1 </dev/null; done
+env -0
+"""
+
+
+def environment_files(elements: list[tuple[str, Path]]) -> list[Path]:
+    """Every element's ``environment.d`` files (DIB copies them into one directory: by name)."""
+    files: dict[str, Path] = {}
+    for _, directory in elements:
+        folder = directory / "environment.d"
+        for path in sorted(folder.iterdir()) if folder.is_dir() else []:
+            if path.is_file():
+                files[path.name] = path
+    return list(files.values())
+
+
+def sourced_environment(files: list[Path], env: Mapping[str, str], runner: Runner) -> dict[str, str] | None:
+    """The environment after sourcing ``files`` on top of ``env`` in DIB's order; None when bash
+    could not do it here (the caller keys on the files' text instead)."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="kiln-envd-") as folder:
+        for path in files:
+            (Path(folder) / path.name).symlink_to(path.resolve())
+        result = runner.capture(
+            ["bash", "-c", _SOURCE_ENVIRONMENT, "kiln-environment", folder],
+            env={**env},
+            timeout=30,
+        )
+    if not result.ok:
+        return None
+    out: dict[str, str] = {}
+    for entry in result.stdout.split("\0"):
+        name, sep, value = entry.partition("=")
+        if sep and name.isidentifier():
+            out[name] = value
+    return out
+
+
 def env_read_by(texts: Iterable[str], env: Mapping[str, str]) -> dict[str, str]:
     """The variables of ``env`` whose names appear in any of ``texts``: what those scripts can read."""
-    joined = "\n".join(texts)
-    return {k: v for k, v in sorted(env.items()) if k not in _NOT_INPUTS and k in joined}
+    named = set(re.findall(r"[A-Za-z_][A-Za-z0-9_]*", "\n".join(texts)))
+    return {k: v for k, v in sorted(env.items()) if k not in _NOT_INPUTS and k in named and k != "_"}
 
 
 def _arch_matches(entry: Mapping[str, Any], arch: Arch) -> bool:
@@ -196,9 +252,20 @@ def base_spec(
     shared_packages: Iterable[str],
     distro_elements: set[str],
     mirror_state: Iterable[tuple[str, str]] = (),
+    elements_path: str = "",
+    runner: Runner | None = None,
 ) -> BaseSpec:
-    expanded = expanded_elements(elements, str(elements_dir))
+    """What the base of a build is made of. ``elements_path``: more element directories after
+    Kiln's (IPA's); ``env``: the build's environment before DIB sources environment.d."""
+    from ..host.run import Runner
+
+    path = f"{elements_dir}:{elements_path}" if elements_path else str(elements_dir)
+    expanded = expanded_elements(elements, path)
     scripts = tree_scripts(expanded)
+    sourced = sourced_environment(environment_files(expanded), env, runner or Runner())
+    if sourced is None:  # key on what the environment.d files say instead of what they do
+        scripts = tree_scripts(expanded, ("environment.d", "root.d"))
+        sourced = dict(env)
     shared = set(shared_packages)
     packages = (
         set(distro_packages(expanded, distro_elements, arch))
@@ -211,7 +278,7 @@ def base_spec(
         arch=arch,
         packages=tuple(sorted(packages)),
         scripts=tuple((where, digest) for where, digest, _ in scripts),
-        env=tuple(env_read_by((text for _, _, text in scripts), env).items()),
+        env=tuple(env_read_by((text for _, _, text in scripts), sourced).items()),
         mirror_state=tuple(mirror_state),
         stage=stage_version(elements_dir),
     )

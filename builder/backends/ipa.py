@@ -24,8 +24,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..manifest import Artifact, sha256_file
+from . import dib_base
 from .base import BuildJob, BuildRun, Command, ExpectedOutput, Step, clear_outputs
-from .dib import BUILD_TIMEOUT_S, DibBackend, parse_env_file
+from .dib import BASE_NOTE, BUILD_TIMEOUT_S, BaseInputs, DibBackend, base_cache_applies, parse_env_file
 
 if TYPE_CHECKING:
     from ..host.run import Runner
@@ -56,6 +57,9 @@ class IpaBackend(DibBackend):
         # Absolute: DIB's ramdisk-create writes <output>.sha256 from another working directory.
         stem = job.out_dir / argv[argv.index("-o") + 1]
         argv[argv.index("-o") + 1] = str(stem)
+        if base_cache_applies(job):  # the base tree guest images of this distro/release/arch share
+            argv[-1:-1] = ["-e", dib_base.ELEMENT]
+            notes += (BASE_NOTE,)
         env = {**parse_env_file(job.rendered[spec["env_file"]].decode()), **site_env}
         upstream = self._upstream_git(job)
         pins = ipa_pins(build)
@@ -148,6 +152,21 @@ class IpaBackend(DibBackend):
             )
         return environment(plans)
 
+    def base_inputs(self, command: Command) -> BaseInputs:
+        """The disk-image-create run ironic-python-agent-builder makes of its argv: its ramdisk
+        element, the distribution, the ``-e`` elements, and the environment it adds."""
+        from ironic_python_agent_builder import find_elements_path
+
+        argv = list(command.argv)
+        extra = [argv[i + 1] for i, word in enumerate(argv[:-1]) if word in ("-e", "--element")]
+        elements = ["ironic-python-agent-ramdisk", argv[-1], *(e for e in extra if e != dib_base.ELEMENT)]
+        env = {**builder_environment(argv), **command.env}
+        try:
+            ipa_elements = find_elements_path()
+        except SystemExit:  # its elements are missing: the build itself says so
+            ipa_elements = ""
+        return BaseInputs(elements, [], env, ipa_elements)
+
     def tool_versions(self, runner: Runner) -> dict[str, str]:
         from importlib.metadata import PackageNotFoundError, version
 
@@ -157,6 +176,17 @@ class IpaBackend(DibBackend):
         except PackageNotFoundError:
             out["ironic-python-agent-builder"] = "unknown"
         return out
+
+
+def builder_environment(argv: list[str]) -> dict[str, str]:
+    """What ironic-python-agent-builder sets before it runs disk-image-create (its main()), where
+    the build's own environment does not."""
+    env = {"DIB_INSTALLTYPE_pip_and_virtualenv": "package", "DIB_CHECKSUM": "sha256"}
+    if "-r" in argv:
+        env["DIB_RELEASE"] = argv[argv.index("-r") + 1]
+    if "--lzma" in argv:
+        env["DIB_IPA_COMPRESS_CMD"] = "xz --format=lzma --compress --stdout -9"
+    return env
 
 
 def iso_root(job: BuildJob) -> Path:

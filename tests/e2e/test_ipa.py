@@ -42,6 +42,13 @@ def built(local_site, site_file, dib_ready, tmp_path_factory):
     return {"outcome": outcome, "manifest": Path(outcome["manifest"])}
 
 
+def test_the_ramdisk_was_built_on_the_shared_base_tree(built):
+    facts = json.loads(built["manifest"].read_text())["build_facts"]
+    assert facts["base"]["state"] in ("recorded", "reused"), facts["base"]
+    assert len(facts["base"]["digest"]) == 64
+    assert "root.d" in facts["phases"]
+
+
 def test_the_ramdisk_and_the_iso_boot_and_the_agent_lists_both_disks(built):
     outcome = built["outcome"]
     assert outcome["status"] == "built" and outcome["verification"].startswith("passed"), outcome

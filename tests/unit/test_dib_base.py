@@ -21,6 +21,7 @@ from builder.arch import Arch
 from builder.backends import dib_base
 from builder.backends.base import BuildJob, HostFacts, read_build_facts
 from builder.backends.dib import DibBackend, PhaseClock, elements_and_packages
+from builder.backends.ipa import IpaBackend
 from builder.host.run import Runner
 from builder.pipeline.graph import Target, load_targets
 from builder.render import render_target
@@ -29,7 +30,7 @@ from builder.workspace import PACKAGE_ROOT, Workspace
 
 ELEMENTS = ["debian-minimal", "vm", "cloud-init-datasources", "growroot", "openssh-server", "kiln-extra-ca"]
 SHARED = ["cloud-init", "qemu-guest-agent", "ifupdown", "isc-dhcp-client"]
-ENV = {"DIB_RELEASE": "bookworm", "DIB_DISTRIBUTION_MIRROR": "http://mirror.example/debian"}
+ENV = {"ARCH": "amd64", "DIB_RELEASE": "bookworm", "DIB_DISTRIBUTION_MIRROR": "http://mirror.example/debian"}
 STATE = [("http://mirror.example/debian/dists/bookworm", "a" * 64)]
 
 
@@ -101,6 +102,33 @@ def test_only_variables_the_tree_scripts_read_are_inputs():
     assert dib_base.base_key(_spec(env={**ENV, "TMPDIR": "/elsewhere"})) == key  # a per-run path
     assert dib_base.base_key(_spec(env={**ENV, "DIB_DEBIAN_COMPONENTS": "main,contrib"})) != key
     assert dib_base.base_key(_spec(env={**ENV, "DIB_RELEASE": "trixie"})) != key
+
+
+def _element_with_environment(elements: Path, text: str) -> None:
+    folder = elements / "kiln-extra-ca" / "environment.d"
+    folder.mkdir(exist_ok=True)
+    (folder / "20-site-defaults.bash").write_text(text)
+
+
+def test_environment_d_files_count_by_what_they_set_that_root_d_scripts_read(tmp_path):
+    spec = _spec()
+    assert not [s for s, _ in spec.scripts if "/environment.d/" in s]  # sourced here: keyed by effect
+    key = dib_base.base_key(spec)
+    elements = tmp_path / "elements"
+    shutil.copytree(PACKAGE_ROOT / "elements", elements)
+    # a variable no root.d script reads (IPA's elements set many of these): the same base
+    _element_with_environment(elements, "export IPA_REMOVE_FIRMWARE=${IPA_REMOVE_FIRMWARE:-amdgpu}\n")
+    assert dib_base.base_key(_spec(elements_dir=elements)) == key
+    # a default the debootstrap root.d script reads: a new base, though the recipe's env is unchanged
+    _element_with_environment(elements, "export DIB_DEBIAN_COMPONENTS=main,contrib\n")
+    changed = _spec(elements_dir=elements)
+    assert dict(changed.env)["DIB_DEBIAN_COMPONENTS"] == "main,contrib"
+    assert dib_base.base_key(changed) != key
+    # a file that cannot be sourced here: its text is keyed instead (a base of its own, never a wrong one)
+    _element_with_environment(elements, "exit 1\n")
+    failed = _spec(elements_dir=elements)
+    assert "kiln-extra-ca/environment.d/20-site-defaults.bash" in dict(failed.scripts)
+    assert dib_base.base_key(failed) != key
 
 
 def test_elements_and_packages_of_a_disk_image_create_argv():
@@ -186,7 +214,9 @@ def test_phase_times_come_from_the_dib_run_parts_lines():
 
 def _target(target_id: str = "debian-12:bookworm:x86_64") -> Target:
     workspace = Workspace(PACKAGE_ROOT)
-    targets, problems = load_targets([workspace.recipes_dir / "guest"], workspace)
+    targets, problems = load_targets(
+        [workspace.recipes_dir / "guest", workspace.recipes_dir / "ipa"], workspace
+    )
     assert problems == []
     return {t.id: t for t in targets}[target_id]
 
@@ -306,3 +336,49 @@ def test_the_base_cache_switched_off_in_site_yaml_adds_no_element_and_records_no
     DibBackend().run(run, job, runner, tmp_path / "off.log", lambda _: None)
     assert read_build_facts(job.out_dir)["base"]["state"] == "off"
     assert not (tmp_path / "cache" / "dib-base").exists()
+
+
+# --- IPA ramdisks on the same base ------------------------------------------------------------------------
+
+
+def _base_of(backend: DibBackend, job: BuildJob) -> dib_base.BaseSpec:
+    command = backend.plan(job).commands[0]
+    inputs = backend.base_inputs(command)
+    return dib_base.base_spec(
+        distro="debian",
+        release=job.target.release,
+        arch=job.target.arch,
+        elements=inputs.elements,
+        elements_dir=job.elements_dir,
+        elements_path=inputs.elements_path,
+        env=inputs.env,
+        recipe_packages=inputs.packages,
+        shared_packages=job.site.dib.base_cache.packages,
+        distro_elements={"debian-minimal", "debootstrap"},
+        mirror_state=STATE,
+    )
+
+
+def test_an_ipa_ramdisk_records_and_reuses_the_base_through_ironic_python_agent_builder(tmp_path):
+    job = _job(_target("ipa-bookworm:bookworm:x86_64"), tmp_path, "ipa", tmp_path / "cache")
+    argv = IpaBackend().plan(job).commands[0].argv
+    # ironic-python-agent-builder passes -e elements on to disk-image-create; the distribution stays last
+    assert argv[-3:] == ("-e", dib_base.ELEMENT, "debian-minimal")
+    inputs = IpaBackend().base_inputs(IpaBackend().plan(job).commands[0])
+    assert inputs.elements[:2] == ["ironic-python-agent-ramdisk", "debian-minimal"]
+    assert dib_base.ELEMENT not in inputs.elements
+    assert inputs.elements_path.endswith("ironic-python-agent-builder/dib")
+    off = replace(job, site=SiteConfig.model_validate({"dib": {"base_cache": {"enabled": False}}}))
+    assert dib_base.ELEMENT not in IpaBackend().plan(off).commands[0].argv
+
+
+def test_a_guest_image_and_an_ipa_ramdisk_share_the_base_where_their_inputs_agree(tmp_path):
+    ipa = _base_of(IpaBackend(), _job(_target("ipa-bookworm:bookworm:x86_64"), tmp_path, "ipa", tmp_path))
+    guest_job = _job(_target(), tmp_path, "guest", tmp_path)
+    guest = _base_of(DibBackend(), guest_job)
+    # IPA's environment.d files set nothing the root.d scripts read differently: only the packages
+    # the guest recipe shares (cloud-init, ...) and the ramdisk does not ask for keep them apart
+    assert (guest.scripts, guest.env) == (ipa.scripts, ipa.env)
+    assert set(ipa.packages) < set(guest.packages) and "cloud-init" in guest.packages
+    no_shared = replace(guest_job, site=SiteConfig.model_validate({"dib": {"base_cache": {"packages": []}}}))
+    assert dib_base.base_key(_base_of(DibBackend(), no_shared)) == dib_base.base_key(ipa)
