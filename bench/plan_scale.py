@@ -281,7 +281,7 @@ def _ipa(rng: random.Random, name: str, index: int) -> str:
     if rng.random() < 0.4:
         lines.append(f'  ipa_version: "9.{index % 12}.0"')
     if rng.random() < 0.4:
-        extra = rng.sample(["dynamic-login", "devuser", "ipa-extra-hardware"], 2)
+        extra = rng.sample(["dynamic-login", "devuser", "extra-hardware"], 2)
         lines.append(f"  elements: {_flow(extra)}")
     lines += [
         "verify:",
