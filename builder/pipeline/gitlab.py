@@ -200,15 +200,9 @@ def generate(
         )
         for s in stale
     }
-    tail = downstream_jobs(gitlab, publish, candidate)
-    files = _split(stale, jobs, max_bytes)
-    for f in files:
-        if gitlab.before_script:
-            f.document = {"default": {"before_script": list(gitlab.before_script)}, **f.document}
-        if tail and len(files) == 1:
-            f.document["stages"] = ["build", "downstream"]
-            f.document.update(tail)
-    return files
+    # Every file carries the same header; the limit is measured on what is written, header included.
+    header = {"default": {"before_script": list(gitlab.before_script)}} if gitlab.before_script else {}
+    return _split(stale, jobs, max_bytes, header, downstream_jobs(gitlab, publish, candidate))
 
 
 def downstream_jobs(gitlab: GitLabSite, publish: bool = True, candidate: str | None = None) -> dict[str, Any]:
@@ -224,8 +218,19 @@ def downstream_jobs(gitlab: GitLabSite, publish: bool = True, candidate: str | N
     return {"kiln-downstream": job}
 
 
-def _split(stale: list[StaleTarget], jobs: dict[str, dict[str, Any]], max_bytes: int) -> list[PipelineFile]:
-    whole = _document(jobs.items())
+def _split(
+    stale: list[StaleTarget],
+    jobs: dict[str, dict[str, Any]],
+    max_bytes: int,
+    header: dict[str, Any],
+    tail: dict[str, Any],
+) -> list[PipelineFile]:
+    """One file when it fits (with ``tail``, the downstream trigger), else per arch, then by size;
+    split, the parts carry no ``tail``: the dispatcher triggers it once, after every part."""
+    whole = _document(jobs.items(), header)
+    if tail:
+        whole["stages"] = ["build", "downstream"]
+        whole.update(tail)
     if len(render_yaml(whole)) <= max_bytes:
         return [PipelineFile("", whole, list(jobs))]
     files: list[PipelineFile] = []
@@ -233,23 +238,27 @@ def _split(stale: list[StaleTarget], jobs: dict[str, dict[str, Any]], max_bytes:
     for s in stale:
         by_arch.setdefault(s.target.arch.value, []).append(s)
     for arch, group in by_arch.items():
-        doc = _document((s.target.id, jobs[s.target.id]) for s in group)
+        doc = _document(((s.target.id, jobs[s.target.id]) for s in group), header)
         if len(render_yaml(doc)) <= max_bytes:
             files.append(PipelineFile(arch, doc, [s.target.id for s in group]))
             continue
-        files.extend(_by_size(arch, group, jobs, max_bytes))
+        files.extend(_by_size(arch, group, jobs, max_bytes, header))
     return files
 
 
-def _document(jobs: Iterable[tuple[str, dict[str, Any]]]) -> dict[str, Any]:
-    doc: dict[str, Any] = {"stages": ["build"]}
+def _document(jobs: Iterable[tuple[str, dict[str, Any]]], header: dict[str, Any]) -> dict[str, Any]:
+    doc: dict[str, Any] = {**header, "stages": ["build"]}
     for target_id, job in jobs:
         doc[job_name(target_id)] = job
     return doc
 
 
 def _by_size(
-    arch: str, group: list[StaleTarget], jobs: dict[str, dict[str, Any]], max_bytes: int
+    arch: str,
+    group: list[StaleTarget],
+    jobs: dict[str, dict[str, Any]],
+    max_bytes: int,
+    header: dict[str, Any],
 ) -> list[PipelineFile]:
     """Connected groups of jobs (a target and all it needs) packed into files under ``max_bytes``."""
     parent = {s.target.id: s.target.id for s in group}
@@ -267,29 +276,32 @@ def _by_size(
     components: dict[str, list[str]] = {}
     for s in group:
         components.setdefault(root(s.target.id), []).append(s.target.id)
-    overhead = len(render_yaml({"stages": ["build"]}))
+    # render_yaml writes one line per key: a file's size is its header's plus its jobs' lines.
+    overhead = len(render_yaml(_document((), header)))
     files: list[PipelineFile] = []
     current: list[str] = []
     size = overhead
     for ids in components.values():
-        part = len(render_yaml(_document((i, jobs[i]) for i in ids)))
-        if part - 0 > max_bytes:
+        part = len(render_yaml(_document(((i, jobs[i]) for i in ids), header))) - overhead
+        if overhead + part > max_bytes:
             raise InvalidInput(
                 Problem(
-                    f"{ids[0]}: {len(ids)} targets that depend on each other need {part} bytes of "
-                    f"pipeline, over GitLab's limit of {max_bytes}: they cannot be split"
+                    f"{ids[0]}: {len(ids)} targets that depend on each other need {overhead + part} bytes "
+                    f"of pipeline, over GitLab's limit of {max_bytes}: they cannot be split"
                 )
             )
         if current and size + part > max_bytes:
             files.append(
-                PipelineFile(f"{arch}-{len(files) + 1}", _document((i, jobs[i]) for i in current), current)
+                PipelineFile(
+                    f"{arch}-{len(files) + 1}", _document(((i, jobs[i]) for i in current), header), current
+                )
             )
             current, size = [], overhead
         current.extend(ids)
         size += part
     if current:
         name = f"{arch}-{len(files) + 1}" if files else arch
-        files.append(PipelineFile(name, _document((i, jobs[i]) for i in current), current))
+        files.append(PipelineFile(name, _document(((i, jobs[i]) for i in current), header), current))
     return files
 
 

@@ -121,6 +121,8 @@ def _run_pipeline(ci: dict[str, Path]) -> str:
     )
     output = result.stdout + result.stderr
     assert result.returncode == 0, output[-6000:]
+    # gitlab-ci-local exits 0 and passes the trigger job even when a child job failed: read the jobs
+    assert " FAIL " not in output, output[-6000:]
     return output
 
 

@@ -195,6 +195,25 @@ def test_over_the_size_limit_the_pipeline_splits_per_arch_then_by_size_keeping_c
     assert _schema_errors(*paths) == ""
 
 
+def test_the_size_limit_counts_what_every_file_carries_besides_its_jobs(examples):
+    from builder.siteconfig import Downstream
+
+    stale = gitlab.select_stale(examples, {})
+    [plain] = gitlab.generate(stale, GitLabSite())
+    limit = len(plain.text)  # the jobs alone fit exactly
+    with_header = GitLabSite(before_script=["scripts/ci-credentials.sh"])
+    files = gitlab.generate(stale, with_header, max_bytes=limit)
+    assert len(files) > 1  # the before_script header no longer fits: split, header in every part
+    for f in files:
+        assert len(f.text) <= limit, f.name
+        assert f.document["default"] == {"before_script": ["scripts/ci-credentials.sh"]}
+    # The downstream trigger goes in a file that is not split: it counts against the limit too.
+    with_tail = GitLabSite(downstream=Downstream(project="ops/deploy-test"))
+    files = gitlab.generate(stale, with_tail, max_bytes=limit)
+    assert len(files) > 1 and all(len(f.text) <= limit for f in files)
+    assert all("kiln-downstream" not in f.document for f in files)  # the dispatcher triggers it once
+
+
 def test_a_dependency_chain_larger_than_the_limit_is_refused_with_its_size(examples):
     from builder.errors import InvalidInput
 
