@@ -1,0 +1,297 @@
+"""The generated GitLab pipeline building real kinds and publishing to the real local site, its jobs
+authenticating as a real site's would.
+
+A throwaway git repo holds the example recipes (recipes/guest/debian-12.yaml, a DIB guest, and
+recipes/rpm/kiln-hello.yaml, an RPM rebuild; both restricted to x86_64 and given a Glance image
+name and repo of their own, so that other tests on the session's site are not disturbed), Kiln's
+templates/, elements/, files/ and scripts/ci-credentials.sh, and a parent .gitlab-ci.yml with the
+generate and trigger jobs. gitlab-ci-local (shell executor, --shell-isolation) runs the parent and
+the child pipeline; each child job's before_script is scripts/ci-credentials.sh (site.yaml
+gitlab.before_script) and its script ``kiln build TARGET --publish`` with the real ``kiln``.
+
+The credentials come only from CI variables, as GitLab gives them: OS_CLOUD plus
+OS_CLIENT_CONFIG_FILE (type file: a clouds.yaml with a token, pointing at the local Glance; the
+jobs' site.yaml names no cloud and its own local Glance port is closed, so Glance is reachable
+through clouds.yaml alone) and KILN_SIGNING_KEY (type file: an armored secret key that
+ci-credentials.sh imports into the gnupghome site.yaml names). Neither appears in any output.
+
+Slow, part of `make test`: ~3 min with warm caches (the pipeline ~170 s: the DIB build from the
+cached base tree and its TCG boot; the RPM rebuild in a cached root takes seconds; the rerun ~3 s).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shutil
+import subprocess
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from builder.host.net import free_port
+from builder.pipeline.gitlab import NOOP_JOB
+from builder.workspace import PACKAGE_ROOT as REPO
+from tests.support.processes import stop_gpg_daemons_under
+from tests.support.srpms import make_key, stop_agent
+
+pytestmark = [pytest.mark.slow, pytest.mark.site]
+
+HELPER = REPO / "scripts" / "gitlab-ci-local.sh"
+GUEST, RPM = "debian-12:bookworm:x86_64", "kiln-hello:9:x86_64"
+IMAGE_NAME = "debian-12 bookworm x86_64 gitlab-e2e"
+RPM_REPO = "kiln-gitlab-e2e"
+CLOUD = "kiln-ci"
+FILE_VARIABLES = Path("/tmp/gitlab-ci-local-file-variables-*")  # where gitlab-ci-local writes them
+
+PARENT = """\
+stages: [generate, build]
+kiln-generate:
+  stage: generate
+  script:
+    - kiln pipeline -o child.yml --explain --generate-job kiln-generate
+  artifacts:
+    paths: [child*.yml]
+kiln-build:
+  stage: build
+  needs: [kiln-generate]
+  variables:
+    PARENT_PIPELINE_ID: $CI_PIPELINE_ID
+  trigger:
+    include:
+      - artifact: child.yml
+        job: kiln-generate
+    strategy: depend
+"""
+# What each job inherits from the test's environment would hide a missing CI variable.
+CREDENTIAL_ENV = (
+    "OS_CLOUD",
+    "OS_CLIENT_CONFIG_FILE",
+    "KILN_SIGNING_KEY",
+    "KILN_DOCKER_CONFIG",
+    "KILN_GNUPGHOME",
+)
+
+
+def _missing() -> list[str]:
+    return [t for t in ("npm", "node", "rsync", "git", "rpmkeys") if shutil.which(t) is None]
+
+
+def _recipe(relative: str, change: Callable[[dict], None]) -> str:
+    data = yaml.safe_load((REPO / "recipes" / relative).read_text())
+    change(data)
+    return yaml.safe_dump(data, sort_keys=False)
+
+
+def _guest(data: dict) -> None:
+    data["arches"] = ["x86_64"]
+    data["publish"]["glance"]["image_name"] = IMAGE_NAME
+
+
+def _rpm(data: dict) -> None:
+    data["arches"] = ["x86_64"]
+    data["publish"]["repo"]["repo"] = RPM_REPO
+
+
+def _throwaway_repo(repo: Path) -> None:
+    for tree in ("templates", "elements", "files"):
+        shutil.copytree(REPO / tree, repo / tree)
+    (repo / "scripts").mkdir()
+    shutil.copy2(REPO / "scripts" / "ci-credentials.sh", repo / "scripts")
+    (repo / "recipes" / "guest").mkdir(parents=True)
+    (repo / "recipes" / "rpm").mkdir()
+    shutil.copy(REPO / "recipes" / "defaults.yaml", repo / "recipes")
+    (repo / "recipes" / "guest" / "debian-12.yaml").write_text(_recipe("guest/debian-12.yaml", _guest))
+    (repo / "recipes" / "rpm" / "kiln-hello.yaml").write_text(_recipe("rpm/kiln-hello.yaml", _rpm))
+    (repo / ".gitlab-ci.yml").write_text(PARENT)
+    (repo / ".gitignore").write_text(".kiln/\n.gitlab-ci-local/\n")
+    git = ["git", "-C", str(repo), "-c", "user.name=kiln", "-c", "user.email=kiln@example.com"]
+    subprocess.run([*git, "init", "-q", "-b", "main"], check=True)
+    subprocess.run([*git, "add", "-A"], check=True)
+    subprocess.run([*git, "commit", "-qm", "recipes"], check=True)
+
+
+@pytest.fixture(scope="module")
+def ci(local_site, site_settings, dib_ready, tmp_path_factory) -> Any:
+    if _missing():
+        pytest.skip(
+            f"gitlab-ci-local needs {', '.join(_missing())} (apt-get install nodejs npm rsync git rpm)"
+        )
+    work = tmp_path_factory.mktemp("gitlab-site")
+    repo = work / "repo"
+    _throwaway_repo(repo)
+    bin_dir = work / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "kiln").symlink_to(REPO / ".venv" / "bin" / "kiln")
+
+    key = make_key(work / "keys", "Kiln CI Signing")
+    try:
+        armor = subprocess.run(
+            ["gpg", "--batch", "--homedir", str(key.gnupghome), "--armor", "--export-secret-keys",
+             key.fingerprint], check=True, capture_output=True, text=True,
+        ).stdout  # fmt: skip
+    finally:
+        stop_agent(key)
+    assert _armor_lines(armor), "gpg exported no secret key"  # else the leak check checks nothing
+    token = secrets.token_urlsafe(24)
+    glance = local_site.urls.glance
+    clouds = {
+        "clouds": {
+            CLOUD: {
+                "auth_type": "admin_token",
+                "auth": {"endpoint": glance, "token": token},
+                "image_endpoint_override": glance,
+            }
+        }
+    }
+    clouds_text = yaml.safe_dump(clouds)
+    (work / "clouds.yaml").write_text(clouds_text)  # the test's own copy, to read Glance back
+    job_gnupghome = work / "job-gnupg"  # made by ci-credentials.sh in the first job
+    # A site's CI/CD variables: the file-type ones become paths to files holding the content.
+    variables = {
+        "OS_CLOUD": CLOUD,
+        "OS_CLIENT_CONFIG_FILE": {"type": "file", "values": {"*": clouds_text}},
+        "KILN_SIGNING_KEY": {"type": "file", "values": {"*": armor}},
+        # typed: gitlab-ci-local takes an untyped value starting with / for a file to copy
+        "KILN_GNUPGHOME": {"type": "variable", "values": {"*": str(job_gnupghome)}},
+    }
+    (work / "ci-variables.yml").write_text(yaml.safe_dump(variables))
+
+    site = site_settings.model_dump(mode="json", exclude_none=True)
+    assert "cloud" not in site.get("glance", {})  # Glance only through OS_CLOUD
+    site["local"]["ports"]["glance"] = free_port()  # nothing listens: the local default is no way in
+    site["repo"] = {"signing_key": {"gnupghome": str(job_gnupghome), "fingerprint": key.fingerprint}}
+    site["gitlab"] = {"before_script": ["scripts/ci-credentials.sh"]}
+    (work / "site.yaml").write_text(yaml.safe_dump(site))
+    file_variables_before = set(FILE_VARIABLES.parent.glob(FILE_VARIABLES.name))
+    yield {
+        "work": work,
+        "repo": repo,
+        "bin": bin_dir,
+        "ledger": work / "ledger.sqlite",
+        "site": work / "site.yaml",
+        "key": key,
+        "secrets": [token, *_armor_lines(armor)],
+        "repo_root": local_site.state / "repo" / RPM_REPO,
+    }
+    stop_gpg_daemons_under(work)
+    # gitlab-ci-local writes file-type variables under /tmp and leaves some (a child pipeline's)
+    for left in set(FILE_VARIABLES.parent.glob(FILE_VARIABLES.name)) - file_variables_before:
+        if (left / "KILN_SIGNING_KEY").exists():
+            shutil.rmtree(left, ignore_errors=True)
+
+
+def _armor_lines(armor: str) -> list[str]:
+    """The key's base64 body lines (the header line is not secret)."""
+    return [line for line in armor.splitlines() if len(line) >= 40 and not line.startswith("-----")]
+
+
+def _run_pipeline(ci: dict[str, Any]) -> tuple[str, float]:
+    env = {
+        **os.environ,
+        "PATH": f"{ci['bin']}:{os.environ['PATH']}",
+        "KILN_LEDGER": str(ci["ledger"]),
+        "KILN_SITE": str(ci["site"]),
+    }
+    for name in ("KILN_ROOT", "KILN_BUILD_ROOT", *CREDENTIAL_ENV):
+        env.pop(name, None)
+    started = time.monotonic()
+    result = subprocess.run(
+        [str(HELPER), "--shell-isolation", "--no-color", "--variables-file", "../ci-variables.yml"],
+        cwd=ci["repo"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=2400,
+    )
+    seconds = time.monotonic() - started
+    output = result.stdout + result.stderr
+    (ci["work"] / f"pipeline-{started:.0f}.log").write_text(output)  # kept for a failure's reader
+    assert result.returncode == 0, output[-8000:]
+    # gitlab-ci-local 4.65 exits 0 when a triggered child job fails (strategy: depend notwithstanding)
+    failed = [line for line in output.splitlines() if "finished in" in line and "FAIL" in line]
+    assert not failed, output[-8000:]
+    return output, seconds
+
+
+def _logs(repo: Path) -> str:
+    """Every job log and log-like artifact gitlab-ci-local kept."""
+    texts = []
+    for path in (repo / ".gitlab-ci-local").rglob("*"):
+        if (
+            path.is_file()
+            and path.suffix in (".log", ".txt", ".xml", ".json", ".yml")
+            and path.stat().st_size < 50 << 20
+        ):
+            texts.append(path.read_text(errors="replace"))
+    return "\n".join(texts)
+
+
+def _leaked(ci: dict[str, Any], output: str) -> list[str]:
+    logs = _logs(ci["repo"])
+    return [secret for secret in ci["secrets"] if secret in output or secret in logs]
+
+
+def _glance_images(ci: dict[str, Any]) -> list[dict[str, Any]]:
+    """The test's images as python-openstackclient shows them, with the clouds.yaml the jobs got."""
+    env = {**os.environ, "OS_CLIENT_CONFIG_FILE": str(ci["work"] / "clouds.yaml")}
+
+    def openstack(*args: str) -> Any:
+        said = subprocess.run(
+            ["openstack", "--os-cloud", CLOUD, "image", *args, "-f", "json"],
+            env=env, capture_output=True, text=True, check=True,
+        )  # fmt: skip
+        return json.loads(said.stdout)
+
+    listed = openstack("list", "--property", f"kiln_target={GUEST}", "--name", IMAGE_NAME)
+    return [openstack("show", row["ID"]) for row in listed]
+
+
+def _manifest_digest(repo: Path, job: str) -> str:
+    [manifest] = (repo / ".gitlab-ci-local" / "artifacts").glob(f"**/.kiln/build/{job}/manifest.json")
+    return str(json.loads(manifest.read_text())["digest"])
+
+
+def _checksig(rpm: Path, public_key: Path, db: Path) -> str:
+    db.mkdir(parents=True, exist_ok=True)
+    subprocess.run(
+        ["rpmkeys", "--dbpath", str(db), "--import", str(public_key)], check=True, capture_output=True
+    )
+    said = subprocess.run(
+        ["rpmkeys", "--dbpath", str(db), "--checksig", str(rpm)], capture_output=True, text=True
+    )
+    return said.stdout + said.stderr
+
+
+def test_the_child_jobs_build_real_kinds_publish_with_ci_credentials_and_a_rerun_is_a_noop(ci, tmp_path):
+    first, first_s = _run_pipeline(ci)
+    for target in (GUEST, RPM):
+        assert f"kiln build {target} --publish" in first
+    assert "ci-credentials: Glance: cloud from OS_CLOUD" in first
+    assert "ci-credentials: repo: signing key imported" in first
+    assert not _leaked(ci, first), "a credential appeared in the pipeline's output or job logs"
+
+    [image] = _glance_images(ci)
+    props = image["properties"]
+    assert image["status"] == "active" and image["visibility"] == "public"
+    assert props["kiln_digest"] == _manifest_digest(ci["repo"], "debian-12_bookworm_x86_64")
+    assert props["kiln_provenance"].startswith("sha256:") and props["architecture"] == "x86_64"
+
+    [rpm] = (ci["repo_root"] / "el" / "9" / "x86_64").rglob("kiln-hello-1.0-*.x86_64.rpm")
+    said = _checksig(rpm, ci["key"].public, tmp_path / "rpmdb")
+    assert "signatures ok" in said.lower(), said
+    published = sorted((p.name, p.stat().st_mtime_ns) for p in ci["repo_root"].rglob("*") if p.is_file())
+
+    second, second_s = _run_pipeline(ci)
+    assert NOOP_JOB in second and not _leaked(ci, second)
+    assert f"kiln build {GUEST}" not in second and f"kiln build {RPM}" not in second
+    assert [i["id"] for i in _glance_images(ci)] == [image["id"]]
+    assert (
+        sorted((p.name, p.stat().st_mtime_ns) for p in ci["repo_root"].rglob("*") if p.is_file()) == published
+    )
+    print(f"\ngitlab pipeline with real kinds: first run {first_s:.0f} s, no-op rerun {second_s:.0f} s")
