@@ -305,6 +305,14 @@ def cmd_pipeline(args: argparse.Namespace) -> int:
     _, site = _site(args)
     with Ledger(_ledger_path(args, workspace)) as ledger:
         published = ledger.published_digests()
+    answers = None
+    if args.ask_destinations:  # build jobs on other runners publish without writing this ledger
+        from .pipeline import destinations
+        from .publishers.from_site import SitePublishers
+
+        warn = _stderr_step("kiln pipeline")
+        answers = destinations.ask(targets, published, SitePublishers(site, workspace.root), warn)
+        published = answers.published(published, time.time())
     changed = gitlab.changed_since(workspace.root, args.changed_since) if args.changed_since else None
     older = time.time() - args.older_than_days * 86400 if args.older_than_days is not None else None
     stale = gitlab.select_stale(
@@ -339,6 +347,10 @@ def cmd_pipeline(args: argparse.Namespace) -> int:
         ],
     }
     lines = [gitlab.explain(stale, files)] if args.explain else []
+    if answers is not None:
+        report["destinations"] = answers.as_json()
+        if args.explain:
+            lines += answers.explain({s.target.id for s in stale})
     if len(files) > 1:
         lines.append(
             f"over GitLab's {args.max_bytes}-byte limit for one generated config: split into {len(files)} "
@@ -586,6 +598,7 @@ def build_parser() -> argparse.ArgumentParser:
             "kiln pipeline --candidate 42 -o child.yml    # merge request 42: publish as candidates",
             "kiln pipeline --no-publish -o child.yml      # build and verify only",
             "kiln pipeline --older-than-days 30 -o child.yml --json",
+            "kiln pipeline --ask-destinations --explain -o child.yml   # ask Glance and the registry too",
         ],
     )
     p.add_argument("--arch", metavar="ARCH", help="only this architecture (any spelling)")
@@ -614,6 +627,14 @@ def build_parser() -> argparse.ArgumentParser:
         "(merge requests: $CI_MERGE_REQUEST_IID)",
     )
     p.add_argument("--explain", action="store_true", help="print every job: tags, needs, why it runs")
+    p.add_argument(
+        "--ask-destinations",
+        action="store_true",
+        help="also ask Glance and the registry whether each target the ledger lists as unpublished is "
+        "published there at its digest (production names, with --candidate too), as build jobs on other "
+        "runners publish without writing this ledger; needs the build jobs' credentials. A destination "
+        "that does not answer is named on stderr and its targets get jobs",
+    )
     p.add_argument(
         "--generate-job",
         metavar="NAME",

@@ -202,6 +202,19 @@ class GlancePublisher:
         except Exception as exc:  # keystoneauth/requests errors: one clear message
             raise EnvironmentProblem(f"Glance is not answering: {exc}") from exc
 
+    def published(self, target_id: str, digest: str, name: str | None = None) -> list[tuple[str, str, str]]:
+        """(image id, name, created_at) of each active, promoted image of ``target_id`` at ``digest``
+        (``kiln_target``, ``kiln_digest``); only those named ``name`` when given (Glance filters).
+        A candidate upload (:data:`CANDIDATE_MARK`) is not published yet: left out."""
+        return [
+            (image.id, image.name, image.created_at or "")
+            for image in self._images(**({"name": name} if name is not None else {}))
+            if (image.properties or {}).get("kiln_target") == target_id
+            and (image.properties or {}).get("kiln_digest") == digest
+            and image.status == "active"
+            and not _is_candidate(image)
+        ]
+
     def publish(
         self,
         manifest: BuildManifest,

@@ -37,6 +37,7 @@ import yaml
 from builder.host.net import free_port
 from builder.pipeline.gitlab import NOOP_JOB
 from builder.workspace import PACKAGE_ROOT as REPO
+from tests.integration.test_gitlab_ci_local import PARENT
 from tests.support.processes import stop_gpg_daemons_under
 from tests.support.srpms import make_key, stop_agent
 
@@ -49,25 +50,6 @@ RPM_REPO = "kiln-gitlab-e2e"
 CLOUD = "kiln-ci"
 FILE_VARIABLES = Path("/tmp/gitlab-ci-local-file-variables-*")  # where gitlab-ci-local writes them
 
-PARENT = """\
-stages: [generate, build]
-kiln-generate:
-  stage: generate
-  script:
-    - kiln pipeline -o child.yml --explain --generate-job kiln-generate
-  artifacts:
-    paths: [child*.yml]
-kiln-build:
-  stage: build
-  needs: [kiln-generate]
-  variables:
-    PARENT_PIPELINE_ID: $CI_PIPELINE_ID
-  trigger:
-    include:
-      - artifact: child.yml
-        job: kiln-generate
-    strategy: depend
-"""
 # What each job inherits from the test's environment would hide a missing CI variable.
 CREDENTIAL_ENV = (
     "OS_CLOUD",

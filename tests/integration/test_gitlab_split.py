@@ -21,7 +21,6 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-import sys
 import textwrap
 from pathlib import Path
 from typing import Any
@@ -31,6 +30,7 @@ import yaml
 from builder.ledger import Ledger
 from builder.pipeline.gitlab import NOOP_JOB
 from tests.integration.test_gitlab_ci_local import PARENT, _run_pipeline, ci_repo  # noqa: F401
+from tests.unit.test_gitlab_pipeline import _schema_errors
 
 # The plan lists targets in recipe file order, dependencies first: toy-top and toy-deep (tower.yaml)
 # come after the toy-solo recipes, so packing in order would separate the chain from toy-base; only
@@ -100,15 +100,6 @@ def _limit_fitting_the_ppc64le_jobs(ci: dict[str, Path]) -> int:
 
 def _jobs(document: dict[str, Any]) -> dict[str, dict[str, Any]]:
     return {name: job for name, job in document.items() if name not in ("stages", "default")}
-
-
-def _schema_errors(*files: Path) -> str:
-    result = subprocess.run(
-        [sys.executable, "-m", "check_jsonschema", "--builtin-schema", "vendor.gitlab-ci", *map(str, files)],
-        capture_output=True,
-        text=True,
-    )
-    return "" if result.returncode == 0 else result.stdout + result.stderr
 
 
 def test_a_split_pipeline_run_part_by_part_builds_every_target_once_and_a_rerun_is_a_noop(ci_repo):  # noqa: F811

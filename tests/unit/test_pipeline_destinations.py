@@ -1,0 +1,189 @@
+"""`kiln pipeline --ask-destinations`: what Glance and the registry hold decides staleness too (issue 14).
+
+Build jobs on other runners publish without writing the generate job's ledger. The example recipes
+give real targets (DIB and Packer guests publish to Glance, CUDA containers to the registry, an RPM to
+a repo); the destinations are stand-ins with the publishers' query methods.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+import builder.publishers.from_site as from_site
+from builder.cli import main
+from builder.errors import EnvironmentProblem
+from builder.pipeline import destinations, gitlab
+from builder.pipeline.destinations import published_at
+from builder.pipeline.publish import Candidate
+from builder.publishers.registry import PublishedImage
+from tests.unit.test_gitlab_pipeline import _examples
+
+REPO = Path(__file__).resolve().parents[2]
+GUEST = "debian-12:bookworm:x86_64"
+PACKER = "debian-12-packer:bookworm:x86_64"
+CUDA_BASE = "cuda-base:bookworm:x86_64"
+
+
+class FakeGlance:
+    """GlancePublisher.published over a list of images: (id, name, created_at, target, digest)."""
+
+    def __init__(self, images=(), down: bool = False):
+        self.images = list(images)
+        self.down = down
+        self.asked: list[tuple[str, str, str | None]] = []
+
+    def published(self, target_id, digest, name=None):
+        self.asked.append((target_id, digest, name))
+        if self.down:
+            raise EnvironmentProblem("Glance is not answering: connection refused")
+        return [
+            (i, n, at)
+            for i, n, at, t, d in self.images
+            if (t, d) == (target_id, digest) and name in (None, n)
+        ]
+
+
+class FakeRegistry:
+    """RegistryPublisher.published_images over {(repository, tag): {arch: kiln digest}}."""
+
+    class client:  # RegistryPublisher.client
+        registry = "registry.example:5000"
+
+    def __init__(self, tags=None):
+        self.tags = tags or {}
+        self.asked: list[tuple[str, str]] = []
+
+    def published_images(self, repository, tag):
+        self.asked.append((repository, tag))
+        found = self.tags.get((repository, tag), {})
+        return {arch: PublishedImage(digest, "sha256:" + "e" * 64) for arch, digest in found.items()}
+
+
+class FakePublishers:
+    def __init__(self, glance=None, registry=None):
+        self._glance = glance or FakeGlance()
+        self._registry = registry or FakeRegistry()
+
+    def glance(self):
+        return self._glance
+
+    def registry(self):
+        return self._registry, "team"
+
+
+@pytest.fixture(scope="module")
+def examples():
+    return _examples()
+
+
+def _by_id(targets):
+    return {t.id: t for t in targets}
+
+
+def _ask(targets, publishers, ledger=None):
+    warnings: list[str] = []
+    answers = destinations.ask(targets, ledger or {}, publishers, warnings.append)
+    stale = gitlab.select_stale(targets, answers.published(ledger or {}, now=5000.0))
+    return answers, {s.target.id: s.reasons for s in stale}, warnings
+
+
+def test_a_target_glance_holds_at_its_digest_gets_no_job_and_the_others_still_do(examples):
+    guest = _by_id(examples)[GUEST]
+    glance = FakeGlance([("img-1", guest.image_name, "2026-11-20T10:00:00Z", GUEST, guest.digest)])
+    answers, jobs, warnings = _ask(examples, FakePublishers(glance))
+    assert GUEST not in jobs and warnings == []
+    assert PACKER in jobs  # its own digest is nowhere: built, on the base Glance already has
+    assert jobs[PACKER] == (f"digest {_by_id(examples)[PACKER].digest[:12]} never published",)
+    assert (GUEST, guest.digest, "debian-12 bookworm x86_64") in glance.asked  # the production name
+    [found] = answers.found()
+    assert (found.where, found.destination) == ("glance image img-1 (debian-12 bookworm x86_64)", "Glance")
+    assert found.at == 1795168800.0  # Glance's created_at, parsed as UTC
+
+
+def test_an_image_of_another_digest_or_under_another_name_does_not_count(examples):
+    guest = _by_id(examples)[GUEST]
+    glance = FakeGlance(
+        [
+            ("old", guest.image_name, "2026-01-01T00:00:00Z", GUEST, "0" * 64),
+            ("mr", guest.image_name + "-mr7", "2026-01-01T00:00:00Z", GUEST, guest.digest),
+        ]
+    )
+    answers, jobs, _ = _ask(examples, FakePublishers(glance))
+    assert GUEST in jobs and answers.found() == []
+
+
+def test_with_a_candidate_glance_is_asked_for_the_candidate_name(examples):
+    guest = _by_id(examples)[GUEST]
+    glance = FakeGlance([("mr", guest.image_name + "-mr7", "2026-01-01T00:00:00", GUEST, guest.digest)])
+    found = published_at(guest, FakePublishers(glance), Candidate("7", "-mr7", "-mr7"))
+    assert found is not None and found.where == "glance image mr (debian-12 bookworm x86_64-mr7)"
+    assert published_at(guest, FakePublishers(glance)) is None
+
+
+def test_glance_down_warns_once_and_every_glance_target_gets_its_job(examples):
+    registry = FakeRegistry(
+        {("team/kiln/cuda", "11.8-base-bookworm"): {"x86_64": _by_id(examples)[CUDA_BASE].digest}}
+    )
+    answers, jobs, warnings = _ask(examples, FakePublishers(FakeGlance(down=True), registry))
+    assert warnings == [
+        "could not ask Glance: Glance is not answering: connection refused; "
+        "its targets are taken as not published"
+    ]
+    glance_targets = [t.id for t in examples if t.spec.publish_route == "glance"]
+    assert len(glance_targets) == 4 and all(t in jobs for t in glance_targets)
+    assert answers.unanswered == {"Glance": "Glance is not answering: connection refused"}
+    assert CUDA_BASE not in jobs  # the registry answered all the same
+
+
+def test_the_registry_holding_every_tag_at_the_digest_means_no_job(examples):
+    by_id = _by_id(examples)
+    base_ppc = "cuda-base:bookworm:ppc64le"
+    registry = FakeRegistry(
+        {("team/kiln/cuda", "11.8-base-bookworm"): {"x86_64": by_id[CUDA_BASE].digest, "ppc64le": "f" * 64}}
+    )
+    answers, jobs, _ = _ask(examples, FakePublishers(registry=registry))
+    assert CUDA_BASE not in jobs and base_ppc in jobs  # ppc64le's image there is of another digest
+    found = {a.target: a for a in answers.found()}
+    assert found[CUDA_BASE].where == "registry.example:5000/team/kiln/cuda:11.8-base-bookworm"
+    assert found[CUDA_BASE].at is None  # the registry does not say when: taken as now
+    assert answers.published({}, now=5000.0)[CUDA_BASE] == {by_id[CUDA_BASE].digest: 5000.0}
+
+
+def test_targets_the_ledger_lists_and_routes_without_a_question_are_not_asked(examples):
+    by_id = _by_id(examples)
+    publishers = FakePublishers()
+    ledger = {GUEST: {by_id[GUEST].digest: 1000.0}, CUDA_BASE: {by_id[CUDA_BASE].digest: 1000.0}}
+    answers, jobs, _ = _ask(examples, publishers, ledger)
+    asked = {a.target for a in answers.answers}
+    assert GUEST not in asked and CUDA_BASE not in asked
+    # ipa and repo routes are never asked: the ledger decides
+    assert not any(t.startswith(("ipa-bookworm", "kiln-hello")) for t in asked)
+    assert "kiln-hello:9:ppc64le" in jobs
+    assert ("team/kiln/cuda", "11.8-base-bookworm") in publishers._registry.asked  # the ppc64le one
+
+
+def test_kiln_pipeline_ask_destinations_reports_what_it_asked_and_explains_it(tmp_path, capsys, monkeypatch):
+    guest = _by_id(_examples())[GUEST]
+    glance = FakeGlance([("img-9", guest.image_name, "2026-11-20T10:00:00Z", GUEST, guest.digest)])
+    monkeypatch.setattr(from_site, "SitePublishers", lambda *a, **k: FakePublishers(glance))
+    base = ["--root", str(REPO), "--ledger", str(tmp_path / "l.sqlite"), "pipeline", "--ask-destinations"]
+    assert main([*base, "--json", "-o", str(tmp_path / "c.yml"), "--arch", "x86_64"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert GUEST not in [j["target"] for j in report["jobs"]] and PACKER in [
+        j["target"] for j in report["jobs"]
+    ]
+    asked = {a["target"]: a for a in report["destinations"]["asked"]}
+    assert asked[GUEST]["published_at"] == "glance image img-9 (debian-12 bookworm x86_64)"
+    assert asked[PACKER]["published_at"] is None
+    assert main([*base, "--explain", "-o", str(tmp_path / "c.yml"), "--arch", "x86_64"]) == 0
+    out = capsys.readouterr().out
+    assert f"{GUEST}: published at glance image img-9 (debian-12 bookworm x86_64) (asked): no job" in out
+
+
+def test_the_repositorys_generate_job_asks_the_destinations_with_the_build_jobs_credentials():
+    ci = (REPO / ".gitlab-ci.yml").read_text()
+    generate = ci.split("kiln-generate:", 1)[1].split("kiln-build:", 1)[0]
+    assert "--ask-destinations" in generate and "scripts/ci-credentials.sh" in generate
