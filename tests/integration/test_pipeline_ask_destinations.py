@@ -58,11 +58,10 @@ def test_a_target_glance_holds_gets_no_job_with_a_fresh_ledger(local_site, site_
     assert asked[GUEST]["published_at"] == f"glance image {image_id} ({guest.image_name})"
     assert asked[GUEST]["destination"] == "Glance" and asked[GUEST]["since"] > 0
     assert asked[PACKER]["published_at"] is None
-    assert asked["cuda-base:bookworm:x86_64"] == {
-        "target": "cuda-base:bookworm:x86_64",
-        "destination": "the registry",
-        "published_at": None,
-        "since": None,
-    }
+    # The session's registry answered; whether it holds cuda-base depends on which tests pushed it
+    # before this one (the container e2e test does): either way its answer decides the job.
+    cuda = asked["cuda-base:bookworm:x86_64"]
+    assert cuda["destination"] == "the registry" and cuda["since"] is None
+    assert ("cuda-base:bookworm:x86_64" in jobs) == (cuda["published_at"] is None)
     assert report["destinations"]["unanswered"] == {}
     assert "debian-12_bookworm_x86_64" not in (tmp_path / "c.yml").read_text()
