@@ -14,8 +14,10 @@ help:
 	@echo "make test-slow - the emulated ppc64le build and pseries boot, the CUDA devel image (~30 min)"
 	@echo "make schema - regenerate schemas/recipe.schema.json"
 	@echo "make bench  - run the benchmarks in bench/ (~25 min: real DIB, IPA and container builds)"
-	@echo "make fuzz N=100000 - mutate the example recipes N times through validate/plan/render;"
-	@echo "              failures (with their input) go to FUZZ_OUT (default build/fuzz)"
+	@echo "make fuzz N=100000 - run both fuzzers: the recipe fuzzer (the example recipes mutated N times"
+	@echo "              through validate/plan/render) and the repo-metadata fuzzer (N mutated repos over"
+	@echo "              loopback through the metadata reader and kiln rpm missing's comparison);"
+	@echo "              failures (with their input) go to FUZZ_OUT (default build/fuzz; metadata/ under it)"
 	@echo "make lock   - re-resolve requirements.lock (pinned, hashed Python deps) from pyproject.toml;"
 	@echo "              make lock LOCK_ARGS=--upgrade takes the newest allowed releases"
 
@@ -33,8 +35,12 @@ test: bootstrap
 N ?= 10000
 SEED ?= 1
 FUZZ_OUT ?= build/fuzz
+# Then the repo metadata fuzzer (tests/support/metadata_fuzz.py): N mutated repos over loopback through
+# the metadata reader and `kiln rpm missing`'s comparison. Both run; either failing fails the target.
 fuzz: bootstrap
-	$(VENV)/bin/python -m tests.support.fuzz --cases $(N) --seed $(SEED) --out $(FUZZ_OUT)
+	$(VENV)/bin/python -m tests.support.fuzz --cases $(N) --seed $(SEED) --out $(FUZZ_OUT); recipes=$$?; \
+	$(VENV)/bin/python -m tests.support.metadata_fuzz --cases $(N) --seed $(SEED) --out $(FUZZ_OUT)/metadata; \
+	metadata=$$?; exit $$((recipes || metadata))
 
 # The emulated-architecture checks (a ppc64le DIB build under qemu-user, a pseries TCG boot) and the
 # heavy native ones (the CUDA devel image: ~800 MB of packages): kept out of `make test`.
@@ -75,6 +81,7 @@ bench: bootstrap
 	$(VENV)/bin/python bench/guest_overhead.py
 	$(VENV)/bin/python bench/base_tree.py
 	$(VENV)/bin/python bench/rpm_rebuild.py
+	$(VENV)/bin/python bench/rpm_missing.py
 	$(VENV)/bin/python bench/ipa.py
 	$(VENV)/bin/python bench/container.py
 

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from . import __version__
+from .cli_args import path_type
 from .errors import ExitCode, InvalidInput, KilnError, Problem
 from .masking import MaskingStream
 from .workspace import Workspace
@@ -367,11 +368,13 @@ def _stderr_step(prefix: str) -> Callable[[str], None]:
 
 def _site(args: argparse.Namespace) -> tuple[Workspace, Any]:
     from .masking import register, secrets_in
+    from .rpm.credentials import login_secrets
     from .siteconfig import load_site
 
     workspace = _workspace(args)
     site = load_site(Path(args.site) if args.site else None, workspace.root)
-    for secret in secrets_in(site.model_dump(mode="json")):
+    # Values under keys named like secrets, and the passwords of its URLs (as written and decoded).
+    for secret in [*secrets_in(site.model_dump(mode="json")), *login_secrets(site.login_urls())]:
         register(secret)
     return workspace, site
 
@@ -426,18 +429,21 @@ def _add_common_options(parser: argparse.ArgumentParser, default: object) -> Non
         "--root",
         metavar="DIR",
         default=default,
+        type=path_type("--root"),
         help="workspace root (default: $KILN_ROOT, else the nearest dir with recipes/ and templates/)",
     )
     parser.add_argument(
         "--ledger",
         metavar="PATH",
         default=default,
+        type=path_type("--ledger"),
         help="sqlite ledger (default: $KILN_LEDGER, else ROOT/.kiln/ledger.sqlite)",
     )
     parser.add_argument(
         "--site",
         metavar="FILE",
         default=default,
+        type=path_type("--site"),
         help="site settings (default: $KILN_SITE, else ROOT/site.yaml, else the local site)",
     )
     parser.add_argument("-q", "--quiet", action="store_true", default=default, help="no progress output")
@@ -486,6 +492,7 @@ def build_parser() -> argparse.ArgumentParser:
                 "recipes",
                 nargs="*",
                 metavar="RECIPE",
+                type=path_type("RECIPE"),  # names and target ids pass too
                 help="recipe files, directories or recipe names (default: every recipe)",
             )
         if json_flag:
@@ -522,7 +529,9 @@ def build_parser() -> argparse.ArgumentParser:
         recipes=False,
         json_flag=False,
     )
-    p.add_argument("-o", "--output", metavar="FILE", help="write to FILE instead of stdout")
+    p.add_argument(
+        "-o", "--output", metavar="FILE", type=path_type("--output"), help="write to FILE instead of stdout"
+    )
     p = add(
         "plan",
         cmd_plan,
@@ -540,7 +549,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--arch", metavar="ARCH", help="only this architecture (any spelling)")
     p.add_argument(
-        "-o", "--output", metavar="DIR", required=True, help="directory; one subdirectory per target"
+        "-o",
+        "--output",
+        metavar="DIR",
+        required=True,
+        type=path_type("--output"),
+        help="directory; one subdirectory per target",
     )
     p = add(
         "build",
@@ -602,7 +616,14 @@ def build_parser() -> argparse.ArgumentParser:
         ],
     )
     p.add_argument("--arch", metavar="ARCH", help="only this architecture (any spelling)")
-    p.add_argument("-o", "--output", metavar="FILE", default="child.yml", help="default: child.yml")
+    p.add_argument(
+        "-o",
+        "--output",
+        metavar="FILE",
+        default="child.yml",
+        type=path_type("--output"),
+        help="default: child.yml",
+    )
     p.add_argument(
         "--changed-since",
         metavar="REF",
@@ -652,7 +673,13 @@ def build_parser() -> argparse.ArgumentParser:
         ],
         recipes=False,
     )
-    p.add_argument("manifests", nargs="+", metavar="MANIFEST", help="build manifest JSON files")
+    p.add_argument(
+        "manifests",
+        nargs="+",
+        metavar="MANIFEST",
+        type=path_type("MANIFEST"),
+        help="build manifest JSON files",
+    )
     p.add_argument(
         "--allow-unverified",
         action="store_true",
@@ -696,7 +723,15 @@ def _terminate(signum: int, frame: Any) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except InvalidInput as exc:  # a value a type= check refused (builder/cli_args.py): exit 1, as later
+        given = list(sys.argv[1:] if argv is None else argv)
+        if "--json" in given:
+            problems = [p.as_json() for p in exc.problems]
+            sys.stdout.write(json.dumps({"ok": False, "problems": problems}, indent=2) + "\n")
+        print(f"kiln: error: {exc}", file=sys.stderr)
+        return ExitCode.INVALID_INPUT
     tune_gc()
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, _terminate)
@@ -706,6 +741,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return _run_command(args)
     finally:
+        from .publishers.signing import release_keyrings  # here, not at the top: start-up time
+
+        release_keyrings()  # nothing this command started (a gpg-agent) outlives it
         for stream in (sys.stdout, sys.stderr):
             with contextlib.suppress(OSError):  # a reader that left (`kiln plan --json | head`)
                 stream.flush()

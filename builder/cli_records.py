@@ -5,14 +5,21 @@ builder/provenance.py, builder/sbom.py, builder/report/ and the ledger's queries
 from __future__ import annotations
 
 import argparse
+import os
+import re
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from .cli_args import path_type
 from .errors import ExitCode, InvalidInput, Problem
+from .workspace import Workspace
 
 Add = Callable[..., argparse.ArgumentParser]
+# A build id as `kiln history` shows it: ASCII digits that fit sqlite's 64-bit integer.
+BUILD_ID = re.compile(r"[0-9]{1,18}")
+SHOWN_LOG_BYTES = 1 << 20  # `kiln show` reads the tail of a log: its last MiB at most
 
 
 def _cli() -> Any:
@@ -23,6 +30,21 @@ def _cli() -> Any:
 
 def _when(epoch: float | None) -> str:
     return time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(epoch)) if epoch else "-"
+
+
+def _build_root(workspace: Workspace) -> Path:
+    """Kiln's build root (builder/pipeline/build.py): the one tree whose files a ledger row may name
+    for Kiln to read (logs, statements, SBOMs); a path elsewhere is data, never read."""
+    from .pipeline.build import default_build_root
+
+    return default_build_root(workspace)
+
+
+def _below(root: Path, recorded: str) -> bool:
+    try:
+        return Path(recorded).resolve(strict=True).is_relative_to(root.resolve(strict=True))
+    except (OSError, RuntimeError, ValueError):
+        return False
 
 
 # --- kiln verify -----------------------------------------------------------------------------------------
@@ -38,8 +60,13 @@ def cmd_verify(args: argparse.Namespace) -> int:
         workspace, site = cli._site(args)
         signer = site_signer(site, workspace.root)
         keyring = signer.gnupghome if signer else None
+    # An artifact is a file or an OCI layout directory, named by its own name: "." or "/" names none
+    # (the statement is <name>.intoto.json beside it), so "." is taken as the directory it stands for.
+    artifact = Path(os.path.abspath(args.artifact))
+    if not artifact.name:
+        raise InvalidInput(Problem(f"{args.artifact}: not an artifact (a file, or an OCI layout directory)"))
     report = check_artifact(
-        Path(args.artifact),
+        artifact,
         Path(args.provenance) if args.provenance else None,
         keyring=keyring,
         public_keys=[Path(k) for k in args.key or []],
@@ -76,7 +103,7 @@ def _sbom_path(given: str, args: argparse.Namespace) -> Path:
                 raise InvalidInput(Problem(f"{given}: this build's manifest lists no SBOM"))
             return path.parent / data["sbom"]
         raise InvalidInput(Problem(f"{given}: neither an SPDX document nor a build manifest"))
-    if given.isdigit():
+    if BUILD_ID.fullmatch(given):
         from .ledger import Ledger
 
         cli = _cli()
@@ -87,7 +114,12 @@ def _sbom_path(given: str, args: argparse.Namespace) -> Path:
             found = [a for a in ledger.attestations(int(given)) if a["type"] == "sbom"]
         if not found:
             raise InvalidInput(Problem(f"build {given}: no SBOM recorded (its builder left no package list)"))
-        return Path(found[-1]["path"])
+        recorded = str(found[-1]["path"])
+        if not _below(_build_root(workspace), recorded):
+            raise InvalidInput(
+                Problem(f"build {given}: its SBOM {recorded} is not below Kiln's build root; not read")
+            )
+        return Path(recorded)
     raise InvalidInput(Problem(f"{given}: no such file, and not a build id"))
 
 
@@ -122,6 +154,8 @@ def cmd_history(args: argparse.Namespace) -> int:
             arch = Arch.parse(args.arch).value
         except ValueError as exc:
             raise InvalidInput(Problem(f"--arch: {exc}")) from None
+    if args.limit is not None and not 0 <= args.limit <= 10**9:
+        raise InvalidInput(Problem(f"--limit {args.limit}: give a number of builds from 0 to 1000000000"))
     with Ledger(cli._ledger_path(args, workspace)) as ledger:
         builds = ledger.history(args.recipe, arch, args.limit)
     lines = [
@@ -142,11 +176,12 @@ def cmd_history(args: argparse.Namespace) -> int:
 
 def cmd_show(args: argparse.Namespace) -> int:
     from .ledger import Ledger
+    from .outdir import read_below
 
     cli = _cli()
     workspace = cli._workspace(args)
-    if not args.build.isdigit():
-        raise InvalidInput(Problem(f"{args.build}: a build id is a number (see `kiln history`)"))
+    if not BUILD_ID.fullmatch(args.build):
+        raise InvalidInput(Problem(f"{args.build[:80]!r}: a build id is a number (see `kiln history`)"))
     with Ledger(cli._ledger_path(args, workspace)) as ledger:
         record = ledger.build(int(args.build))
         if record is None:
@@ -157,8 +192,11 @@ def cmd_show(args: argparse.Namespace) -> int:
         ]
         attestations = ledger.attestations(record.id)
     log_tail: list[str] = []
-    if record.log_path and Path(record.log_path).is_file():
-        log_tail = Path(record.log_path).read_text(errors="replace").splitlines()[-args.log_lines :]
+    log = None
+    if record.log_path:  # a path from the ledger is data: read only from below the build root
+        log = read_below(_build_root(workspace), record.log_path, tail=SHOWN_LOG_BYTES)
+    if log is not None and args.log_lines > 0:
+        log_tail = log.decode(errors="replace").splitlines()[-args.log_lines :]
     data = {
         **(summary or record.__dict__),
         "artifacts": artifacts,
@@ -173,7 +211,8 @@ def cmd_show(args: argparse.Namespace) -> int:
         f"  tools         {', '.join(f'{k} {v}' for k, v in sorted(record.tool_versions.items())) or '-'}",
         f"  verification  {verification.get('status', 'never verified')}"
         + (f" ({verification['detail']})" if verification.get("detail") else ""),
-        f"  log           {record.log_path or '-'}",
+        f"  log           {record.log_path or '-'}"
+        + (" (not available: not a file below Kiln's build root)" if record.log_path and log is None else ""),
     ]
     if record.error:
         lines.append(f"  error         {record.error[:500]}")
@@ -211,7 +250,7 @@ def cmd_report(args: argparse.Namespace) -> int:
         history = ledger.history()
         attestations = {b["id"]: ledger.attestations(b["id"]) for b in history if b["status"] == "succeeded"}
     rows = matrix(history, current, attestations)
-    page = write_report(rows, Path(args.html), workspace.templates_dir)
+    page = write_report(rows, Path(args.html), workspace.templates_dir, build_root=_build_root(workspace))
     states: dict[str, int] = {}
     for row in rows:
         for cell in row.cells.values():
@@ -241,12 +280,23 @@ def register(add: Add, group: Callable[..., Any]) -> None:
         ],
         recipes=False,
     )
-    p.add_argument("artifact", metavar="ARTIFACT", help="the artifact file (an OCI layout: its directory)")
-    p.add_argument("--provenance", metavar="FILE", help="the statement (default: ARTIFACT.intoto.json)")
+    p.add_argument(
+        "artifact",
+        metavar="ARTIFACT",
+        type=path_type("ARTIFACT"),
+        help="the artifact file (an OCI layout: its directory)",
+    )
+    p.add_argument(
+        "--provenance",
+        metavar="FILE",
+        type=path_type("--provenance"),
+        help="the statement (default: ARTIFACT.intoto.json)",
+    )
     p.add_argument(
         "--key",
         metavar="PUBKEY",
         action="append",
+        type=path_type("--key"),
         help="armoured public key(s) to check with (default: the site key)",
     )
     p.add_argument("--require-signature", action="store_true", help="fail when the statement is not signed")
@@ -266,7 +316,12 @@ def register(add: Add, group: Callable[..., Any]) -> None:
         under=sbom,
     )
     for name in ("old", "new"):
-        p.add_argument(name, metavar=name.upper(), help="a build id, a build manifest or an SPDX JSON file")
+        p.add_argument(
+            name,
+            metavar=name.upper(),
+            type=path_type(name.upper()),
+            help="a build id, a build manifest or an SPDX JSON file",
+        )
 
     p = add(
         "history",
@@ -299,5 +354,9 @@ def register(add: Add, group: Callable[..., Any]) -> None:
         recipes=False,
     )
     p.add_argument(
-        "--html", metavar="DIR", required=True, help="directory for index.html, logs/ and provenance/"
+        "--html",
+        metavar="DIR",
+        required=True,
+        type=path_type("--html"),
+        help="directory for index.html, logs/ and provenance/",
     )

@@ -7,6 +7,7 @@ inside the recipe (``publish.glance.visibility``), printed as
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from enum import IntEnum
 
@@ -101,6 +102,25 @@ class CommandFailed(KilnError):
     """A subprocess run through the runner exited non-zero or timed out."""
 
     exit_code = ExitCode.FAILED
+
+
+# Terminal controls and line separators: a message quoting a server's text shows "?" for them.
+_UNPRINTABLE = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+
+
+class RemoteDataError(CommandFailed):
+    """Data from a server Kiln does not control, refused or unreadable: over a limit, malformed, or not
+    served. Exit 4; the message names the URL (never with its userinfo) and what was wrong.
+    ``http_status``: the server's HTTP error status, when that is what was wrong (404: not there)."""
+
+    def __init__(self, what: str, url: str | None = None, *, http_status: int | None = None):
+        what = _UNPRINTABLE.sub("?", what)  # it may quote the server's text: no terminal controls
+        self.what, self.url, self.http_status = what, url, http_status
+        super().__init__(f"{url}: {what}" if url else what)
+
+    def at(self, url: str) -> RemoteDataError:
+        """This error, naming ``url`` unless it names one already (its class and status kept)."""
+        return self if self.url else type(self)(self.what, url, http_status=self.http_status)
 
 
 class LedgerError(InvalidInput, RuntimeError):

@@ -3,16 +3,23 @@
 Embedded by default at ``.kiln/ledger.sqlite`` (``--ledger`` or ``$KILN_LEDGER`` to move it). Writes
 are single transactions, so a crash never leaves a build half-recorded; WAL mode lets ``kiln plan``
 read while a build writes.
+
+What the file holds is checked as it is read: a row whose text is not UTF-8, or whose values are of
+the wrong type or out of range (a byte flipped on disk), is a LedgerError saying the ledger is damaged,
+as is an error sqlite reports for a damaged page; a file Kiln may not write or open is a LedgerError
+saying that instead. Each names the file and is exit 1, never a traceback.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
+import re
 import sqlite3
 import stat
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from enum import StrEnum
@@ -27,6 +34,10 @@ _CORE_TABLES = ("meta", "targets", "builds", "artifacts", "publications")
 _SQLITE_HEADER = b"SQLite format 3\x00"
 _MOVE_AWAY = "move it away (Kiln then starts a new, empty ledger) or point --ledger / $KILN_LEDGER elsewhere"
 _RESTORE = "restore it from a backup, or " + _MOVE_AWAY + " (its build history is then lost)"
+_WRITABLE = (
+    "Kiln opens its ledger for writing, also to read it: make the file and its directory writable by "
+    "this user, or point --ledger / $KILN_LEDGER at a writable copy"
+)
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -149,7 +160,7 @@ class Ledger:
                 self._db.execute("PRAGMA journal_mode=WAL")
         except sqlite3.Error as exc:
             self._db.close()
-            raise LedgerError(path, f"damaged or unreadable (sqlite: {exc})", _RESTORE) from None
+            raise ledger_error(path, exc) from None
         except BaseException:
             self._db.close()
             raise
@@ -303,8 +314,9 @@ class Ledger:
         ``candidate``, one under that candidate's names (a candidate's never counts for production)."""
         which = "instr(p.publisher, ?) = 0" if candidate is None else "p.publisher LIKE '%' || ?"
         row = self._db.execute(
-            "SELECT COUNT(*), SUM(EXISTS(SELECT 1 FROM publications p "
-            f"WHERE p.artifact_id = a.id AND {which})) FROM artifacts a WHERE a.build_id=?",
+            "SELECT COUNT(*) AS artifacts, SUM(EXISTS(SELECT 1 FROM publications p "
+            f"WHERE p.artifact_id = a.id AND {which})) AS published_artifacts FROM artifacts a "
+            "WHERE a.build_id=?",
             (CANDIDATE_MARK if candidate is None else CANDIDATE_MARK + candidate, build_id),
         ).fetchone()
         return bool(row[0]) and row[0] == row[1]
@@ -366,7 +378,7 @@ class Ledger:
         (one query, for ``kiln pipeline``)."""
         out: dict[str, dict[str, float]] = {}
         rows = self._db.execute(
-            "SELECT b.target_id, b.digest, MAX(p.published_at) FROM builds b "
+            "SELECT b.target_id, b.digest, MAX(p.published_at) AS published_at FROM builds b "
             "JOIN artifacts a ON a.build_id = b.id JOIN publications p ON p.artifact_id = a.id "
             "AND instr(p.publisher, :mark) = 0 "
             "WHERE b.status='succeeded' AND NOT EXISTS (SELECT 1 FROM artifacts x WHERE x.build_id = b.id "
@@ -418,9 +430,9 @@ class Ledger:
             "SELECT b.*, t.recipe, t.kind, t.arch FROM builds b JOIN targets t ON t.id = b.target_id"
             + (" WHERE " + " AND ".join(where) if where else "")
             + " ORDER BY b.id DESC"
-            + (f" LIMIT {int(limit)}" if limit is not None else "")
+            + (" LIMIT ?" if limit is not None else "")
         )
-        rows = self._db.execute(sql, params).fetchall()
+        rows = self._db.execute(sql, [*params, *([int(limit)] if limit is not None else [])]).fetchall()
         ids = [r["id"] for r in rows]
         sizes: dict[int, int] = {}
         published: dict[int, list[dict[str, Any]]] = {}
@@ -428,7 +440,8 @@ class Ledger:
         for chunk in (ids[i : i + 500] for i in range(0, len(ids), 500)):
             marks = ",".join("?" * len(chunk))
             for r in self._db.execute(
-                f"SELECT build_id, SUM(size) FROM artifacts WHERE build_id IN ({marks}) GROUP BY build_id",
+                f"SELECT build_id, SUM(size) AS size FROM artifacts WHERE build_id IN ({marks}) "
+                "GROUP BY build_id",
                 chunk,
             ):
                 sizes[r[0]] = int(r[1] or 0)
@@ -546,23 +559,163 @@ def _check_file(path: Path) -> None:
         )
 
 
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+
+
+def ledger_error(path: Path, exc: BaseException) -> LedgerError:
+    """What an error met while reading or writing the ledger means for its user: not writable, not
+    readable, busy, a disk problem, or a damaged file (anything else sqlite or the decoder says)."""
+    code = getattr(exc, "sqlite_errorcode", None)
+    primary = code & 0xFF if isinstance(code, int) else None
+    # sqlite quotes a damaged schema's text: one line, no control characters, bounded
+    said = _CONTROL.sub("?", (str(exc).splitlines() or [""])[0])[:200]
+    if primary == sqlite3.SQLITE_READONLY:
+        return LedgerError(path, f"not writable (sqlite: {said})", _WRITABLE)
+    if primary in (sqlite3.SQLITE_CANTOPEN, sqlite3.SQLITE_PERM, sqlite3.SQLITE_AUTH):
+        return LedgerError(
+            path, f"cannot be opened: not readable, or its directory not writable (sqlite: {said})", _WRITABLE
+        )
+    if primary in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED):
+        return LedgerError(path, f"busy ({said})", "another process holds it: retry when it is done")
+    if primary == sqlite3.SQLITE_FULL:
+        return LedgerError(path, f"cannot be written: the disk is full (sqlite: {said})", "free some space")
+    if primary == sqlite3.SQLITE_IOERR:
+        return LedgerError(path, f"cannot be read or written (sqlite: {said})", "check its disk and mount")
+    if isinstance(exc, UnicodeDecodeError):
+        return LedgerError(path, "damaged (text in it is not UTF-8)", _RESTORE)
+    return LedgerError(path, f"damaged or unreadable (sqlite: {said})", _RESTORE)
+
+
 class _Connection(sqlite3.Connection):
     """A connection whose errors from sqlite itself (a damaged page met by a query, a lock held past
-    the timeout) become LedgerErrors naming the file; errors in Kiln's own SQL stay as they are."""
+    the timeout, a read-only file) become LedgerErrors naming the file, also while rows are fetched;
+    errors in Kiln's own SQL stay as they are. Every row read is checked (:class:`_Cursor`)."""
 
     ledger_path: Path = Path()
 
     def execute(self, sql: str, parameters: Any = (), /) -> sqlite3.Cursor:
+        cursor = self.cursor(_Cursor)
+        cursor.execute(sql, parameters)
+        return cursor
+
+
+def _is_file_error(exc: BaseException) -> bool:
+    """An error the file's state causes (not Kiln's SQL): sqlite's own, or undecodable text."""
+    if isinstance(exc, UnicodeDecodeError):
+        return True
+    return type(exc) in (sqlite3.DatabaseError, sqlite3.OperationalError)
+
+
+class _Cursor(sqlite3.Cursor):
+    """Turns file errors into LedgerErrors (:func:`ledger_error`) and checks each row's values by
+    column name (:data:`_COLUMNS`), so that a damaged row is never handed to the rest of Kiln."""
+
+    connection: _Connection
+
+    def _path(self) -> Path:
+        return self.connection.ledger_path
+
+    def execute(self, sql: str, parameters: Any = (), /) -> _Cursor:
         try:
-            return super().execute(sql, parameters)
-        except sqlite3.DatabaseError as exc:
-            if type(exc) not in (sqlite3.DatabaseError, sqlite3.OperationalError):
-                raise
-            if "locked" in str(exc) or "busy" in str(exc):
-                raise LedgerError(
-                    self.ledger_path, f"busy ({exc})", "another process holds it: retry when it is done"
-                ) from None
-            raise LedgerError(self.ledger_path, f"damaged or unreadable (sqlite: {exc})", _RESTORE) from None
+            super().execute(sql, parameters)
+        except Exception as exc:
+            if _is_file_error(exc):
+                raise ledger_error(self._path(), exc) from None
+            raise
+        return self
+
+    def _checked(self, fetch: Callable[[], Any]) -> Any:
+        try:
+            return fetch()
+        except Exception as exc:
+            if _is_file_error(exc):
+                raise ledger_error(self._path(), exc) from None
+            raise
+
+    def fetchone(self) -> Any:
+        row = self._checked(super().fetchone)
+        if row is not None:
+            self._check_row(row)
+        return row
+
+    def fetchall(self) -> list[Any]:
+        rows = self._checked(super().fetchall)
+        for row in rows:
+            self._check_row(row)
+        return rows
+
+    def fetchmany(self, size: int | None = None) -> list[Any]:
+        rows = self._checked(lambda: super(_Cursor, self).fetchmany(size or self.arraysize))
+        for row in rows:
+            self._check_row(row)
+        return rows
+
+    def __iter__(self) -> _Cursor:
+        return self
+
+    def __next__(self) -> Any:
+        row = self.fetchone()
+        if row is None:
+            raise StopIteration
+        return row
+
+    def _check_row(self, row: Any) -> None:
+        names = [d[0] for d in self.description or ()]
+        for name, value in zip(names, row, strict=False):
+            problem = _value_problem(name, value)
+            if problem is not None:
+                raise LedgerError(self._path(), f"damaged (a row's {name} {problem})", _RESTORE)
+
+
+# --- what each column may hold -------------------------------------------------------------------------
+# By column name (aliases too), as Kiln writes them: a value outside this is a damaged file.
+
+_STATUSES = frozenset({"running", "succeeded", "failed", "cancelled", "passed", "off"})
+_LATEST_TIME = 1e11  # seconds since 1970: past the year 5000; a flipped exponent goes beyond
+_NULLABLE = frozenset({"finished_at", "log_path", "error", "base_digest", "base_state", "size"})
+
+
+def _is_count(value: Any) -> bool:
+    return type(value) is int and value >= 0
+
+
+def _is_time(value: Any) -> bool:
+    return type(value) in (int, float) and math.isfinite(value) and 0 <= value < _LATEST_TIME
+
+
+def _is_json_object(value: Any) -> bool:
+    try:
+        return isinstance(json.loads(value), dict)
+    except (TypeError, ValueError):
+        return False
+
+
+_COLUMNS: dict[str, tuple[Callable[[Any], bool], str]] = {
+    **dict.fromkeys(("id", "build_id", "artifact_id", "size", "artifacts", "published_artifacts"),
+                    (_is_count, "is not a count")),
+    **dict.fromkeys(("started_at", "finished_at", "published_at", "verified_at", "recorded_at", "updated_at"),
+                    (_is_time, "is not a time")),
+    **dict.fromkeys(("tool_versions", "facts"), (_is_json_object, "is not a JSON object")),
+    "status": (lambda v: v in _STATUSES, "is not a status"),
+    **dict.fromkeys(
+        ("target_id", "digest", "log_path", "error", "name", "path", "sha256", "publisher", "location",
+         "artifact", "type", "detail", "recipe", "kind", "arch", "last_digest", "base_digest", "base_state",
+         "key", "value"),
+        (lambda v: isinstance(v, str), "is not text"),
+    ),
+}  # fmt: skip
+
+
+def _value_problem(name: str, value: Any) -> str | None:
+    """Why ``value`` cannot be column ``name`` of a healthy ledger, or None. Pure."""
+    if value is None:
+        return None if name in _NULLABLE or name not in _COLUMNS else "is missing"
+    if isinstance(value, bytes):  # Kiln stores no BLOB: text whose type byte was flipped
+        return "is binary where text or a number belongs"
+    check = _COLUMNS.get(name)
+    if check is None or check[0](value):
+        return None
+    return f"{check[1]}: {str(value)[:40]!r}"
 
 
 def _statements(script: str) -> list[str]:

@@ -1,4 +1,5 @@
-"""Writing files under a directory Kiln was given: only below it, never through a symlink, atomically.
+"""Writing files under a directory Kiln was given: only below it, never through a symlink, atomically;
+and reading a file a record names only from below the directory it must lie in (``read_below``).
 
 The directory named on the command line (``kiln render -o DIR``) is taken as the user gave it; below
 it, every directory is opened with ``O_NOFOLLOW`` relative to its parent's descriptor, so a symlink
@@ -14,6 +15,7 @@ import contextlib
 import errno
 import os
 import secrets
+import stat
 from collections.abc import Iterable
 from pathlib import Path, PurePosixPath
 
@@ -113,3 +115,45 @@ def _write_at(dir_fd: int, name: str, content: bytes, mode: int, shown: Path) ->
         with contextlib.suppress(OSError):
             os.unlink(tmp, dir_fd=dir_fd)
         raise
+
+
+# --- reading what a record names -------------------------------------------------------------------------
+
+
+def read_below(
+    root: Path, recorded: str, *, tail: int | None = None, limit: int | None = None
+) -> bytes | None:
+    """The bytes of a file a record (a ledger row, a manifest) names, when it lies below ``root`` once
+    symlinks are resolved and is a regular file; None otherwise (``/etc/shadow``, a symlink out of
+    the tree, a FIFO, a file over ``limit`` bytes). With ``tail``, only the last ``tail`` bytes.
+
+    A path from a record is data, not permission: the resolved path is opened again component by
+    component from ``root`` with ``O_NOFOLLOW``, so a directory swapped for a symlink after the check
+    is refused too."""
+    try:
+        base = root.resolve(strict=True)
+        resolved = Path(recorded).resolve(strict=True)
+    except (OSError, RuntimeError, ValueError):  # missing, a symlink loop, a NUL byte
+        return None
+    if not resolved.is_relative_to(base) or resolved == base:
+        return None
+    parts = resolved.relative_to(base).parts
+    fds: list[int] = []
+    try:
+        fds.append(os.open(base, os.O_RDONLY | os.O_DIRECTORY))
+        for part in parts[:-1]:
+            fds.append(os.open(part, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=fds[-1]))
+        fd = os.open(parts[-1], os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK, dir_fd=fds[-1])
+    except OSError:
+        return None
+    finally:
+        for opened in reversed(fds):
+            os.close(opened)
+    info = os.fstat(fd)
+    if not stat.S_ISREG(info.st_mode) or (limit is not None and info.st_size > limit):
+        os.close(fd)
+        return None
+    with os.fdopen(fd, "rb") as handle:
+        if tail is not None:
+            handle.seek(max(0, info.st_size - tail))
+        return handle.read()

@@ -372,11 +372,10 @@ def _check_rpm_signature(
         return Check("rpm-signature", True, "the package's own signature verifies with the site key")
     if verdict == "unchecked":
         return Check("rpm-signature", True, f"not checked ({said})")
-    why = (
-        "is signed by a key that is not the site's"
-        if verdict == "unknown-key"
-        else "is not signed, though its signature header differs from the built package's"
-    )
+    why = {
+        "unknown-key": "is signed by a key that is not the site's",
+        "damaged": "does not match its own digests",
+    }.get(verdict, "is not signed, though its signature header differs from the built package's")
     return Check("rpm-signature", False, f"{artifact}: the package {why} (rpmkeys: {said})")
 
 

@@ -8,6 +8,7 @@ error locations live in :mod:`builder.recipes`; this module only says what is va
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from typing import Annotated, Any, Literal, get_args
 
 from pydantic import (
@@ -41,6 +42,35 @@ ElementName = Annotated[str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9_-]{0,6
 EnvName = Annotated[str, StringConstraints(pattern=r"^[A-Z_][A-Z0-9_]{0,63}$")]
 MacroName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")]
 HttpUrl = Annotated[str, StringConstraints(pattern=r"^https?://[^\s]+$")]
+# scheme://userinfo@ (the userinfo up to the last '@' before the path, as URL parsers read it).
+URL_USERINFO = re.compile(r"(?i)^[a-z][a-z0-9+.-]*://[^/?#]*@")
+
+
+def refusing_credentials(instead: str) -> Callable[[str], str]:
+    """A validator refusing ``https://user:secret@host``: a recipe's URL is rendered into build files,
+    logs and the ledger. ``instead`` says where the login goes (it differs by who fetches the URL)."""
+
+    def without_credentials(value: str) -> str:
+        if URL_USERINFO.match(value):
+            raise ValueError(
+                "credentials (user:password@) are not allowed in a recipe's URL: they would be written "
+                f"into build files and records; {instead}"
+            )
+        return value
+
+    return without_credentials
+
+
+# An http(s) URL without userinfo, fetched by Kiln itself: a login for it comes from site.yaml.
+UrlWithoutCredentials = Annotated[
+    HttpUrl,
+    AfterValidator(
+        refusing_credentials(
+            "write the URL without them and give it with its credentials in site.yaml "
+            "(README, kind: rpm-rebuild, Credentials)"
+        )
+    ),
+]
 CudaVersion = Annotated[str, StringConstraints(pattern=r"^[0-9]+\.[0-9]+$")]
 # Characters that end a line for some reader of a rendered file (str.splitlines, shells, env files,
 # rpm macros) or are invisible in logs: C0 and C1 controls (tab allowed), DEL, U+2028/U+2029.
@@ -63,6 +93,41 @@ def _single_line(value: str) -> str:
 # Single-line text (no control characters but tab), at most 4096 characters: env values, labels,
 # macros, commands, boot keys, descriptions.
 ShortText = Annotated[str, StringConstraints(max_length=4096), AfterValidator(_single_line)]
+
+# --- build.env: what a recipe may put into a build tool's environment ---------------------------------
+
+# Never passed from a recipe to a build tool, whatever a kind's list says: they make a shell, the
+# dynamic loader or an interpreter run code of the recipe's choosing (BASH_ENV, ENV, LD_PRELOAD,
+# PYTHONSTARTUP, PROMPT_COMMAND, PS4 under xtrace, BASH_FUNC_*), or change which programs run and how
+# (PATH, HOME, IFS, SHELLOPTS, CDPATH, GIT_SSH_COMMAND and the rest of GIT_*).
+ALWAYS_REFUSED_ENV = re.compile(
+    r"BASH_ENV|ENV|PATH|HOME|IFS|SHELLOPTS|BASHOPTS|CDPATH|PS4|PROMPT_COMMAND|LD_\w*|PYTHON\w*|GIT_\w*"
+    r"|BASH_FUNC_\w*"
+)
+
+
+def allows_env_name(name: str, allowed: tuple[str, ...]) -> bool:
+    """Whether ``allowed`` (names, and prefixes written ``DIB_*``) admits ``name``."""
+    return any(name.startswith(a[:-1]) if a.endswith("*") else name == a for a in allowed)
+
+
+def tool_env(tool: str, allowed: tuple[str, ...], refused: tuple[str, ...] = ()) -> Any:
+    """The type of a kind's ``build.env``: variables for ``tool`` whose names ``allowed`` admits,
+    except ``refused`` (names a kind knows make its tool run a program of the recipe's choosing) and
+    :data:`ALWAYS_REFUSED_ENV`; refused by ``kiln validate`` at the key, naming what is accepted."""
+    accepted = ", ".join(allowed) + (f" (but not {', '.join(refused)})" if refused else "")
+
+    def check(name: str) -> str:
+        if ALWAYS_REFUSED_ENV.fullmatch(name) or name in refused:
+            raise ValueError(
+                f"{name} is never passed to a build tool (it would change what the tool's shell, loader "
+                f"or interpreter runs); build.env takes {accepted}"
+            )
+        if not allows_env_name(name, allowed):
+            raise ValueError(f"{name} is not passed to {tool}: build.env takes {accepted}")
+        return name
+
+    return dict[Annotated[EnvName, AfterValidator(check)], ShortText]
 
 
 def _parse_arch(value: Any) -> Any:

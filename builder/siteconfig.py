@@ -17,6 +17,8 @@ build_hosts:
 extra_ca_certificates: [/usr/local/share/ca-certificates/*.crt]
 mirrors:
   debian: http://deb.debian.org/debian
+rpm_repo_credentials:        # logins for RPM repos and SRPM servers Kiln reads (never in a recipe)
+  - https://user:password@vendor.example.com/el/9/   # lent to every URL below it (same origin)
 ipa_http: {root: /var/lib/ironic/httpboot, url: http://bifrost:8080}   # absent: <repo tree>/ipa
 ipa: {upstream_git: false}   # true: IPA sources cloned from opendev.org, not local repos from PyPI
 candidates:                  # kiln build --publish --candidate 42 (merge requests): never production names
@@ -33,11 +35,18 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BeforeValidator, Field, StringConstraints, ValidationError, model_validator
+from pydantic import (
+    AfterValidator,
+    BeforeValidator,
+    Field,
+    StringConstraints,
+    ValidationError,
+    model_validator,
+)
 
 from .arch import Arch
 from .errors import EnvironmentProblem, InvalidInput, Problem
-from .recipe import ArchName, HttpUrl, StrictModel
+from .recipe import URL_USERINFO, ArchName, HttpUrl, StrictModel
 from .recipes import problems_from_validation
 from .yamlsource import LocatedDoc, load_file
 
@@ -160,14 +169,27 @@ class DibSite(StrictModel):
     )
 
 
+def _renamed_mode(value: Any) -> Any:
+    if value == "ssh":
+        raise ValueError(
+            "mode ssh is now other-host: Kiln never dispatched builds over ssh; it refuses the build "
+            "here and names the host (and the GitLab runner tag) where it belongs"
+        )
+    return value
+
+
 class BuildHost(StrictModel):
-    mode: Literal["native", "emulated", "ssh"] = "emulated"
-    host: str | None = None
+    """Where builds for one foreign arch run: ``emulated`` here under qemu-user, or elsewhere —
+    ``native`` (on any host of that arch) or ``other-host`` (on the host named): Kiln does not
+    dispatch there; it refuses the build here, naming where it belongs."""
+
+    mode: Annotated[Literal["native", "emulated", "other-host"], BeforeValidator(_renamed_mode)] = "emulated"
+    host: str | None = Field(None, description="other-host: the host whose runner builds this arch.")
 
     @model_validator(mode="after")
-    def _ssh_needs_host(self) -> BuildHost:
-        if self.mode == "ssh" and not self.host:
-            raise ValueError("mode ssh needs host")
+    def _other_host_needs_host(self) -> BuildHost:
+        if self.mode == "other-host" and not self.host:
+            raise ValueError("mode other-host needs host (the host that builds this arch)")
         return self
 
 
@@ -233,6 +255,19 @@ class GitLabSite(StrictModel):
         return tags
 
 
+def _with_credentials(value: str) -> str:
+    if not URL_USERINFO.match(value):
+        raise ValueError(
+            "carries no user:password@: an entry here only lends its login to the URLs below it"
+        )
+    return value
+
+
+# A repo URL with its login (https://user:password@host/path/); the login is lent to every URL of the
+# same scheme, host and port below that path (builder/rpm/credentials.py).
+UrlWithCredentials = Annotated[HttpUrl, AfterValidator(_with_credentials)]
+
+
 CANDIDATE_ID = re.compile(r"^[a-z0-9][a-z0-9-]{0,39}$")
 ImageSuffix = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_.-]*\{id\}[A-Za-z0-9_.-]*$")]
 RepoSuffix = Annotated[str, StringConstraints(pattern=r"^[a-z0-9-]*\{id\}[a-z0-9-]*$")]
@@ -269,6 +304,14 @@ class SiteConfig(StrictModel):
     )
     extra_ca_certificates: list[str] = Field(default_factory=list)
     mirrors: Mirrors = Field(default_factory=Mirrors)
+    # Named like a secret (masking.SECRET_KEY), so its values are masked in every output and in
+    # site.yaml's own error messages.
+    rpm_repo_credentials: list[UrlWithCredentials] = Field(
+        default_factory=list,
+        description="Logins for the RPM repos and SRPM servers Kiln reads (kiln rpm missing, "
+        "build.source url/repo, the published repo): https://user:password@host/path/, lent to every "
+        "URL of the same scheme, host and port below that path (the longest path wins).",
+    )
     publish_after_build: bool = Field(False, description="kiln build publishes unless --no-publish.")
     gitlab: GitLabSite = Field(default_factory=GitLabSite)
     candidates: CandidateSite = Field(default_factory=CandidateSite)
@@ -280,19 +323,32 @@ class SiteConfig(StrictModel):
         """How this host builds for ``arch``: "native" or "emulated" (qemu-user via binfmt).
 
         Raises EnvironmentProblem where ``build_hosts`` says builds for ``arch`` belong elsewhere:
-        ``native`` (on a host of that arch only) or ``ssh`` (Kiln runs on that host itself, e.g. as
-        the GitLab child pipeline's job for that arch's runner tag; it does not dispatch over ssh)."""
+        ``native`` (on a host of that arch only) or ``other-host`` (on the host named, e.g. as the
+        GitLab child pipeline's job for that arch's runner tag; Kiln dispatches nothing there)."""
         if arch is host:
             return "native"
         setting = self.build_hosts.get(arch, BuildHost())
         if setting.mode == "emulated":
             return "emulated"
-        where = f"host {setting.host}" if setting.mode == "ssh" else f"a {arch.value} host"
+        where = f"host {setting.host}" if setting.mode == "other-host" else f"a {arch.value} host"
         raise EnvironmentProblem(
             f"site.yaml build_hosts.{arch.value}: mode {setting.mode}, and this host is {host.value}: "
             f"run this build on {where} (GitLab runner tag {arch.runner_tag}), or set mode: emulated "
             "to build it here under qemu-user"
         )
+
+    def login_urls(self) -> list[str]:
+        """Every URL site.yaml holds that may carry a login for Kiln's HTTP reads (the repo
+        credentials, the mirrors, the published repo and IPA tree)."""
+        candidates = [
+            *self.rpm_repo_credentials,
+            self.mirrors.debian,
+            self.mirrors.debian_security,
+            self.repo.base_url,
+            self.repo.s3.public_url if self.repo.s3 else None,
+            self.ipa_http.url,
+        ]
+        return [str(url) for url in candidates if url]
 
     def state_dir(self, root: Path) -> Path:
         path = Path(os.path.expanduser(self.local.state_dir))

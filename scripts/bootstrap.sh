@@ -9,11 +9,13 @@ cd "$(dirname "$0")/.."
 
 # packer: `packer validate` of rendered templates; openssh-client: ssh-keygen for Packer's
 # communicator; rpm: rpmbuild/rpmsign; python3-venv: Debian's python3 needs it.
+# python3-rpm: rpm's own Python bindings (labelCompare: builder/rpm/versions.py), which PyPI's `rpm`
+# shim in the lock loads into the venv; named here, not left to arrive with dnf.
 # The local site: glance-api, docker-registry, createrepo-c, gnupg, the swift S3 stack + memcached.
 # Clients that check Kiln's work from outside: python3-openstackclient, skopeo, dnf, docker.io.
 # IPA ISOs: grub-mkrescue (grub-common, the BIOS and EFI modules, xorriso, mtools: no loop mount).
 APT_PACKAGES=(
-    packer openssh-client rpm python3-venv rsync curl
+    packer openssh-client rpm python3-rpm python3-venv rsync curl
     glance-api docker-registry createrepo-c gnupg
     swift swift-proxy swift-object swift-container swift-account memcached
     python3-openstackclient skopeo dnf docker.io

@@ -2,7 +2,8 @@
 
 * ``plan(job) -> BuildRun``: pure. The commands (argv, env, cwd, time-out), the files to place and
   the outputs to expect, from the target, its rendered files and the host facts gathered before.
-  ``kiln build --dry-run`` prints exactly this.
+  ``kiln build --dry-run`` prints exactly this, with the whole environment each command gets (the
+  one Kiln runs in, with the command's own over it), secrets masked.
 * ``run(run, job, runner, log, on_step) -> list[Artifact]``: the I/O. Runs the plan through the
   runner (the only code that starts processes) and measures the outputs.
 """
@@ -33,14 +34,30 @@ class Command:
     cwd: Path | None = None
     timeout_s: float | None = None
     kill_grace_s: float = 10.0
-    shown_env: tuple[str, ...] = ()  # prefixes of the env keys a dry run prints (empty: all)
 
-    def shown(self) -> dict[str, str]:
-        prefixes = self.shown_env
-        return {k: v for k, v in sorted(self.env.items()) if not prefixes or k.startswith(prefixes)}
+    def environment(self, inherited: Mapping[str, str]) -> dict[str, str]:
+        """The whole environment the command runs with: ``inherited`` (the one Kiln runs in) with the
+        command's own over it, as the runner composes it (builder/host/run.py)."""
+        return dict(sorted({**inherited, **self.env}.items()))
 
-    def as_json(self) -> dict[str, Any]:
-        return {"argv": list(self.argv), "env": self.shown(), "cwd": str(self.cwd or "")}
+    def as_json(self, inherited: Mapping[str, str] | None = None) -> dict[str, Any]:
+        """argv, cwd and the whole environment (secrets masked); ``env_set_by_kiln``: the names Kiln
+        sets (the rest comes from the environment Kiln was started in)."""
+        return {
+            "argv": list(self.argv),
+            "env": masked_environment(self.environment(inherited or {})),
+            "env_set_by_kiln": sorted(self.env),
+            "cwd": str(self.cwd or ""),
+        }
+
+
+def masked_environment(env: Mapping[str, str]) -> dict[str, str]:
+    """``env`` fit to print: a variable named like a secret (``OS_PASSWORD``, ``CI_JOB_TOKEN``) shows
+    ``***`` whatever its length, and every value passes the masking layer (URL credentials, secrets
+    registered from site.yaml and the environment)."""
+    from ..masking import MASK, SECRET_KEY, mask
+
+    return {name: MASK if SECRET_KEY.search(name) else mask(value) for name, value in env.items()}
 
 
 @dataclass(frozen=True)
@@ -62,10 +79,12 @@ class BuildRun:
     copies: tuple[tuple[Path, Path], ...] = ()  # (source, destination) placed before the commands
     notes: tuple[str, ...] = ()  # what a dry run cannot know (e.g. "accelerator probed at build time")
 
-    def as_json(self) -> dict[str, Any]:
+    def as_json(self, inherited: Mapping[str, str] | None = None) -> dict[str, Any]:
+        """The plan as data; ``inherited``: the environment Kiln runs in (each command's whole
+        environment is printed)."""
         return {
             "tool": self.tool,
-            "commands": [c.as_json() for c in self.commands],
+            "commands": [c.as_json(inherited) for c in self.commands],
             "copies": [[str(a), str(b)] for a, b in self.copies],
             "outputs": [str(o.path) for o in self.outputs],
             "notes": list(self.notes),

@@ -124,7 +124,6 @@ def plan_command(
         cwd=out_dir,
         timeout_s=BUILD_TIMEOUT_S,
         kill_grace_s=60,  # on SIGTERM, DIB's own traps unmount its chroot
-        shown_env=("DIB_", "ELEMENTS", "KILN", "TMPDIR"),
     )
     return command, outputs
 

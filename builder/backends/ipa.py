@@ -80,7 +80,6 @@ class IpaBackend(DibBackend):
             cwd=job.out_dir,
             timeout_s=BUILD_TIMEOUT_S,
             kill_grace_s=60,
-            shown_env=("ARCH", "DIB_", "ELEMENTS", "KILN", "TMPDIR"),
         )
         outputs = [
             ExpectedOutput(stem.with_name(stem.name + ".kernel"), "kernel", "kernel", "aki"),

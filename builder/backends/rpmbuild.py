@@ -1,17 +1,25 @@
 """SRPM rebuilds in a ``debian-chroot`` root (builder/rpm/buildroot.py).
 
 ``plan`` (pure) gives the commands a dry run prints: bootstrap the cached root (skipped when it is
-there), copy it, rpmbuild --rebuild inside it. ``run`` does, in order, and stops at the first refusal:
+there), lay an overlay on it, then unpack, ``-bs`` and ``--rebuild`` inside it. ``run`` does, in
+order, and stops at the first refusal:
 
-1. fetch the SRPM (a download's sha256 is checked before anything else runs);
-2. read its header (createrepo_c) and refuse an ExclusiveArch/ExcludeArch that rules the arch out;
-3. ``rpmkeys --checksig`` against a private rpm database holding ``build.trusted_keys`` (unless
-   ``verify_signature: false``), before anything is unpacked;
+1. fetch the SRPM (a download's size, time and sha256 are checked before anything else runs) and
+   copy it under a name Kiln chooses;
+2. rpm's own signature check against a private rpm database holding ``build.trusted_keys``
+   (unless ``verify_signature: false``), decided by exit status, before anything is unpacked;
+3. read its header (createrepo_c) and refuse an ExclusiveArch/ExcludeArch that rules the arch out;
 4. map BuildRequires (table, recipe override, the published repo) — an unmapped one is refused;
-5. unpack, change the spec (builder/rpm/changes.py), ``rpmbuild -bs``: the modified SRPM;
-6. ensure the cached root, copy it, install the BuildRequires, and rebuild the modified SRPM there
-   with ``--nodeps``, the rendered ``kiln.macros`` and a ``dist`` define; ``%check`` runs (its
-   failure fails the build); /proc and /dev are unmounted whatever happens.
+5. ensure the cached root, overlay it, install the BuildRequires there (as root, from the Debian
+   mirror and Kiln's own repo: nothing of the SRPM runs yet);
+6. in the sandbox (builder/rpm/sandbox.py: nobody, no network, namespaces of its own, nothing of
+   the host's filesystem): unpack the SRPM; Kiln reads the spec back without following links,
+   changes it (builder/rpm/changes.py) and places it; the sandbox copies the recipe's patches into
+   SOURCES, makes the changed SRPM with ``rpmbuild -bs`` and rebuilds it with ``--nodeps``, the
+   rendered ``kiln.macros`` and a ``dist`` define; ``%check`` runs (its failure fails the build).
+   Every spec macro, ``%(...)`` and ``%{lua:...}`` included, is evaluated there, never on the host.
+   The packages are copied out as regular files only; /proc and the overlay are unmounted whatever
+   happens.
 """
 
 from __future__ import annotations
@@ -22,12 +30,22 @@ import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..errors import CommandFailed, EnvironmentProblem, InvalidInput, Problem
+from ..errors import CommandFailed, EnvironmentProblem, InvalidInput, Problem, RemoteDataError
 from ..manifest import Artifact, artifact_for
 from ..rpm import buildroot
 from ..rpm.brmap import map_build_requires
 from ..rpm.changes import Changes, apply_changes, patch_failure
-from ..rpm.source import arch_refusal, fetch_source, read_header, repo_packages
+from ..rpm.credentials import RepoLogins
+from ..rpm.sandbox import (
+    INSIDE,
+    copy_out,
+    directories,
+    give_to_sandbox,
+    read_inside,
+    regular_files,
+    sandbox_argv,
+)
+from ..rpm.source import RepoNotFound, arch_refusal, download, fetch_source, read_header, repo_packages
 from ..rpm.trust import check_signature
 from .base import BuildJob, BuildRun, Command, Step, debian_mirror
 
@@ -35,7 +53,11 @@ if TYPE_CHECKING:
     from ..host.run import Runner
 
 RPMBUILD_TIMEOUT_S = 4 * 3600
-INSIDE = "/kiln"  # where the build's files are placed inside the root
+SOURCE_NAME = "source.src.rpm"  # the fetched SRPM as every tool sees it: never the upstream file name
+SPEC_NAME = "package.spec"  # the changed spec, placed by Kiln in /kiln (not writable by the sandbox)
+TOP = f"{INSIDE}/top"  # rpm's _topdir inside the root, owned by the sandbox user
+MAX_SPEC_BYTES = 4 << 20  # a spec read back from the sandbox (the biggest real ones are ~200 KiB)
+MAX_PACKAGE_BYTES = 8 << 30  # one package copied out of the sandbox
 
 
 def dist_of(build: Any) -> str:
@@ -44,19 +66,37 @@ def dist_of(build: Any) -> str:
     return f".el{str(build.release).split('.')[0]}" if build.distro == "el" else f".fc{build.release}"
 
 
-def rebuild_argv(job: BuildJob, srpm_name: str) -> tuple[str, ...]:
-    """rpmbuild inside the root: the rendered argv's options, --nodeps, dist, --rebuild."""
+def _rendered_options(job: BuildJob) -> list[str]:
+    """The rendered argv's options (``--target``, ``--without``, ``--nocheck``), ``--load`` in /kiln."""
     rendered = json.loads(job.rendered["build.json"])
     options = [a for a in rendered["argv"][1:] if a not in ("-ba", "SPECS/package.spec")]
-    options = [f"{INSIDE}/kiln.macros" if a == "kiln.macros" else a for a in options]
+    return [f"{INSIDE}/kiln.macros" if a == "kiln.macros" else a for a in options]
+
+
+def _common_defines(build: Any) -> list[str]:
+    return ["--define", f"_topdir {TOP}", "--define", f"dist {dist_of(build)}", *_defines(build)]
+
+
+def unpack_argv() -> tuple[str, ...]:
+    """``rpm -i`` of the fetched SRPM into _topdir (a database of its own: the root's stays as is)."""
+    return ("rpm", "--dbpath", f"{INSIDE}/home/rpmdb", "--define", f"_topdir {TOP}", "-i",
+            f"{INSIDE}/{SOURCE_NAME}")  # fmt: skip
+
+
+def source_rpm_argv(job: BuildJob) -> tuple[str, ...]:
+    """``rpmbuild -bs`` of the changed spec: the changed SRPM, in _topdir/SRPMS."""
+    return ("rpmbuild", "--load", f"{INSIDE}/kiln.macros", *_common_defines(job.target.build), "--nodeps",
+            "-bs", f"{INSIDE}/{SPEC_NAME}")  # fmt: skip
+
+
+def rebuild_argv(job: BuildJob, srpm_name: str) -> tuple[str, ...]:
+    """rpmbuild --rebuild of the changed SRPM: the rendered options, --nodeps, dist, the defines."""
     return (
-        "rpmbuild", *options, "--nodeps",
-        "--define", f"_topdir {INSIDE}/top",
-        "--define", f"dist {dist_of(job.target.build)}",
+        "rpmbuild", *_rendered_options(job), "--nodeps",
+        *_common_defines(job.target.build),
         "--define", "debug_package %{nil}",
         "--define", "_build_id_links none",
-        *_defines(job.target.build),
-        "--rebuild", f"{INSIDE}/{srpm_name}",
+        "--rebuild", f"{TOP}/SRPMS/{srpm_name}",
     )  # fmt: skip
 
 
@@ -88,6 +128,15 @@ def _defines(build: Any) -> list[str]:
     return out
 
 
+def _repo_path(job: BuildJob) -> str:
+    """This target's repo below the repo's base: ``<repo>/<distro>/<release>/<arch>/``."""
+    build, publish = job.target.build, job.target.publish
+    repo = publish.repo
+    name = repo.repo if repo else "kiln"
+    distro = (repo.layout_distro if repo else None) or build.distro
+    return f"{name}/{distro}/{build.release}/{job.target.arch.rpm}/"
+
+
 def repo_url(job: BuildJob) -> str:
     """Where this target's rebuilt packages are published (earlier builds' results are read there)."""
     from ..endpoints import local_endpoints
@@ -98,11 +147,18 @@ def repo_url(job: BuildJob) -> str:
         if site.s3 and site.s3.public_url
         else local_endpoints(job.site, job.workspace_root).urls.repo
     )
-    build, publish = job.target.build, job.target.publish
-    repo = publish.repo
-    name = repo.repo if repo else "kiln"
-    distro = (repo.layout_distro if repo else None) or build.distro
-    return f"{str(base).rstrip('/')}/{name}/{distro}/{build.release}/{job.target.arch.rpm}/"
+    return f"{str(base).rstrip('/')}/{_repo_path(job)}"
+
+
+def embedded_repo_dir(job: BuildJob) -> Path | None:
+    """The directory the embedded site serves this target's repo from, when that is where it is
+    published (site.yaml's repo: the local backend, no URL of its own); None for any other repo."""
+    from ..endpoints import local_endpoints
+
+    site = job.site.repo
+    if site.backend != "local" or site.base_url or (site.s3 and site.s3.public_url):
+        return None
+    return local_endpoints(job.site, job.workspace_root).repo_root / _repo_path(job)
 
 
 class RpmbuildBackend:
@@ -113,26 +169,28 @@ class RpmbuildBackend:
         self.last_signature = ""
 
     def plan(self, job: BuildJob) -> BuildRun:
-        if job.target.build.build_root == "mock":
-            result = job.out_dir / "mock"
-            command = Command(mock_argv(job, Path("SRPM"), result), timeout_s=RPMBUILD_TIMEOUT_S)
-            notes = ("mock runs only where it is on PATH (EL/Fedora hosts); not run in Kiln's CI",)
-            return BuildRun(self.tool, (command,), (), job.out_dir.parent, notes=notes)
         spec = buildroot.RootSpec(job.target.arch)
         base = spec.directory(job.cache_dir)
         work_root = job.tmp_dir / "root"
-        commands = (
+        sandboxed = (unpack_argv(), source_rpm_argv(job))
+        commands = [
             buildroot.bootstrap_command(spec, base, debian_mirror(job)),
             Command(buildroot.overlay_argv(base, work_root)),
-            Command(
-                buildroot.chroot_argv(work_root, rebuild_argv(job, "SRPM")), timeout_s=RPMBUILD_TIMEOUT_S
-            ),
-        )
-        notes = (
+            *(Command(sandbox_argv(work_root, argv), timeout_s=600) for argv in sandboxed),
+        ]
+        notes = [
             f"build root {base} is bootstrapped only when it is not cached",
-            "the SRPM is fetched, its signature checked and its spec changed before the rebuild",
-        )
-        return BuildRun(self.tool, commands, (), job.out_dir.parent, notes=notes)
+            "the SRPM is fetched, its signature checked, then unpacked and built inside the root as nobody, "
+            "without network; Kiln changes the spec between the unpack and rpmbuild -bs",
+        ]
+        if job.target.build.build_root == "mock":
+            result = job.out_dir / "mock"
+            commands.append(Command(mock_argv(job, Path("SRPM"), result), timeout_s=RPMBUILD_TIMEOUT_S))
+            notes.append("mock runs only where it is on PATH (EL/Fedora hosts); not run in Kiln's CI")
+        else:
+            rebuild = sandbox_argv(work_root, rebuild_argv(job, "SRPM"))
+            commands.append(Command(rebuild, timeout_s=RPMBUILD_TIMEOUT_S))
+        return BuildRun(self.tool, tuple(commands), (), job.out_dir.parent, notes=tuple(notes))
 
     def run(self, run: BuildRun, job: BuildJob, runner: Runner, log: Path, on_step: Step) -> list[Artifact]:
         work = job.tmp_dir
@@ -149,7 +207,12 @@ class RpmbuildBackend:
 
     def _run(self, job: BuildJob, runner: Runner, log: Path, on_step: Step, work: Path) -> list[Artifact]:
         target, build, arch = job.target, job.target.build, job.target.arch
-        if job.host.placement == "emulated" and build.build_root == "debian-chroot":
+        if build.build_root == "mock" and shutil.which("mock") is None:
+            raise EnvironmentProblem(
+                f"{target.id}: build.build_root mock: mock is not on PATH (EL/Fedora build hosts only; "
+                "use build_root: debian-chroot here)"
+            )
+        if job.host.placement == "emulated":
             from ..host.compat import NO_BINFMT, _binfmt
 
             binfmt = _binfmt(arch)
@@ -160,26 +223,29 @@ class RpmbuildBackend:
                 )
             on_step(f"{target.id}: rpm: {binfmt.reason}")
         on_step(f"{target.id}: rpm: source")
-        srpm = fetch_source(build.source, job.workspace_root, work / "download")
+        logins = RepoLogins(tuple(job.site.login_urls()))  # a repo's login comes from site.yaml only
+        fetched = fetch_source(build.source, job.workspace_root, work / "download", logins)
+        srpm = work / SOURCE_NAME
+        shutil.copyfile(fetched, srpm)
+        if build.verify_signature:
+            keys = [job.workspace_root / str(k) for k in build.trusted_keys]
+            self.last_signature = check_signature(srpm, keys, runner, work / "trust", shown=fetched.name)
+            on_step(f"{target.id}: rpm: {fetched.name}: signature OK ({len(keys)} trusted key(s))")
+        else:
+            self.last_signature = "not checked (build.verify_signature: false)"
+            on_step(f"{target.id}: rpm: {fetched.name}: signature {self.last_signature}")
         header = read_header(srpm)
         refusal = arch_refusal(header, arch)
         if refusal:
             raise InvalidInput(Problem(f"{target.recipe_file}: build.source: {refusal}"))
-        if build.verify_signature:
-            keys = [job.workspace_root / str(k) for k in build.trusted_keys]
-            self.last_signature = check_signature(srpm, keys, runner, work, log)
-            on_step(f"{target.id}: rpm: {srpm.name}: signature OK ({len(keys)} trusted key(s))")
-        else:
-            self.last_signature = "not checked (build.verify_signature: false)"
-            on_step(f"{target.id}: rpm: {srpm.name}: signature not checked (build.verify_signature: false)")
-        (job.out_dir).mkdir(parents=True, exist_ok=True)
+        job.out_dir.mkdir(parents=True, exist_ok=True)
         (job.out_dir / "signature.txt").write_text(self.last_signature + "\n")
 
         url = repo_url(job)
         published: list[Any] = []
         mapped = None
         if build.build_root == "debian-chroot":  # mock installs BuildRequires itself, with dnf
-            published = _published(url)
+            published = _published(url, logins, embedded_repo_dir(job))
             mapped = map_build_requires(
                 header.build_requires,
                 build.build_requires_map,
@@ -187,52 +253,92 @@ class RpmbuildBackend:
                 where=f"{target.recipe_file}: build.source ({header.nevr})",
             )
 
-        # -- the changed SRPM --------------------------------------------------------------------
-        top = work / "top"
-        runner.run(
-            ["rpm", "--dbpath", str(work / "unpackdb"), "--define", f"_topdir {top}", "-i", str(srpm)],
-            timeout=300, log_path=log,
-        )  # fmt: skip
-        specs = sorted((top / "SPECS").glob("*.spec"))
-        if len(specs) != 1:
-            raise InvalidInput(Problem(f"{srpm.name}: holds {len(specs)} spec files, not one"))
-        patch_names = []
-        for patch in build.patches:
-            source = job.workspace_root / str(patch)
-            shutil.copy2(source, top / "SOURCES" / source.name)
-            patch_names.append(source.name)
-        changes = Changes(
-            str(build.release_suffix), tuple(patch_names), tuple(sorted(build.defines.items())),
-            tuple(build.without), arch.rpm,
-        )  # fmt: skip
-        specs[0].write_text(apply_changes(specs[0].read_text(), changes, specs[0].name))
-        (work / "kiln.macros").write_bytes(job.rendered["kiln.macros"])
-        runner.run(
-            ["rpmbuild", "--load", str(work / "kiln.macros"), "--define", f"_topdir {top}",
-             "--define", f"dist {dist_of(build)}", *_defines(build), "--nodeps", "-bs", str(specs[0])],
-            timeout=600, log_path=log,
-        )  # fmt: skip
-        [changed] = sorted((top / "SRPMS").glob("*.src.rpm"))
-        on_step(f"{target.id}: rpm: {changed.name} (changed SRPM)")
-
-        if mapped is None:
-            return self._mock(job, changed, runner, log, on_step)
-
-        # -- the root ----------------------------------------------------------------------------
+        # -- the root (its packages installed as root, from the Debian mirror and Kiln's repo) --------
         spec = buildroot.RootSpec(arch)
-        mirror = debian_mirror(job)
         on_step(f"{target.id}: rpm: build root {spec.directory(job.cache_dir).name}")
-        base, fresh = buildroot.ensure_root(spec, job.cache_dir, mirror, runner, log)
+        base, fresh = buildroot.ensure_root(spec, job.cache_dir, debian_mirror(job), runner, log)
         on_step(f"{target.id}: rpm: build root {'bootstrapped' if fresh else 'cached'}")
         root = work / "root"
         if not buildroot.overlay_root(base, root, runner, log):
             buildroot.copy_root(base, root, runner, log)
         inside = root / INSIDE.lstrip("/")
-        inside.mkdir(parents=True)
-        shutil.copy2(changed, inside / changed.name)
-        shutil.copy2(work / "kiln.macros", inside / "kiln.macros")
+        (inside / "patches").mkdir(parents=True)
+        shutil.copyfile(srpm, inside / SOURCE_NAME)
+        (inside / "kiln.macros").write_bytes(job.rendered["kiln.macros"])
+        patch_names = []
+        for patch in build.patches:
+            source = job.workspace_root / str(patch)
+            shutil.copyfile(source, inside / "patches" / source.name)
+            patch_names.append(source.name)
         for argv in buildroot.mount_argvs(root):
             runner.run(argv, timeout=60, log_path=log)
+        if mapped is not None:
+            self._install_build_requires(
+                job, mapped, spec, root, url, logins, published, runner, log, on_step
+            )
+
+        # -- the sandbox: everything that reads the SRPM or evaluates its spec -------------------------
+        give_to_sandbox(inside / "top")
+        give_to_sandbox(inside / "home")
+        on_step(f"{target.id}: rpm: unpack {fetched.name} (sandbox)")
+        runner.run(sandbox_argv(root, unpack_argv()), timeout=600, log_path=log)
+        specs = regular_files(root, f"{INSIDE.lstrip('/')}/top/SPECS", ".spec")
+        if len(specs) != 1:
+            raise InvalidInput(Problem(f"{fetched.name}: holds {len(specs)} spec files, not one"))
+        text = read_inside(root, f"{INSIDE.lstrip('/')}/top/SPECS/{specs[0]}", MAX_SPEC_BYTES)
+        changes = Changes(
+            str(build.release_suffix), tuple(patch_names), tuple(sorted(build.defines.items())),
+            tuple(build.without), arch.rpm,
+        )  # fmt: skip
+        # surrogateescape: a spec in Latin-1 goes back byte for byte; only Kiln's lines are added.
+        changed_spec = apply_changes(text.decode("utf-8", "surrogateescape"), changes, specs[0])
+        (inside / SPEC_NAME).write_bytes(changed_spec.encode("utf-8", "surrogateescape"))
+        for name in patch_names:
+            runner.run(
+                sandbox_argv(root, ["cp", "--", f"{INSIDE}/patches/{name}", f"{TOP}/SOURCES/{name}"]),
+                timeout=60, log_path=log,
+            )  # fmt: skip
+        runner.run(sandbox_argv(root, source_rpm_argv(job)), timeout=600, log_path=log)
+        made = regular_files(root, f"{TOP.lstrip('/')}/SRPMS", ".src.rpm")
+        if len(made) != 1:
+            raise CommandFailed(f"rpmbuild -bs made {len(made)} source packages, not one (log: {log})")
+        sources = job.out_dir / "source"
+        sources.mkdir(parents=True, exist_ok=True)
+        changed = copy_out(root, f"{TOP.lstrip('/')}/SRPMS/{made[0]}", sources / made[0], MAX_PACKAGE_BYTES)
+        on_step(f"{target.id}: rpm: {changed.name} (changed SRPM)")
+
+        if mapped is None:
+            return self._mock(job, changed, runner, log, on_step)
+
+        on_step(f"{target.id}: rpm: rpmbuild --rebuild {changed.name} ({job.host.placement}, sandbox)")
+        try:
+            runner.run(
+                sandbox_argv(root, rebuild_argv(job, changed.name)),
+                timeout=RPMBUILD_TIMEOUT_S, log_path=log,
+            )  # fmt: skip
+        except CommandFailed as exc:
+            raise CommandFailed(_why_rebuild_failed(str(exc), log)) from exc
+
+        # -- artifacts: regular files only, copied without following a link ----------------------------
+        artifacts: list[Artifact] = []
+        binaries = job.out_dir / arch.rpm
+        binaries.mkdir(parents=True, exist_ok=True)
+        rpms_dir = f"{TOP.lstrip('/')}/RPMS"
+        for sub in directories(root, rpms_dir):
+            for name in regular_files(root, f"{rpms_dir}/{sub}", ".rpm"):
+                copy_out(root, f"{rpms_dir}/{sub}/{name}", binaries / name, MAX_PACKAGE_BYTES)
+                artifacts.append(artifact_for(job.out_dir.parent, binaries / name, name, "rpm"))
+        if not artifacts:
+            raise CommandFailed(f"rpmbuild --rebuild {changed.name} wrote no package (log: {log})")
+        artifacts.append(artifact_for(job.out_dir.parent, changed, changed.name, "srpm"))
+        return artifacts
+
+    def _install_build_requires(
+        self, job: BuildJob, mapped: Any, spec: buildroot.RootSpec, root: Path, url: str, logins: RepoLogins,
+        published: list[Any], runner: Runner, log: Path, on_step: Step,
+    ) -> None:  # fmt: skip
+        """The mapped BuildRequires, as root with network: Debian packages, then Kiln's own RPMs."""
+        target = job.target
         debs = [d for d in mapped.debian if d not in spec.packages]
         if debs:
             shutil.copy2("/etc/resolv.conf", root / "etc" / "resolv.conf")
@@ -244,7 +350,8 @@ class RpmbuildBackend:
                 env={"DEBIAN_FRONTEND": "noninteractive"}, timeout=3600, log_path=log,
             )  # fmt: skip
         if mapped.from_repo:
-            rpms = _download_from_repo(url, published, mapped.from_repo, inside / "deps")
+            inside = root / INSIDE.lstrip("/")
+            rpms = _download_from_repo(url, logins, published, mapped.from_repo, inside / "deps")
             on_step(f"{target.id}: rpm: from the repo: {' '.join(p.name for p in rpms)}")
             runner.run(
                 buildroot.chroot_argv(
@@ -252,37 +359,10 @@ class RpmbuildBackend:
                 ),
                 timeout=600, log_path=log,
             )  # fmt: skip
-        on_step(f"{target.id}: rpm: rpmbuild --rebuild {changed.name} ({job.host.placement})")
-        try:
-            runner.run(
-                buildroot.chroot_argv(root, rebuild_argv(job, changed.name)),
-                timeout=RPMBUILD_TIMEOUT_S, log_path=log,
-            )  # fmt: skip
-        except CommandFailed as exc:
-            raise CommandFailed(_why_rebuild_failed(str(exc), log)) from exc
-
-        # -- artifacts ---------------------------------------------------------------------------
-        artifacts: list[Artifact] = []
-        binaries = job.out_dir / arch.rpm
-        binaries.mkdir(parents=True, exist_ok=True)
-        for rpm in sorted((inside / "top" / "RPMS").glob("*/*.rpm")):
-            shutil.copy2(rpm, binaries / rpm.name)
-            artifacts.append(artifact_for(job.out_dir.parent, binaries / rpm.name, rpm.name, "rpm"))
-        if not artifacts:
-            raise CommandFailed(f"rpmbuild --rebuild {changed.name} wrote no package (log: {log})")
-        sources = job.out_dir / "source"
-        sources.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(changed, sources / changed.name)
-        artifacts.append(artifact_for(job.out_dir.parent, sources / changed.name, changed.name, "srpm"))
-        return artifacts
 
     def _mock(self, job: BuildJob, changed: Path, runner: Runner, log: Path, on_step: Step) -> list[Artifact]:
-        """``build_root: mock`` (EL hosts): mock with the rendered config; refused where mock is absent."""
-        if shutil.which("mock") is None:
-            raise EnvironmentProblem(
-                f"{job.target.id}: build.build_root mock: mock is not on PATH (EL/Fedora build hosts only; "
-                "use build_root: debian-chroot here)"
-            )
+        """``build_root: mock`` (EL hosts): the changed SRPM (made in Kiln's sandbox, like every other
+        build's) rebuilt by mock with the rendered config, in mock's own chroot."""
         result = job.out_dir / "mock"
         on_step(f"{job.target.id}: rpm: mock --rebuild {changed.name}")
         try:
@@ -304,22 +384,35 @@ class RpmbuildBackend:
         }
 
 
-def _published(url: str) -> list[Any]:
+def _published(url: str, logins: RepoLogins, served_from: Path | None = None) -> list[Any]:
+    """The packages published at ``url`` (this target's repo): none when there is no repo there yet
+    (its repomd.xml is HTTP 404, or, for the embedded site's repo (``served_from``), not in its tree,
+    whether the site is up or not). Anything else (a server error or none answering, metadata over a
+    limit or tampered with) fails the build, exit 4 naming the URL: it is not an empty repo."""
+    if served_from is not None and not (served_from / "repodata" / "repomd.xml").exists():
+        return []
     try:
-        return repo_packages(url)
-    except CommandFailed:
-        return []  # nothing published there yet
+        return repo_packages(url, logins=logins)
+    except RepoNotFound:
+        return []
+    except RemoteDataError as exc:
+        if served_from is None or exc.http_status is not None:
+            raise
+        raise RemoteDataError(f"{exc.what}; the local site serves it (kiln site up)", exc.url) from None
 
 
-def _download_from_repo(url: str, published: list[Any], names: tuple[str, ...], into: Path) -> list[Path]:
-    from ..rpm.source import download
+def _download_from_repo(
+    url: str, logins: RepoLogins, published: list[Any], names: tuple[str, ...], into: Path
+) -> list[Path]:
     from ..rpm.versions import newest
 
     out = []
     for name in names:
         matching = [p for p in published if p.arch != "src" and (p.name == name or name in p.provides)]
         best = newest(matching)
-        out.append(download(url + best.href, into / Path(best.href).name, checksum=best.checksum))
+        out.append(
+            download(url + best.href, into / Path(best.href).name, checksum=best.checksum, logins=logins)
+        )
     return out
 
 

@@ -9,9 +9,16 @@ from pydantic import AfterValidator, Field
 from ..arch import Arch
 from ..backends.dib import DISTRO_ELEMENTS, DibBackend, kiln_elements
 from ..capabilities import Rule
-from ..recipe import ElementName, EnvName, PackageName, Release, ShortText, StrictModel, _unique
+from ..recipe import ElementName, PackageName, Release, StrictModel, _unique, tool_env
 from .base import Kind, Output
 from .guest import GuestDistro, GuestPublish, GuestVerify, ImageFormat, boot_verifier
+
+# What a recipe's build.env may set for disk-image-create: DIB's own settings (every knob of DIB and
+# its elements is a DIB_* name). DIB_* names that make DIB run a program on the host (its Python,
+# gzip, a logging config that may construct objects) are refused, as ALWAYS_REFUSED_ENV is for every
+# kind (builder/recipe.py).
+DIB_ENV = ("DIB_*",)
+DIB_HOST_PROGRAMS = ("DIB_PYTHON_EXEC", "DIB_GZIP_BIN", "DIB_PYTHON_LOGGING_CONFIG_FILE", "DIB_RUN_PARTS")
 
 
 class DibGuestBuild(StrictModel):
@@ -27,7 +34,9 @@ class DibGuestBuild(StrictModel):
     )
     size_gb: int | None = Field(None, ge=1, le=2048, description="Root filesystem size; default: fit.")
     firmware: Literal["bios", "uefi"] = "bios"
-    env: dict[EnvName, ShortText] = Field(default_factory=dict, description="Extra DIB_* variables.")
+    env: tool_env("disk-image-create", DIB_ENV, DIB_HOST_PROGRAMS) = Field(  # type: ignore[valid-type]
+        default_factory=dict, description="Extra DIB_* variables."
+    )
 
 
 OUTPUTS = (Output("dib.env", "dib/environment.j2"), Output("build.json", "dib/build.json.j2"))

@@ -8,7 +8,7 @@ from typing import Annotated, Literal
 from pydantic import AfterValidator, Field, StringConstraints, model_validator
 
 from ..backends.packer import PackerBackend
-from ..recipe import FileRef, HttpUrl, Name, Release, ShortText, StrictModel, _unique
+from ..recipe import FileRef, HttpUrl, Name, Release, ShortText, StrictModel, _unique, refusing_credentials
 from .base import Kind, Output
 from .guest import GuestDistro, GuestPublish, GuestVerify, ImageFormat, boot_verifier
 from .guest_dib import RULES
@@ -19,10 +19,22 @@ class PackerBase(StrictModel):
     variant: Name | None = None
 
 
+# Packer downloads the ISO itself from the URL rendered into its template: userinfo there would be
+# written into the build directory, so a login has no place in it (site.yaml lends none to Packer).
+IsoUrl = Annotated[
+    HttpUrl,
+    AfterValidator(
+        refusing_credentials(
+            "serve the ISO without a login, or download it into the workspace and give build.iso.path"
+        )
+    ),
+]
+
+
 class IsoSource(StrictModel):
     """An installer ISO: exactly one of ``url`` or ``path`` (a file in the workspace)."""
 
-    url: HttpUrl | None = None
+    url: IsoUrl | None = None
     path: FileRef | None = None
     checksum: Annotated[str, StringConstraints(pattern=r"^(none|(sha256|sha512):[0-9a-f]{64,128})$")]
     answer_file: FileRef | None = Field(None, description="preseed/kickstart served over Packer's HTTP.")

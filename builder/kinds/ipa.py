@@ -13,16 +13,21 @@ from ..backends.ipa import IpaBackend
 from ..recipe import (
     BootVerify,
     ElementName,
-    EnvName,
     GlancePublish,
     Name,
     PackageName,
     Release,
-    ShortText,
     StrictModel,
     _unique,
+    tool_env,
 )
 from .base import Kind, Output
+from .guest_dib import DIB_ENV, DIB_HOST_PROGRAMS
+
+# What a recipe's build.env may set for ironic-python-agent-builder (which runs DIB): DIB's settings,
+# and what IPA-builder's own elements read besides (ironic-python-agent-ramdisk: whether firmware
+# is removed from the ramdisk).
+IPA_ENV = (*DIB_ENV, "IPA_REMOVE_FIRMWARE")
 
 # A PyPI requirement without URLs or options: name, optional extras, optional version specifier.
 PythonRequirement = Annotated[
@@ -65,7 +70,9 @@ class IpaBuild(StrictModel):
     components: Annotated[list[Name], Field(min_length=1)] = Field(
         default_factory=lambda: ["main"], description="Debian archive components (firmware is in non-free)."
     )
-    env: dict[EnvName, ShortText] = Field(default_factory=dict)
+    env: tool_env("ironic-python-agent-builder", IPA_ENV, DIB_HOST_PROGRAMS) = Field(  # type: ignore[valid-type]
+        default_factory=dict
+    )
 
 
 class IpaVerify(StrictModel):

@@ -6,21 +6,64 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field, PrivateAttr, StringConstraints, ValidationInfo, model_validator
+from pydantic import AfterValidator, Field, PrivateAttr, StringConstraints, ValidationInfo, model_validator
 
 from ..arch import Arch
 from ..capabilities import Rule
-from ..recipe import FileRef, HttpUrl, MacroName, PackageName, Release, RepoPublish, ShortText, StrictModel
+from ..recipe import (
+    FileRef,
+    MacroName,
+    PackageName,
+    Release,
+    RepoPublish,
+    ShortText,
+    StrictModel,
+    UrlWithoutCredentials,
+)
 from .base import Kind, Output
+
+# rpm's own directory, database and macro-file macros: a recipe that defined one would move where
+# rpmbuild reads and writes (`_srcrpmdir /etc`) or what it loads, out of the build's own tree.
+RPM_PATH_MACROS = frozenset({
+    "_topdir", "_srcrpmdir", "_builddir", "_rpmdir", "_sourcedir", "_specdir", "_buildrootdir",
+    "buildroot", "_buildroot", "_tmppath", "_dbpath", "_rpmfilename", "_build_name_fmt",
+    "_rpmconfigdir", "_usrlibrpm", "macrofiles", "_keyringpath", "_gpg_path", "_gpg_name",
+})  # fmt: skip
+# What makes a macro value run code or read files when rpm expands it: shell (`%(...)`), Lua,
+# expressions, and the built-ins that expand, load or decompress.
+MACRO_CODE = ("%(", "%{lua", "%[", "%{expand", "%{load", "%{uncompress", "%{shescape", "%{macrobody")
+
+
+def _defined_macro_name(name: str) -> str:
+    if name in RPM_PATH_MACROS or name.startswith("__"):
+        raise ValueError(
+            f"{name} is one of rpm's own path or helper macros (rpm runs or reads what it names); "
+            "a recipe may not define it"
+        )
+    return name
+
+
+def _data_only_value(value: str) -> str:
+    found = next((code for code in MACRO_CODE if code in value), None)
+    if found is not None:
+        raise ValueError(
+            f"{found!r} would make rpm run code or read a file when it expands this value; "
+            "defines hold data (other macros may be referenced as %{name})"
+        )
+    return value
+
+
+DefinedMacro = Annotated[MacroName, AfterValidator(_defined_macro_name)]
+MacroValue = Annotated[ShortText, AfterValidator(_data_only_value)]
 
 
 class SrpmSource(StrictModel):
     """Exactly one of ``path`` (a file in the workspace), ``url``, or ``package`` (+ ``repo``)."""
 
     path: FileRef | None = None
-    url: HttpUrl | None = None
+    url: UrlWithoutCredentials | None = None  # a login comes from site.yaml (builder/rpm/credentials.py)
     package: PackageName | None = None
-    repo: HttpUrl | None = Field(None, description="Repo base URL to find `package` in.")
+    repo: UrlWithoutCredentials | None = Field(None, description="Repo base URL to find `package` in.")
     sha256: Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")] | None = None
 
     @model_validator(mode="after")
@@ -45,7 +88,10 @@ class RpmRebuildBuild(StrictModel):
     release_suffix: Annotated[str, StringConstraints(pattern=r"^\.?[A-Za-z0-9_.]{1,32}$")] = Field(
         ".kiln1", description="Appended to the spec's Release so the rebuild sorts after upstream."
     )
-    defines: dict[MacroName, ShortText] = Field(default_factory=dict, description="Extra rpm macros.")
+    defines: dict[DefinedMacro, MacroValue] = Field(
+        default_factory=dict,
+        description="Extra rpm macros, as data: not rpm's path macros; no %(...), %{lua:...}, %[...].",
+    )
     patches: list[FileRef] = Field(default_factory=list, description="Patches applied after upstream's.")
     without: list[Annotated[str, StringConstraints(pattern=r"^[a-z0-9_]{1,64}$")]] = Field(
         default_factory=list, description="bconds to build --without (e.g. tests, docs)."

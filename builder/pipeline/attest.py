@@ -39,11 +39,12 @@ def site_signer(site: SiteConfig, root: Path, runner: Runner | None = None) -> S
         home = Path(os.path.expanduser(site.repo.signing_key.gnupghome))
         return Signer(home, site.repo.signing_key.fingerprint)
     from ..endpoints import local_endpoints
-    from ..publishers.signing import _first_fingerprint
+    from ..publishers.signing import _first_fingerprint, hold_keyring
 
     home = local_endpoints(site, root).gnupghome
     if not (home / "pubring.kbx").exists() and not (home / "private-keys-v1.d").is_dir():
         return None
+    hold_keyring(home)  # its gpg-agent is stopped when the last command using it ends
     listing = (runner or Runner()).capture(
         ["gpg", "--homedir", str(home), "--batch", "--with-colons", "--list-secret-keys"]
     )

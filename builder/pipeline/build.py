@@ -453,7 +453,8 @@ class Pipeline:
                     d: planned.get(d) or self._planned_dependency(target, d) for d in target.depends_on
                 }
                 run = backend.plan(self.job_for(target, rendered, host, dependencies))
-                outcome.plan = {"placement": host.placement, **run.as_json()}
+                # the whole environment each command gets: the one Kiln runs in, the command's over it
+                outcome.plan = {"placement": host.placement, **run.as_json(inherited=os.environ)}
                 if run.outputs:
                     planned[target.id] = run.outputs[0].path
             except KilnError as exc:
@@ -524,13 +525,16 @@ def describe_plan(outcome: Outcome) -> list[str]:
     for source, dest in plan.get("copies", []):
         lines.append(f"install -D -m 0644 {shlex.quote(source)} {shlex.quote(dest)}")
     for command in plan.get("commands", []):
-        parts = []
-        if command.get("cwd"):
-            parts.append(f"cd {shlex.quote(command['cwd'])} &&")
-        if command.get("env"):
-            parts.append("env " + " ".join(shlex.quote(f"{k}={v}") for k, v in command["env"].items()))
-        parts.append(shlex.join(command["argv"]))
-        lines.append(" ".join(parts))
+        # `env -i` and every variable, one per line: pasted, it runs with exactly the environment
+        # the build would (masked values aside)
+        cd = f"cd {shlex.quote(command['cwd'])} && " if command.get("cwd") else ""
+        env = command.get("env") or {}
+        if env:
+            lines.append(f"{cd}env -i \\")
+            lines += [f"    {shlex.quote(f'{k}={v}')} \\" for k, v in env.items()]
+            lines.append(f"    {shlex.join(command['argv'])}")
+        else:
+            lines.append(cd + shlex.join(command["argv"]))
     lines += [f"# outputs: {path}" for path in plan.get("outputs", [])]
     lines += [f"# note: {note}" for note in plan.get("notes", [])]
     return lines

@@ -13,6 +13,7 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO
 
 from ..host.run import Runner, processes_matching, stop_processes
 
@@ -42,6 +43,7 @@ def ensure_key(gnupghome: Path, public_key: Path, uid: str = KEY_UID) -> Signing
     Serialized by a lock file: concurrent publishers must not each generate a key."""
     gnupghome.mkdir(parents=True, exist_ok=True, mode=0o700)
     gnupghome.chmod(0o700)
+    hold_keyring(gnupghome)
     with (gnupghome / ".kiln-lock").open("w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         return _ensure_key_locked(gnupghome, public_key, uid)
@@ -112,3 +114,40 @@ def stop_daemons(gnupghome: Path, runner: Runner | None = None, grace_s: float =
         (runner or Runner()).capture(["gpgconf", "--homedir", str(gnupghome), "--kill", "all"], query=False)
     stop_processes(pids, grace_s)
     return pids
+
+
+# --- Kiln's own keyrings: their daemons end with the last command that used them ----------------------
+
+# A keyring Kiln owns (the local site's) gets a gpg-agent as soon as gpg or rpmsign signs with it, and
+# the agent detaches: left alone it would outlive the command (a `kiln rpm rebuild --publish` while
+# no site is up) and nothing would stop it. Each command that uses such a keyring holds a shared
+# lock on it; when it ends, it lets go and tries for the lock alone: the last user gets it and stops
+# the daemons, while a command still signing keeps them.
+_HELD: dict[Path, IO[str]] = {}
+USERS_LOCK = ".kiln-users"
+
+
+def hold_keyring(gnupghome: Path) -> None:
+    """This process uses Kiln's own keyring ``gnupghome`` until :func:`release_keyrings`."""
+    home = gnupghome.absolute()
+    if home in _HELD or not home.is_dir():
+        return
+    handle = (home / USERS_LOCK).open("a")
+    fcntl.flock(handle, fcntl.LOCK_SH)
+    _HELD[home] = handle
+
+
+def release_keyrings(runner: Runner | None = None) -> list[int]:
+    """Let go of every keyring this process holds; the last user of one stops its daemons. The pids
+    stopped."""
+    stopped: list[int] = []
+    for home, handle in list(_HELD.items()):
+        del _HELD[home]
+        with handle:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                continue  # another command still signs with it: the last one out stops them
+            stopped += stop_daemons(home, runner)
+    return stopped

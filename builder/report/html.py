@@ -1,6 +1,11 @@
 """``kiln report --html DIR``: the build matrix as one static page (no server; works from a file or
 GitLab Pages). Logs and provenance statements are copied beside it, so every link is relative.
 
+The paths of logs and statements come from the ledger, which is data: a file is copied only when it
+lies below Kiln's build root once symlinks are resolved (``outdir.read_below``); any other is listed
+as "log not available". Everything is written through the writer that never follows a symlink below
+the page's directory (``outdir.write_below``).
+
 Rendered from ``templates/report/matrix.html.j2`` in a sandboxed Jinja2 environment with HTML
 autoescaping (recipe names, errors and log paths are data, never markup).
 """
@@ -8,8 +13,8 @@ autoescaping (recipe names, errors and log paths are data, never markup).
 from __future__ import annotations
 
 import json
-import shutil
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -17,9 +22,11 @@ from jinja2 import FileSystemLoader, StrictUndefined, select_autoescape
 from jinja2.sandbox import SandboxedEnvironment
 
 from ..arch import Arch
+from ..outdir import read_below, write_below
 from . import STATES, Row, age, size_text
 
 LOG_TAIL_BYTES = 256 << 10  # a log copied beside the page keeps its last 256 KiB
+STATEMENT_MAX_BYTES = 16 << 20  # a provenance statement (or its signature) larger than this is not copied
 CHART_W, CHART_H = 160, 32
 
 
@@ -57,12 +64,41 @@ def sparkline(durations: list[tuple[int, float]]) -> dict[str, Any] | None:
     }
 
 
+@dataclass
+class Copies:
+    """The files the page links to, copied into its directory as they are met."""
+
+    build_root: Path  # the only tree logs and statements are copied from
+    out_dir: Path
+
+    def log(self, log: str | None, build_id: int | None) -> str | None:
+        if not log or build_id is None:
+            return None
+        content = read_below(self.build_root, log, tail=LOG_TAIL_BYTES)
+        return None if content is None else self._add(f"logs/build-{build_id}.log", content)
+
+    def statement(self, path: str, build_id: int | None) -> str | None:
+        content = read_below(self.build_root, path, limit=STATEMENT_MAX_BYTES)
+        if content is None:
+            return None
+        name = Path(path).name
+        signature = read_below(self.build_root, path + ".asc", limit=STATEMENT_MAX_BYTES)
+        if signature is not None:
+            self._add(f"provenance/build-{build_id}-{name}.asc", signature)
+        return self._add(f"provenance/build-{build_id}-{name}", content)
+
+    def _add(self, relative: str, content: bytes) -> str:
+        write_below(self.out_dir, [(relative, content, 0o644)])
+        return relative
+
+
 def write_report(
-    rows: list[Row], out_dir: Path, templates_dir: Path, *, generated: float | None = None
+    rows: list[Row], out_dir: Path, templates_dir: Path, *, build_root: Path, generated: float | None = None
 ) -> Path:
-    """Write ``index.html`` (plus ``logs/`` and ``provenance/``, and ``matrix.json``) into ``out_dir``."""
+    """Write ``index.html`` (plus ``logs/`` and ``provenance/``, and ``matrix.json``) into ``out_dir``;
+    logs and statements are copied only from below ``build_root``."""
     generated = time.time() if generated is None else generated
-    out_dir.mkdir(parents=True, exist_ok=True)
+    copies = Copies(build_root, out_dir)
     arches = [a.value for a in Arch]
     view_rows = []
     for row in rows:
@@ -78,10 +114,9 @@ def write_report(
                 "size": size_text(cell.size) if cell.size else "",
                 "duration": f"{cell.duration_s:.0f} s" if cell.duration_s is not None else "",
                 "verification": cell.verification,
-                "log": _copy_log(cell.log, out_dir, cell.build_id),
-                "provenance": [
-                    p for p in (_copy_provenance(p, out_dir, cell.build_id) for p in cell.provenance) if p
-                ],
+                "log": (log := copies.log(cell.log, cell.build_id)),
+                "log_not_available": bool(cell.log) and log is None,
+                "provenance": [p for p in (copies.statement(p, cell.build_id) for p in cell.provenance) if p],
                 "published": cell.published,
                 "error": (cell.error or "")[:300],
             }
@@ -107,37 +142,10 @@ def write_report(
             generated=time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(generated)),
         )
     )
-    page = out_dir / "index.html"
-    page.write_text(html, encoding="utf-8")
-    (out_dir / "matrix.json").write_text(
-        json.dumps([r.as_json() for r in rows], indent=2, sort_keys=True) + "\n"
-    )
-    return page
-
-
-def _copy_log(log: str | None, out_dir: Path, build_id: int | None) -> str | None:
-    if not log or build_id is None:
-        return None
-    source = Path(log)
-    if not source.is_file():
-        return None
-    dest = out_dir / "logs" / f"build-{build_id}.log"
-    dest.parent.mkdir(exist_ok=True)
-    with source.open("rb") as handle:
-        size = source.stat().st_size
-        handle.seek(max(0, size - LOG_TAIL_BYTES))
-        dest.write_bytes(handle.read())
-    return dest.relative_to(out_dir).as_posix()
-
-
-def _copy_provenance(path: str, out_dir: Path, build_id: int | None) -> str | None:
-    source = Path(path)
-    if not source.is_file():
-        return None
-    dest = out_dir / "provenance" / f"build-{build_id}-{source.name}"
-    dest.parent.mkdir(exist_ok=True)
-    shutil.copyfile(source, dest)
-    signature = source.with_name(source.name + ".asc")
-    if signature.is_file():
-        shutil.copyfile(signature, dest.with_name(dest.name + ".asc"))
-    return dest.relative_to(out_dir).as_posix()
+    matrix_json = json.dumps([r.as_json() for r in rows], indent=2, sort_keys=True) + "\n"
+    files = [
+        ("matrix.json", matrix_json.encode(), 0o644),
+        ("index.html", html.encode("utf-8"), 0o644),  # last: a page whose links are all there
+    ]
+    write_below(out_dir, files)
+    return out_dir / "index.html"

@@ -2,8 +2,13 @@
 
 - ``path``: a file in the workspace; ``url`` + ``sha256``: downloaded, and the sha256 checked
   before anything else runs (a mismatch is refused); ``package`` + ``repo``: the newest source
-  package of that name in the repo's metadata (``repodata/repomd.xml`` → primary), downloaded over
-  HTTP and checked against the checksum the metadata gives.
+  package of that name in the repo's metadata (``repodata/repomd.xml`` → primary, read inside limits
+  by ``repometa.py``), downloaded over HTTP and checked against the checksum the metadata gives.
+- HTTP, for every download and for repo metadata: builder/host/http.py's ``http_body`` (bytes capped,
+  a deadline for the whole download, redirects bounded), hashed as it arrives. ``repo_packages``
+  streams the primary metadata through repometa.py's pure reader.
+- Logins: a URL's own userinfo, else the one site.yaml lends it (``RepoLogins``,
+  builder/rpm/credentials.py); the URL is named everywhere without its userinfo.
 - Headers (name, epoch, version, release, BuildRequires) come from createrepo_c's bindings;
   ExclusiveArch/ExcludeArch (which createrepo_c does not expose) from the header's tag index
   (``publishers/rpmheader.py`` reads the layout), never from text.
@@ -11,27 +16,53 @@
 
 from __future__ import annotations
 
-import gzip
 import hashlib
-import lzma
+import os
 import struct
-import xml.etree.ElementTree as ET
+from collections.abc import Iterator
 from dataclasses import dataclass
+from http import HTTPStatus
 from pathlib import Path
 from typing import Any
 
 from ..arch import Arch
-from ..errors import CommandFailed, InvalidInput, Problem
+from ..errors import InvalidInput, Problem
+from ..host.http import Auth, Deadline, http_body, read_all
+from ..limits import HTTP_READ_TIMEOUT_S, MAX_PACKAGE_DOWNLOAD_BYTES, PACKAGE_DOWNLOAD_DEADLINE_S
 from ..publishers.rpmheader import LEAD_MAGIC, LEAD_SIZE, _header_at
+from .credentials import NO_LOGINS, RepoLogins, without_userinfo
+from .repometa import (
+    DEADLINE_VARIABLE,
+    Decompressor,
+    MetadataLimits,
+    PrimaryReader,
+    PrimaryRef,
+    RemoteDataError,
+    RepoPackage,
+    parse_repomd,
+)
+
+__all__ = [  # the repo metadata reader lives in repometa.py, HTTP in host/http.py; others import these here
+    "Deadline",
+    "RemoteDataError",
+    "RepoNotFound",
+    "RepoPackage",
+    "SrpmHeader",
+    "arch_refusal",
+    "download",
+    "fetch_source",
+    "http_body",
+    "read_all",
+    "read_header",
+    "repo_packages",
+    "resolve_package",
+    "sha256_of",
+]
 
 TAG_EXCLUDEARCH = 1059
 TAG_EXCLUSIVEARCH = 1061
 TYPE_STRING_ARRAY = 8
 TYPE_STRING = 6
-HTTP_TIMEOUT_S = 120
-_REPO = "{http://linux.duke.edu/metadata/repo}"
-_COMMON = "{http://linux.duke.edu/metadata/common}"
-_RPM = "{http://linux.duke.edu/metadata/rpm}"
 
 
 @dataclass(frozen=True)
@@ -110,25 +141,40 @@ def sha256_of(path: Path) -> str:
 
 
 def download(
-    url: str, into: Path, *, sha256: str | None = None, checksum: tuple[str, str] | None = None
+    url: str,
+    into: Path,
+    *,
+    sha256: str | None = None,
+    checksum: tuple[str, str] | None = None,
+    max_bytes: int = MAX_PACKAGE_DOWNLOAD_BYTES,
+    deadline_s: float = PACKAGE_DOWNLOAD_DEADLINE_S,
+    logins: RepoLogins = NO_LOGINS,
 ) -> Path:
-    """``url`` saved as ``into``; refused (and removed) when its checksum is not the one given."""
-    import requests
-
-    into.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        with requests.get(url, stream=True, timeout=HTTP_TIMEOUT_S) as response:
-            response.raise_for_status()
-            with into.open("wb") as handle:
-                for chunk in response.iter_content(1 << 20):
-                    handle.write(chunk)
-    except requests.RequestException as exc:
-        raise CommandFailed(f"{url}: download failed ({exc})") from exc
+    """``url`` saved as ``into``, hashed as it arrives; refused (and removed) over ``max_bytes``, past
+    the deadline, on an HTTP error (exit 4), or when its checksum is not the one given (exit 1)."""
+    url, auth = logins.for_url(url)  # named without its userinfo from here on
     expected = ("sha256", sha256) if sha256 else checksum
-    if expected is not None:
+    digest = hashlib.new(expected[0]) if expected else None
+    into.parent.mkdir(parents=True, exist_ok=True)
+    deadline = Deadline.start(deadline_s)
+    try:
+        with (
+            http_body(
+                url, max_bytes=max_bytes, deadline=deadline, read_timeout_s=HTTP_READ_TIMEOUT_S, auth=auth
+            ) as chunks,
+            into.open("wb") as handle,
+        ):
+            for chunk in chunks:
+                handle.write(chunk)
+                if digest is not None:
+                    digest.update(chunk)
+    except BaseException:
+        into.unlink(missing_ok=True)  # nothing half-downloaded is left to be mistaken for the file
+        raise
+    if expected is not None and digest is not None:
         algorithm, value = expected
-        got = hashlib.new(algorithm, into.read_bytes()).hexdigest()
-        if got != value:
+        got = digest.hexdigest()
+        if got != value.lower():
             into.unlink(missing_ok=True)
             raise InvalidInput(
                 Problem(f"{url}: {algorithm} mismatch: expected {value}, downloaded {got}; nothing was built")
@@ -136,114 +182,99 @@ def download(
     return into
 
 
-@dataclass(frozen=True)
-class RepoPackage:
-    name: str
-    arch: str
-    epoch: str
-    version: str
-    release: str
-    href: str
-    checksum: tuple[str, str]
-    sourcerpm: str
-    requires: tuple[str, ...]
-    provides: tuple[str, ...]
-
-    @property
-    def evr(self) -> tuple[str, str, str]:
-        return (self.epoch or "0", self.version, self.release)
+class RepoNotFound(RemoteDataError):
+    """The repo's ``repodata/repomd.xml`` answered HTTP 404: there is no repo there (yet). Anything
+    else wrong with a repo is a plain RemoteDataError."""
 
 
-def _get(url: str) -> bytes:
-    import requests
-
-    try:
-        response = requests.get(url, timeout=HTTP_TIMEOUT_S)
-        response.raise_for_status()
-    except requests.RequestException as exc:
-        raise CommandFailed(f"{url}: cannot read it ({exc})") from exc
-    return response.content
-
-
-def _decompress(name: str, blob: bytes) -> bytes:
-    if name.endswith(".gz"):
-        return gzip.decompress(blob)
-    if name.endswith(".xz"):
-        return lzma.decompress(blob)
-    if name.endswith(".zst"):
-        import zstandard  # type: ignore[import-not-found]
-
-        return zstandard.ZstdDecompressor().decompressobj().decompress(blob)
-    return blob
-
-
-def repo_packages(base_url: str) -> list[RepoPackage]:
-    """Every package in a repo's primary metadata (read over HTTP through repomd.xml)."""
+def repo_packages(
+    base_url: str, *, limit: MetadataLimits | None = None, logins: RepoLogins = NO_LOGINS
+) -> list[RepoPackage]:
+    """Every package in a repo's primary metadata, read over HTTP through repomd.xml, inside the limits
+    (``limit``: builder/limits.py's, the deadline from the environment); RepoNotFound when it has no
+    repomd.xml (HTTP 404)."""
+    limit = limit or MetadataLimits.from_environment(os.environ)
     base = base_url.rstrip("/") + "/"
-    repomd = ET.fromstring(_get(base + "repodata/repomd.xml"))
-    primary = next((d for d in repomd.iter(f"{_REPO}data") if d.get("type") == "primary"), None)
-    location = primary.find(f"{_REPO}location") if primary is not None else None
-    if location is None:
-        raise CommandFailed(f"{base}repodata/repomd.xml: no primary metadata")
-    href = location.get("href", "")
-    root = ET.fromstring(_decompress(href, _get(base + href)))
-    out = []
-    for pkg in root.iter(f"{_COMMON}package"):
-        version = pkg.find(f"{_COMMON}version")
-        checksum = pkg.find(f"{_COMMON}checksum")
-        fmt = pkg.find(f"{_COMMON}format")
-        assert version is not None and checksum is not None
-        out.append(
-            RepoPackage(
-                name=_text(pkg, f"{_COMMON}name"),
-                arch=_text(pkg, f"{_COMMON}arch"),
-                epoch=version.get("epoch", "0"),
-                version=version.get("ver", ""),
-                release=version.get("rel", ""),
-                href=_href(pkg),
-                checksum=(checksum.get("type", "sha256"), checksum.text or ""),
-                sourcerpm=_text(fmt, f"{_RPM}sourcerpm") if fmt is not None else "",
-                requires=_entries(fmt, "requires"),
-                provides=_entries(fmt, "provides"),
+    # One deadline for the repo: repomd.xml and primary.
+    deadline = Deadline.start(limit.deadline_s, f"${DEADLINE_VARIABLE} changes it for repo metadata")
+    repomd_url, auth = logins.for_url(base + "repodata/repomd.xml")
+    try:
+        data = read_all(
+            repomd_url, max_bytes=limit.repomd_bytes, deadline=deadline,
+            read_timeout_s=limit.read_timeout_s, auth=auth,
+        )  # fmt: skip
+    except RemoteDataError as exc:
+        if exc.http_status == HTTPStatus.NOT_FOUND:
+            raise RepoNotFound(exc.what, exc.url, http_status=exc.http_status) from None
+        raise
+    try:
+        ref = parse_repomd(data)
+    except RemoteDataError as exc:
+        raise exc.at(repomd_url) from None
+    primary_url, auth = logins.for_url(base + ref.href)
+    max_bytes = min(limit.download_bytes, ref.size) if ref.size is not None else limit.download_bytes
+    try:
+        return read_primary(primary_url, ref, limit, deadline, max_bytes, auth)
+    except RemoteDataError as exc:
+        raise exc.at(primary_url) from None
+
+
+def read_primary(
+    url: str, ref: PrimaryRef, limit: MetadataLimits, deadline: Deadline, max_bytes: int,
+    auth: Auth | None = None,
+) -> list[RepoPackage]:  # fmt: skip
+    """Download, decompress and parse the primary metadata at once, chunk by chunk; its checksums
+    (of the file and of the XML) checked against repomd.xml's at the end."""
+    decompressor = Decompressor.for_href(ref.href, limit, ref.open_size)
+    reader = PrimaryReader(limit)
+    served = hashlib.new(ref.checksum[0]) if ref.checksum else None
+    opened = hashlib.new(ref.open_checksum[0]) if ref.open_checksum else None
+
+    def consume(pieces: Iterator[bytes]) -> None:
+        for piece in pieces:
+            if opened is not None:
+                opened.update(piece)
+            reader.feed(piece)
+
+    with http_body(
+        url, max_bytes=max_bytes, deadline=deadline, read_timeout_s=limit.read_timeout_s, auth=auth
+    ) as chunks:
+        for chunk in chunks:
+            if served is not None:
+                served.update(chunk)
+            consume(decompressor.feed(chunk))
+    consume(decompressor.finish())
+    packages = reader.close()
+    for what, expected, digest in (
+        ("file", ref.checksum, served),
+        ("decompressed XML", ref.open_checksum, opened),
+    ):
+        if expected is not None and digest is not None and digest.hexdigest() != expected[1]:
+            raise RemoteDataError(
+                f"{expected[0]} of the {what} is {digest.hexdigest()}, repomd.xml says {expected[1]}"
             )
-        )
-    return out
+    return packages
 
 
-def _href(pkg: Any) -> str:
-    location = pkg.find(f"{_COMMON}location")  # an Element without children is falsy: compare to None
-    return location.get("href", "") if location is not None else ""
-
-
-def _text(node: Any, tag: str) -> str:
-    found = node.find(tag)
-    return (found.text or "") if found is not None else ""
-
-
-def _entries(fmt: Any, what: str) -> tuple[str, ...]:
-    if fmt is None:
-        return ()
-    node = fmt.find(f"{_RPM}{what}")
-    return tuple(e.get("name", "") for e in node.iter(f"{_RPM}entry")) if node is not None else ()
-
-
-def resolve_package(name: str, repo_url: str, into: Path) -> Path:
+def resolve_package(name: str, repo_url: str, into: Path, logins: RepoLogins = NO_LOGINS) -> Path:
     """The newest source package ``name`` in the repo at ``repo_url``, downloaded and checked."""
     from .versions import newest
 
-    candidates = [p for p in repo_packages(repo_url) if p.name == name and p.arch == "src"]
+    packages = repo_packages(repo_url, logins=logins)
+    candidates = [p for p in packages if p.name == name and p.arch == "src"]
     if not candidates:
-        raise InvalidInput(Problem(f"{repo_url}: has no source package {name}"))
+        raise InvalidInput(Problem(f"{without_userinfo(repo_url)}: has no source package {name}"))
     best = newest(candidates)
     url = repo_url.rstrip("/") + "/" + best.href
-    return download(url, into / Path(best.href).name, checksum=best.checksum)
+    return download(url, into / Path(best.href).name, checksum=best.checksum, logins=logins)
 
 
-def fetch_source(source: Any, workspace_root: Path, into: Path) -> Path:
-    """The SRPM a recipe's ``build.source`` names, on local disk (downloads checked first)."""
+def fetch_source(source: Any, workspace_root: Path, into: Path, logins: RepoLogins = NO_LOGINS) -> Path:
+    """The SRPM a recipe's ``build.source`` names, on local disk (downloads checked first; a login
+    from ``logins``: site.yaml's)."""
     if source.path is not None:
         return workspace_root / str(source.path)  # FileRef: workspace-relative, escapes refused
     if source.url is not None:
         name = str(source.url).rstrip("/").rsplit("/", 1)[-1] or "source.src.rpm"
-        return download(str(source.url), into / name, sha256=source.sha256)
-    return resolve_package(str(source.package), str(source.repo), into)
+        return download(str(source.url), into / name, sha256=source.sha256, logins=logins)
+    return resolve_package(str(source.package), str(source.repo), into, logins)

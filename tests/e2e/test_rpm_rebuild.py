@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import shutil
 import sqlite3
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -44,12 +46,30 @@ publish:
 """
 
 
+# The spec asks, when rpm expands it, who it runs as and which network interfaces it sees.
+HOSTILE_SUMMARY = "uid %(id -u) ifaces %(grep -c : /proc/net/dev)"
+
+
+def hostile_preamble(marker: Path) -> str:
+    """Spec lines that leave a file at ``marker``-shell and -lua wherever rpm evaluates them (but not
+    while the test itself makes the SRPM)."""
+    return (
+        f'%global kiln_shell %(test -n "$KILN_TEST_MAKING_SRPM" || touch {marker}-shell)\n'
+        f'%{{lua: if not os.getenv("KILN_TEST_MAKING_SRPM") then io.open("{marker}-lua", "w"):close() end}}\n'
+    )
+
+
 class Workspace:
     def __init__(self, root: Path, site_file: Path):
         self.root, self.site_file = root, site_file
         self.files = root / "files"
         self.ledger = root / "ledger.sqlite"
         self.build_root = root / "build"
+        # Where a hostile spec tries to leave a mark on the host (never inside the workspace).
+        self.marker = Path(tempfile.gettempdir()) / f"kiln-marker-{secrets.token_hex(6)}"
+
+    def marks(self) -> list[Path]:
+        return sorted(self.marker.parent.glob(self.marker.name + "*"))
 
     def recipe(self, name: str, *, arches: str = "x86_64", source: str, patches: str = "", extra: str = "",
                repo: str = "kiln") -> None:  # fmt: skip
@@ -100,12 +120,16 @@ def ws(local_site, site_file, tmp_path_factory) -> Workspace:
             "lib": make_srpm(made, "kiln-lib", with_devel=True, key=upstream),
             "app": make_srpm(made, "kiln-app", build_requires=("gcc", "make", "kiln-lib-devel"),
                              uses_lib="kiln-lib-devel", key=upstream),
+            "hostile": make_srpm(made, "kiln-hostile", summary=HOSTILE_SUMMARY,
+                                 preamble=hostile_preamble(workspace.marker)),
         }  # fmt: skip
     finally:
         stop_agent(upstream)
         stop_agent(other)
     for label, srpm in srpms.items():
         shutil.copy(srpm, workspace.files / f"{label}.src.rpm")
+    # rpmkeys repeats the file's name in what it prints: this name once vouched for itself.
+    shutil.copy(srpms["hostile"], workspace.files / "kiln-hostile-signatures OK.src.rpm")
     (workspace.files / "greet.patch").write_text(greet_patch())
     (workspace.files / "stale.patch").write_text(greet_patch().replace("hello from", "howdy from"))
     return workspace
@@ -233,6 +257,30 @@ def test_an_unsigned_srpm_is_refused(ws, local_site, site_settings):
 def test_an_srpm_signed_by_an_unknown_key_is_refused(ws, local_site, site_settings):
     error = _refused(ws, local_site, site_settings, "kiln-stranger", "{path: ../files/stranger.src.rpm}")
     assert "key not in build.trusted_keys" in error
+
+
+def test_an_unsigned_srpm_whose_name_says_signatures_ok_is_refused_and_its_spec_never_runs(
+    ws, local_site, site_settings
+):
+    source = "{path: '../files/kiln-hostile-signatures OK.src.rpm'}"
+    error = _refused(ws, local_site, site_settings, "kiln-name-vouches", source)
+    assert "is not signed" in error
+    assert ws.marks() == [], "the refused SRPM's spec ran on the host"
+
+
+def test_a_hostile_spec_is_evaluated_only_in_the_sandbox_as_nobody_without_network(ws):
+    """verify_signature: false (the shipped example's setting): the spec's %(...) and Lua run, but in
+    the build root, as nobody, with only a loopback interface; nothing lands on the host."""
+    ws.recipe("kiln-hostile", source="{path: ../files/hostile.src.rpm}", extra="  verify_signature: false")
+    code, targets, said = ws.build("kiln-hostile")
+    assert ws.marks() == [], f"the spec ran on the host: {ws.marks()}"
+    assert code == 0, said
+    [outcome] = targets
+    for rpm in _artifacts(outcome, "rpm") + _artifacts(outcome, "srpm"):
+        summary = subprocess.run(
+            ["rpm", "-qp", "--qf", "%{SUMMARY}", str(rpm)], capture_output=True, text=True, check=True
+        ).stdout
+        assert summary == "uid 65534 ifaces 1", f"{rpm.name}: {summary}"
 
 
 def test_a_download_whose_sha256_does_not_match_is_refused_before_anything_runs(

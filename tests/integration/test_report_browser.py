@@ -64,7 +64,9 @@ def page(tmp_path_factory) -> dict:
         check=True,
     )
     targets = json.loads(plan.stdout)["targets"]
-    log = work / "build.log"
+    build_root = work / "build"  # `kiln report` copies logs from below its build root only
+    log = build_root / "debian-12_bookworm_x86_64" / "logs" / "build.log"
+    log.parent.mkdir(parents=True)
     log.write_text("dib: finalise.d: 99-write-dpkg-manifest\n")
     now = time.time()
     with Ledger(ledger_path) as ledger:
@@ -95,21 +97,11 @@ def page(tmp_path_factory) -> dict:
                     ledger.record_publication(ids[0], "glance", f"image-{build}")
         count = len(ledger.history())
     out = work / "site"
-    assert (
-        main(
-            [
-                "--root",
-                str(PACKAGE_ROOT),
-                "--ledger",
-                str(ledger_path),
-                "report",
-                "--html",
-                str(out),
-                "--json",
-            ]
-        )
-        == 0
-    )
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("KILN_BUILD_ROOT", str(build_root))
+        argv = ["--root", str(PACKAGE_ROOT), "--ledger", str(ledger_path), "report", "--html", str(out)]
+        reported = main([*argv, "--json"])
+    assert reported == 0
     return {"dir": out, "index": out / "index.html", "builds": count, "targets": targets}
 
 

@@ -4,6 +4,7 @@ packaged (and signed with a throw-away GPG key) by the test itself."""
 from __future__ import annotations
 
 import io
+import os
 import subprocess
 import tarfile
 import textwrap
@@ -34,7 +35,8 @@ SPEC = """\
 Name: {name}
 Version: {version}
 Release: 1%{{?dist}}
-Summary: Kiln test package {name}
+Summary: {summary}
+{preamble}
 License: MIT
 Source0: %{{name}}-%{{version}}.tar.gz
 {build_requires}
@@ -127,7 +129,11 @@ def make_srpm(
     with_devel: bool = False,
     uses_lib: str | None = None,  # a -devel package's name whose header greet.c includes
     key: GpgKey | None = None,
+    summary: str = "",
+    preamble: str = "",  # spec lines after Summary: (macros a hostile upstream could write)
 ) -> Path:
+    """A small source RPM. While the test makes it, ``KILN_TEST_MAKING_SRPM=1`` is in rpmbuild's
+    environment, so a hostile ``preamble`` can tell the test's own ``rpmbuild -bs`` from Kiln's."""
     top = workdir / f"srpm-{name}-{version}-{len(list(workdir.glob('srpm-*')))}"
     (top / "SOURCES").mkdir(parents=True)
     lib = uses_lib.removesuffix("-devel") if uses_lib else ""
@@ -150,6 +156,8 @@ def make_srpm(
         SPEC.format(
             name=name,
             version=version,
+            summary=summary or f"Kiln test package {name}",
+            preamble=preamble,
             build_requires="\n".join(f"BuildRequires: {r}" for r in build_requires),
             arch_tags=f"ExclusiveArch: {' '.join(exclusive_arch)}" if exclusive_arch else "",
             devel=DEVEL.format(name=name) if with_devel else "",
@@ -167,6 +175,7 @@ def make_srpm(
         ["rpmbuild", "-bs", "--define", f"_topdir {top}", "--define", "dist %{nil}", str(spec)],
         check=True,
         capture_output=True,
+        env={**os.environ, "KILN_TEST_MAKING_SRPM": "1"},
     )
     [srpm] = (top / "SRPMS").glob("*.src.rpm")
     if key is not None:

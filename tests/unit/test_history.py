@@ -71,7 +71,8 @@ def test_history_narrows_by_recipe_and_by_arch_in_any_spelling(ledger_path, caps
     assert main(_kiln(ledger_path, "history", "--arch", "sparc")) == 1
 
 
-def test_show_prints_one_builds_log_tail_artifacts_and_verification(ledger_path, capsys):
+def test_show_prints_one_builds_log_tail_artifacts_and_verification(ledger_path, capsys, monkeypatch):
+    monkeypatch.setenv("KILN_BUILD_ROOT", str(ledger_path.parent))  # logs are read from below it only
     assert main(_kiln(ledger_path, "show", "1", "--log-lines", "3")) == 0
     text = capsys.readouterr().out
     assert "build 1: debian-12:bookworm:x86_64 succeeded" in text

@@ -96,13 +96,13 @@ def test_rpm_macros_set_dist_and_escape_percent(workspace, write):
         build:
           release: "9"
           source: {path: ../files/x.src.rpm}
-          defines: {vendor: "100% Kiln %(rm -rf /)"}
+          defines: {vendor: "100% Kiln %{name}"}
           without: [tests]
         """,
     )
     macros = _render_all(workspace)["r:9:ppc64le"]["kiln.macros"].decode()
     assert "%dist .el9\n" in macros and "%rhel 9\n" in macros
-    assert "%vendor 100%% Kiln %%(rm -rf /)\n" in macros
+    assert "%vendor 100%% Kiln %%{name}\n" in macros
     assert "%_without_tests --without-tests\n" in macros
 
 

@@ -16,10 +16,10 @@ from builder.render import render_target
 from builder.rpm.brmap import map_build_requires
 from builder.rpm.buildroot import RootSpec
 from builder.rpm.changes import Changes, apply_changes, patch_failure
-from builder.rpm.missing import default_source_repo, find_missing, source_nvr
+from builder.rpm.missing import find_missing, source_nvr
 from builder.rpm.source import RepoPackage, SrpmHeader, arch_refusal, read_header
-from builder.rpm.trust import signature_verdict
 from builder.rpm.versions import vercmp
+from builder.rpm.written import default_source_repo
 from builder.workspace import PACKAGE_ROOT
 from tests.support.srpms import make_srpm
 
@@ -127,18 +127,6 @@ def test_exclusivearch_and_excludearch_are_read_from_the_header_and_rule_arches_
     assert "ExcludeArch" in (arch_refusal(excluding, Arch.PPC64LE) or "")
 
 
-@pytest.mark.parametrize(
-    ("output", "code", "verdict"),
-    [
-        ("x.src.rpm: digests signatures OK", 0, "signed"),
-        ("x.src.rpm: digests SIGNATURES NOT OK", 1, "unknown-key"),
-        ("x.src.rpm: digests OK", 0, "unsigned"),
-    ],
-)
-def test_rpmkeys_checksig_output_becomes_a_verdict(output, code, verdict):
-    assert signature_verdict(output, code) == verdict
-
-
 def _workspace_with(tmp_path: Path, recipes: dict[str, tuple[str, Path]]):
     from builder.workspace import Workspace
 
@@ -234,12 +222,16 @@ def test_the_dry_run_plan_rebuilds_in_an_overlay_on_the_cached_root(tmp_path):
     job = BuildJob(target, rendered, tmp_path / "r", tmp_path / "o", tmp_path / "t", tmp_path, workspace.root,
                    tmp_path, tmp_path / "cache", SiteConfig(), host)  # fmt: skip
     plan = RpmbuildBackend().plan(job)
-    bootstrap, overlay, rebuild = (c.argv for c in plan.commands)
+    bootstrap, overlay, unpack, source_rpm, rebuild = (c.argv for c in plan.commands)
     root = RootSpec(Arch.PPC64LE).directory(tmp_path / "cache")
     assert bootstrap[:3] == ("debootstrap", "--arch=ppc64el", "--variant=minbase") and str(root) in bootstrap
     assert overlay[:3] == ("mount", "-t", "overlay") and f"lowerdir={root}," in overlay[-2]
-    assert rebuild[0] == "chroot" and "--nodeps" in rebuild and "dist .el9" in rebuild
-    assert rebuild[-2:] == ("--rebuild", "/kiln/SRPM")
+    for sandboxed in (unpack, source_rpm, rebuild):  # the SRPM is opened only as nobody, without network
+        assert sandboxed[0] == "unshare" and "--net" in sandboxed and "--userspec=65534:65534" in sandboxed
+    assert unpack[-2:] == ("-i", "/kiln/source.src.rpm")
+    assert source_rpm[-2:] == ("-bs", "/kiln/package.spec")
+    assert "--nodeps" in rebuild and "dist .el9" in rebuild
+    assert rebuild[-2:] == ("--rebuild", "/kiln/top/SRPMS/SRPM")
 
 
 def test_a_roots_cache_key_follows_its_content():

@@ -250,7 +250,8 @@ def test_unknown_build_host_arch_is_located(site_dir):
 def test_bad_build_host_mode_is_located(site_dir):
     [message] = problems(site_dir, "build_hosts:\n  ppc64le:\n    mode: kvm\n")
     assert (
-        message == "site.yaml:3:5: build_hosts.ppc64le.mode: must be one of native, emulated, ssh (got 'kvm')"
+        message == "site.yaml:3:5: build_hosts.ppc64le.mode: "
+        "must be one of native, emulated, other-host (got 'kvm')"
     )
 
 
@@ -260,16 +261,22 @@ def test_two_spellings_of_one_build_host_arch_are_refused(site_dir):
         """
         build_hosts:
           ppc64el: {mode: native}
-          ppc64le: {mode: ssh, host: power9.example.com}
+          ppc64le: {mode: other-host, host: power9.example.com}
         """,
     )
     with pytest.raises(InvalidInput):
         load_site(None, site_dir)
 
 
-def test_ssh_build_host_needs_a_host(site_dir):
-    write(site_dir / "site.yaml", "build_hosts:\n  ppc64le: {mode: ssh}\n")
+def test_an_other_host_build_host_needs_a_host(site_dir):
+    write(site_dir / "site.yaml", "build_hosts:\n  ppc64le: {mode: other-host}\n")
     with pytest.raises(InvalidInput):
+        load_site(None, site_dir)
+
+
+def test_the_old_ssh_mode_is_refused_saying_what_it_never_did(site_dir):
+    write(site_dir / "site.yaml", "build_hosts:\n  ppc64le: {mode: ssh, host: power9.example.com}\n")
+    with pytest.raises(InvalidInput, match="now other-host: Kiln never dispatched builds over ssh"):
         load_site(None, site_dir)
 
 
@@ -284,7 +291,7 @@ def test_security_suite_can_be_left_out_for_one_arch_only():
 
 
 def test_the_hosts_own_arch_builds_natively_whatever_build_hosts_says(site_dir):
-    write(site_dir / "site.yaml", "build_hosts:\n  ppc64le: {mode: ssh, host: power9.example.com}\n")
+    write(site_dir / "site.yaml", "build_hosts:\n  ppc64le: {mode: other-host, host: power9.example.com}\n")
     assert load_site(None, site_dir).placement(Arch.PPC64LE, host=Arch.PPC64LE) == "native"
 
 
@@ -294,7 +301,10 @@ def test_a_foreign_arch_is_emulated_by_default(site_dir):
 
 @pytest.mark.parametrize(
     ("setting", "where"),
-    [("{mode: native}", "on a ppc64le host"), ("{mode: ssh, host: power9.example.com}", "on host power9")],
+    [
+        ("{mode: native}", "on a ppc64le host"),
+        ("{mode: other-host, host: power9.example.com}", "on host power9"),
+    ],
 )
 def test_a_foreign_arch_that_belongs_elsewhere_is_refused_naming_where(site_dir, setting, where):
     write(site_dir / "site.yaml", f"build_hosts:\n  ppc64le: {setting}\n")
