@@ -27,9 +27,13 @@ bootstrap:
 lint: bootstrap
 	$(VENV)/bin/ruff check .
 
+# Two workers (pytest-xdist): the long builds are mostly single-threaded, so the rest of the suite runs
+# beside them; tests that share a resource stay on one worker (tests/conftest.py WORKER_GROUPS).
+PYTEST := $(VENV)/bin/python -m pytest -n 2 --dist loadgroup --durations=10
+
 test: bootstrap
 	$(VENV)/bin/ruff check .
-	$(VENV)/bin/python -m pytest -m "not emulated and not heavy"
+	$(PYTEST) -m "not emulated and not heavy"
 
 # The fuzzer (tests/support/fuzz.py): N seeded cases on every core; `make test` runs 3,000 of them.
 N ?= 10000
@@ -45,7 +49,7 @@ fuzz: bootstrap
 # The emulated-architecture checks (a ppc64le DIB build under qemu-user, a pseries TCG boot) and the
 # heavy native ones (the CUDA devel image: ~800 MB of packages): kept out of `make test`.
 test-slow: bootstrap
-	$(VENV)/bin/python -m pytest -m "emulated or heavy"
+	$(PYTEST) -m "emulated or heavy"
 
 demo: bootstrap
 	$(KILN) site up

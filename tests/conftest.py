@@ -10,19 +10,21 @@ import os
 import secrets
 import shutil
 import subprocess
+import sys
 import textwrap
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+import yaml
 
 from builder.host.net import free_port
 from builder.host.run import stop_processes
 from builder.site.local import LocalSite
 from builder.siteconfig import LocalPorts, LocalSiteSettings, SiteConfig
 from builder.workspace import PACKAGE_ROOT, Workspace
-from tests.support import processes
+from tests.support import hermetic, processes
 
 REPO = PACKAGE_ROOT
 
@@ -37,6 +39,97 @@ def pytest_sessionstart(session: pytest.Session) -> None:
     token = secrets.token_hex(8)
     os.environ[processes.RUN_MARK] = token
     _RUN.update(token=token, before=processes.pids())
+    _hermetic_session(session.config)
+
+
+# --- two workers (pytest-xdist, `make test`): what must stay together --------------------------------
+
+# `make test` runs on two workers (``-n 2 --dist loadgroup``). The long builds are mostly
+# single-threaded (dpkg, debootstrap, rpmbuild), so a second worker runs the rest beside them. Tests
+# that share something outside their own directories stay on one worker, in file order:
+# - "dib": the DIB guest builds (one session-wide build feeds several modules), and the SIGTERM test
+#   that checks no loop device was left;
+# - "gitlab": gitlab-ci-local (its file variables land in one /tmp glob the tests clean up);
+# - "docker": the docker engine (started for the run when it is not running, stopped after);
+# - "ipa", "rpm": one long module each, kept whole so that its module fixtures are built once.
+# Everything else is spread over both workers.
+WORKER_GROUPS = {
+    "tests/e2e/test_base_tree.py": "dib",
+    "tests/e2e/test_guest_dib.py": "dib",
+    "tests/e2e/test_sbom_dib.py": "dib",
+    "tests/e2e/test_guest_ppc64le.py": "dib",
+    "tests/e2e/test_gitlab_pipeline_site.py": "gitlab",
+    "tests/integration/test_gitlab_ci_local.py": "gitlab",
+    "tests/integration/test_gitlab_split.py": "gitlab",
+    "tests/integration/test_gitlab_candidates.py": "gitlab",
+    "tests/e2e/test_container_cuda.py": "docker",
+    "tests/integration/test_container_verify_real.py": "docker",
+    "tests/integration/test_registry_publish.py": "docker",
+    "tests/e2e/test_ipa.py": "ipa",
+    "tests/e2e/test_rpm_rebuild.py": "rpm",
+}
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist's, which reads the groups into the node ids
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        group = WORKER_GROUPS.get(item.nodeid.split("::", 1)[0])
+        if group is not None:
+            item.add_marker(pytest.mark.xdist_group(group))
+
+
+# --- hermetic: the session's own ledger, build root and site, never the workspace's .kiln/ -------------
+
+GUARD = hermetic.Guard(REPO / ".kiln")
+
+
+def _hermetic_session(config: pytest.Config) -> None:
+    """Kiln's defaults point at the workspace (``.kiln/ledger.sqlite``, ``.kiln/build``, the local
+    site's ``.kiln/site`` on its default ports: what ``make demo`` leaves running). Every Kiln the
+    tests run, in-process or as a subprocess, gets the session's instead, through the environment
+    variables Kiln reads; download caches (``~/.cache/kiln``: debootstrap roots, DIB's caches, IPA
+    sources, all keyed by content) are shared."""
+    session_dir = config._tmp_path_factory.mktemp("session")  # type: ignore[attr-defined]
+    # The session's real site (the ``local_site`` fixture starts it when a test asks), and the site
+    # Kiln gets when a test names none: a state directory and ports where nothing ever runs, as on a
+    # machine without a site (never the demo's default ports).
+    _RUN["site"] = _site_settings(session_dir / "site")
+    unstarted = _site_settings(session_dir / "no-site")
+    site_file = session_dir / "no-site.yaml"
+    site_file.write_text(yaml.safe_dump(unstarted.model_dump(mode="json", exclude_none=True)))
+    os.environ.update(
+        KILN_LEDGER=str(session_dir / "ledger.sqlite"),
+        KILN_BUILD_ROOT=str(session_dir / "build"),
+        KILN_SITE=str(site_file),
+    )
+    _RUN["kiln_dir"] = hermetic.snapshot(REPO / ".kiln")
+    sys.addaudithook(GUARD.hook)
+
+
+def _site_settings(state: Path) -> SiteConfig:
+    ports = LocalPorts(**{name: free_port() for name in LocalPorts.model_fields})
+    return SiteConfig(local=LocalSiteSettings(state_dir=str(state), ports=ports))
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> Iterator[None]:
+    GUARD.current = item.nodeid  # a touch of .kiln/ names the test that made it
+    yield
+    GUARD.current = ""
+
+
+def workspace_kiln_touches() -> list[str]:
+    """What this run did to the workspace's .kiln/: opened from this process, or changed by any."""
+    before = _RUN.get("kiln_dir")
+    with GUARD.paused():
+        after = hermetic.snapshot(REPO / ".kiln")
+    written = hermetic.changed(before, after) if isinstance(before, dict) else []
+    return sorted(set(GUARD.touched)) + written
+
+
+def _distributes_to_workers(config: pytest.Config) -> bool:
+    """The pytest-xdist controller of a ``-n N`` run (not a worker, not a plain run)."""
+    return not hasattr(config, "workerinput") and bool(getattr(config.option, "numprocesses", None))
 
 
 def leftover_processes(session: pytest.Session) -> dict[int, tuple[str, ...]]:
@@ -56,12 +149,25 @@ def leftover_processes(session: pytest.Session) -> dict[int, tuple[str, ...]]:
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     """Runs after the session fixtures' teardown (``local_site`` is down by now)."""
+    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    touched = workspace_kiln_touches()
+    if touched:
+        report = "tests touched the workspace's .kiln/ (make demo's state):\n" + "\n".join(
+            f"  {line}" for line in touched[:50]
+        )
+        if reporter is not None:
+            reporter.write_sep("=", "NOT HERMETIC", red=True)
+            reporter.write_line(report)
+        else:
+            print(report)
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+    if _distributes_to_workers(session.config):
+        return  # each worker checks what it started; its processes carry the worker's own mark
     left = leftover_processes(session)
     if not left:
         return
     lines = [f"  {pid}: {' '.join(argv)[:300]}" for pid, argv in sorted(left.items())]
     report = "processes started by this test run outlived it:\n" + "\n".join(lines)
-    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
     if reporter is not None:
         reporter.write_sep("=", "LEFTOVER PROCESSES", red=True)
         reporter.write_line(report)
@@ -72,13 +178,18 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
 
 
 @pytest.fixture
-def workspace(tmp_path: Path) -> Workspace:
-    """A fresh workspace: the repository's templates/ and elements/, an empty recipes/."""
+def workspace(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Workspace:
+    """A fresh workspace: the repository's templates/ and elements/, an empty recipes/. Kiln's
+    defaults are this workspace's own (``.kiln/ledger.sqlite``, ``.kiln/build``), and its site.yaml
+    names the session's site where nothing runs (a test may write its own)."""
     root = tmp_path / "ws"
     root.mkdir()
     shutil.copytree(REPO / "templates", root / "templates")
     shutil.copytree(REPO / "elements", root / "elements")
     (root / "recipes").mkdir()
+    shutil.copy(os.environ["KILN_SITE"], root / "site.yaml")
+    for name in hermetic.SESSION_ENV:
+        monkeypatch.delenv(name, raising=False)
     return Workspace(root)
 
 
@@ -113,10 +224,11 @@ def _missing() -> list[str]:
 
 
 @pytest.fixture(scope="session")
-def site_settings(tmp_path_factory: pytest.TempPathFactory) -> SiteConfig:
-    state = tmp_path_factory.mktemp("site")
-    ports = LocalPorts(**{name: free_port() for name in LocalPorts.model_fields})
-    return SiteConfig(local=LocalSiteSettings(state_dir=str(state), ports=ports))
+def site_settings() -> SiteConfig:
+    """The session's site (what $KILN_SITE names): its own state directory and free loopback ports."""
+    settings = _RUN["site"]
+    assert isinstance(settings, SiteConfig)
+    return settings
 
 
 @pytest.fixture(scope="session")

@@ -26,20 +26,13 @@ pytestmark = [pytest.mark.slow, pytest.mark.site]
 
 
 @pytest.fixture(scope="module")
-def built(local_site, site_file, dib_ready, tmp_path_factory):
-    work = tmp_path_factory.mktemp("dib-e2e")
-    ledger, build_root = work / "ledger.sqlite", work / "build"
-    started = time.monotonic()
-    result = run_kiln(
-        site_file, ledger, build_root, "build", "debian-12", "--arch", "x86_64", "--publish", "--json"
-    )
-    seconds = time.monotonic() - started
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
-    [outcome] = json.loads(result.stdout)["targets"]
-    return {"outcome": outcome, "ledger": ledger, "build_root": build_root, "seconds": seconds}
+def built(debian12):
+    """The session's warm debian-12 build (tests/e2e/conftest.py): booted and published."""
+    return {**debian12["warm"], "ledger": debian12["ledger"], "build_root": debian12["build_root"],
+            "site_file": debian12["site_file"]}  # fmt: skip
 
 
-def test_debian_12_x86_64_builds_boots_and_publishes(built, local_site, site_file):
+def test_debian_12_x86_64_builds_boots_and_publishes(built, local_site):
     outcome = built["outcome"]
     assert outcome["status"] == "built" and outcome["verification"].startswith("passed")
     manifest = json.loads(Path(outcome["manifest"]).read_text())
@@ -63,16 +56,17 @@ def test_debian_12_x86_64_builds_boots_and_publishes(built, local_site, site_fil
     statement = image.with_name(image.name + ".intoto.json")
     assert props["kiln_provenance"] == f"sha256:{sha256_file(statement)}"
     verified = run_kiln(
-        site_file, built["ledger"], built["build_root"], "verify", str(image), "--require-signature", "--json"
-    )
+        built["site_file"], built["ledger"], built["build_root"], "verify", str(image), "--require-signature",
+        "--json",
+    )  # fmt: skip
     assert verified.returncode == 0, verified.stdout[-3000:]
     assert json.loads(verified.stdout)["statement"] == str(statement)
 
 
-def test_unchanged_target_is_skipped_in_well_under_a_second(built, site_file):
+def test_unchanged_target_is_skipped_in_well_under_a_second(built):
     started = time.monotonic()
     result = run_kiln(
-        site_file,
+        built["site_file"],
         built["ledger"],
         built["build_root"],
         "build",
@@ -88,12 +82,12 @@ def test_unchanged_target_is_skipped_in_well_under_a_second(built, site_file):
     assert time.monotonic() - started < 10  # the whole process, interpreter start-up included
 
 
-def test_packer_build_on_the_dib_image_runs_its_provisioners(built, site_file, local_site):
+def test_packer_build_on_the_dib_image_runs_its_provisioners(built, local_site):
     """debian-12-packer builds on debian-12 (built above, so skipped now); its provisioner leaves
     /etc/kiln-provisioned, which the recipe's boot check finds over SSH; the guest's package list,
     downloaded by the template's last provisioners, becomes its SBOM."""
     result = run_kiln(
-        site_file,
+        built["site_file"],
         built["ledger"],
         built["build_root"],
         "build",
@@ -120,13 +114,16 @@ def test_packer_build_on_the_dib_image_runs_its_provisioners(built, site_file, l
     assert {"openssh-server", "cloud-init", "qemu-guest-agent"} <= listed.keys()  # debian-12's, in the guest
 
 
-def _loop_devices() -> str:
-    return subprocess.run(["losetup", "-a"], capture_output=True, text=True).stdout
+def _loop_devices(under: Path) -> list[str]:
+    """Loop devices whose backing file is under ``under`` (other tests may build beside this one)."""
+    listed = subprocess.run(
+        ["losetup", "--list", "--noheadings", "--output", "NAME,BACK-FILE"], capture_output=True, text=True
+    ).stdout
+    return [line for line in listed.splitlines() if str(under) in line]
 
 
 def test_sigterm_mid_build_leaves_no_loop_device_mount_or_process(local_site, site_file, dib_ready, tmp_path):
     build_root = tmp_path / "build"
-    before_loops = _loop_devices()
     env = {**os.environ, "KILN_BUILD_ROOT": str(build_root)}
     proc = subprocess.Popen(
         [
@@ -167,6 +164,6 @@ def test_sigterm_mid_build_leaves_no_loop_device_mount_or_process(local_site, si
     tmp_root = str(build_root / ".tmp")
     mounts = Path("/proc/mounts").read_text()
     assert tmp_root not in mounts, "a mount under the build's TMPDIR was left behind"
-    assert _loop_devices() == before_loops, "a loop device was left behind"
+    assert _loop_devices(build_root) == [], "a loop device was left behind"
     leftover = subprocess.run(["pgrep", "-f", tmp_root], capture_output=True, text=True).stdout.strip()
     assert leftover == "", f"processes of the build were left behind: {leftover}"

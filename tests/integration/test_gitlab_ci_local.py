@@ -20,6 +20,7 @@ import pytest
 
 from builder.ledger import Ledger
 from builder.pipeline.gitlab import NOOP_JOB
+from tests.support.hermetic import without_session_env
 
 REPO = Path(__file__).resolve().parents[2]
 HELPER = REPO / "scripts" / "gitlab-ci-local.sh"
@@ -105,7 +106,7 @@ def ci_repo(tmp_path: Path) -> dict[str, Path]:
 
 def _run_pipeline(ci: dict[str, Path]) -> str:
     env = {
-        **os.environ,
+        **without_session_env(dict(os.environ)),
         "PATH": f"{ci['bin']}:{os.environ['PATH']}",
         "KILN_LEDGER": str(ci["ledger"]),
         "KILN_SHELF": str(ci["shelf"]),

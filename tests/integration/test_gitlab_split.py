@@ -30,6 +30,7 @@ import yaml
 from builder.ledger import Ledger
 from builder.pipeline.gitlab import NOOP_JOB
 from tests.integration.test_gitlab_ci_local import PARENT, _run_pipeline, ci_repo  # noqa: F401
+from tests.support.hermetic import without_session_env
 from tests.unit.test_gitlab_pipeline import _schema_errors
 
 # The plan lists targets in recipe file order, dependencies first: toy-top and toy-deep (tower.yaml)
@@ -88,7 +89,8 @@ def _run_alone(ci: dict[str, Path], pipeline: str) -> str:
 def _limit_fitting_the_ppc64le_jobs(ci: dict[str, Path]) -> int:
     """The bytes of a file holding the ppc64le jobs and the header (render_yaml: one line a key)."""
     probe = ci["repo"].parent / "probe" / "child.yml"
-    env = {**os.environ, "PATH": f"{ci['bin']}:{os.environ['PATH']}", "KILN_LEDGER": str(ci["ledger"])}
+    env = {**without_session_env(dict(os.environ)), "PATH": f"{ci['bin']}:{os.environ['PATH']}",
+           "KILN_LEDGER": str(ci["ledger"])}  # fmt: skip
     env.pop("KILN_ROOT", None)
     subprocess.run(
         ["kiln", "pipeline", "-o", str(probe)], cwd=ci["repo"], env=env, check=True, stdout=subprocess.DEVNULL

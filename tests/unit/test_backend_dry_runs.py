@@ -36,10 +36,11 @@ def test_x86_64_builds_kernel_initramfs_and_a_grub_iso_from_local_git_repos(caps
     assert all(o.startswith("/") for o in plan["outputs"])
 
 
-def test_kiln_rpm_rebuild_dry_run_runs_through_kiln_builds_options(capsys, tmp_path):
-    """`kiln rpm rebuild` reuses `kiln build`: every option the latter reads must exist for it."""
+def test_kiln_rpm_rebuild_dry_run_runs_through_kiln_builds_options(capsys, tmp_path, workspace):
+    """`kiln rpm rebuild` reuses `kiln build`: every option the latter reads must exist for it. (A
+    workspace of the test's own: the ad hoc recipe is written under its .kiln/adhoc/.)"""
     srpm = PACKAGE_ROOT / "files" / "srpms" / "kiln-hello-1.0-1.src.rpm"
-    argv = ["--root", str(PACKAGE_ROOT), "--ledger", str(tmp_path / "l.sqlite"), "rpm", "rebuild"]
+    argv = ["--root", str(workspace.root), "--ledger", str(tmp_path / "l.sqlite"), "rpm", "rebuild"]
     code = main([*argv, str(srpm), "--arch", "ppc64le", "--no-verify-signature", "--dry-run"])
     out = capsys.readouterr().out
     assert code == 0, out

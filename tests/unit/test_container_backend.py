@@ -9,7 +9,8 @@ import tarfile
 from builder.arch import Arch
 from builder.backends.container import local_tag, write_docker_archive
 from builder.cli import main
-from builder.workspace import PACKAGE_ROOT
+from builder.pipeline.build import default_build_root
+from builder.workspace import PACKAGE_ROOT, Workspace
 
 
 def _rootfs(tmp_path):
@@ -83,6 +84,6 @@ def test_an_nvidia_repository_is_signed_by_its_key_and_named_per_arch(tmp_path, 
     assert target["plan"]["copies"] == [
         [
             str(tmp_path / "files" / "nvidia.asc"),
-            str(tmp_path / ".kiln/build/cuda-nv_focal_ppc64le/render/apt-keys/0.asc"),
+            str(default_build_root(Workspace(tmp_path)) / "cuda-nv_focal_ppc64le/render/apt-keys/0.asc"),
         ]
     ]

@@ -1,0 +1,42 @@
+"""`make test` runs on two workers (pytest-xdist, ``--dist loadgroup``): tests that share a resource
+or an expensive fixture stay on one worker (tests/conftest.py WORKER_GROUPS). A group that is
+silently split runs its module fixtures (a DIB build, an IPA build and boot) once per worker."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+from builder.workspace import PACKAGE_ROOT
+from tests.conftest import WORKER_GROUPS
+
+GROUPED_TEST = """
+import os
+import pytest
+
+@pytest.mark.xdist_group("together")
+@pytest.mark.parametrize("n", range(4))
+def test_{name}(n):
+    with open({out!r}, "a") as out:
+        out.write(os.environ["PYTEST_XDIST_WORKER"] + "\\n")
+"""
+
+
+def test_every_grouped_module_exists():
+    missing = [path for path in WORKER_GROUPS if not (PACKAGE_ROOT / path).is_file()]
+    assert missing == [], f"WORKER_GROUPS names modules that are not there: {missing}"
+
+
+def test_a_group_spread_over_two_modules_runs_on_one_worker(tmp_path):
+    out = tmp_path / "workers.txt"
+    for name in ("first", "second"):
+        (tmp_path / f"test_{name}.py").write_text(GROUPED_TEST.format(name=name, out=str(out)))
+    (tmp_path / "test_alone.py").write_text("def test_alone():\n    pass\n")
+    inner = subprocess.run(
+        [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-n", "2", "--dist", "loadgroup",
+         f"--basetemp={tmp_path / 'inner'}", "-q", str(tmp_path)],
+        capture_output=True, text=True, timeout=120, cwd=tmp_path,
+    )  # fmt: skip
+    assert inner.returncode == 0, inner.stdout + inner.stderr
+    workers = out.read_text().split()
+    assert len(workers) == 8 and len(set(workers)) == 1, workers
