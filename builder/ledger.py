@@ -539,9 +539,26 @@ def _check_file(path: Path) -> None:
         raise LedgerError(path, "not a regular file (a device, FIFO or socket)", "give a file path")
     if info.st_size == 0:
         return
+    # A checkpoint by another Kiln writes page 1 (with the new page count) before the pages that
+    # extend the file: for a moment a healthy ledger looks truncated. Only what stays so is.
+    for attempt in range(TRUNCATION_CHECKS):
+        truncated = _truncation(path)
+        if truncated is None:
+            return
+        if attempt + 1 < TRUNCATION_CHECKS:
+            time.sleep(0.2)
+    raise LedgerError(path, truncated, _RESTORE)
+
+
+TRUNCATION_CHECKS = 5  # about a second: far longer than a checkpoint of a ledger-sized file takes
+
+
+def _truncation(path: Path) -> str | None:
+    """Why the file is not a whole SQLite database (not one; shorter than its header says), or None."""
     try:
         with open(path, "rb") as stream:
             header = stream.read(100)
+            size = os.fstat(stream.fileno()).st_size  # after the header: the size that goes with it
     except OSError as exc:
         raise LedgerError(path, f"cannot be read ({exc.strerror or exc})", "check its permissions") from None
     if header[:16] != _SQLITE_HEADER:
@@ -553,10 +570,9 @@ def _check_file(path: Path) -> None:
     page_size = int.from_bytes(header[16:18], "big")
     page_size = 65536 if page_size == 1 else page_size
     pages = int.from_bytes(header[28:32], "big")
-    if len(header) < 100 or (header[24:28] == header[92:96] and pages * page_size > info.st_size):
-        raise LedgerError(
-            path, f"truncated ({info.st_size} bytes; its header says {pages} pages of {page_size})", _RESTORE
-        )
+    if len(header) < 100 or (header[24:28] == header[92:96] and pages * page_size > size):
+        return f"truncated ({size} bytes; its header says {pages} pages of {page_size})"
+    return None
 
 
 _CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")

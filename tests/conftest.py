@@ -19,8 +19,11 @@ from pathlib import Path
 import pytest
 import yaml
 
+from builder.arch import Arch
+from builder.host.compat import host_apt_mirror
 from builder.host.net import free_port
-from builder.host.run import stop_processes
+from builder.host.run import Runner, stop_processes
+from builder.rpm.buildroot import RootSpec, ensure_root
 from builder.site.local import LocalSite
 from builder.siteconfig import LocalPorts, LocalSiteSettings, SiteConfig
 from builder.workspace import PACKAGE_ROOT, Workspace
@@ -242,6 +245,21 @@ def local_site(site_settings: SiteConfig) -> Iterator[LocalSite]:
     site.startup_seconds = time.monotonic() - started  # type: ignore[attr-defined]
     yield site
     site.down()
+
+
+@pytest.fixture(scope="session")
+def rpm_build_root(tmp_path_factory: pytest.TempPathFactory) -> Callable[[Arch], Path]:
+    """``rpm_build_root(arch)``: Kiln's cached rpm build root for ``arch`` (Debian minbase with rpm
+    and a toolchain), bootstrapped now when the cache has none (once, under the cache's lock: the
+    rpm-rebuild tests on another worker wait for the same one). A test that needs a root asks for
+    it here instead of skipping on a fresh cache."""
+    def ensure(arch: Arch) -> Path:
+        log = tmp_path_factory.mktemp("rpm-root") / "bootstrap.log"
+        mirror = host_apt_mirror() or "http://deb.debian.org/debian"
+        root, _ = ensure_root(RootSpec(arch), Path.home() / ".cache" / "kiln", mirror, Runner(), log)
+        return root
+
+    return ensure
 
 
 @pytest.fixture(scope="session")

@@ -137,11 +137,6 @@ def test_a_pruned_tag_is_loaded_back_from_the_builds_oci_layout(tiny_image, tmp_
     assert os.listdir(layout)
 
 
-def _ppc64el_root() -> Path | None:
-    roots = sorted(Path.home().glob(".cache/kiln/rpm-roots/bookworm-ppc64el-*/usr/bin/uname"))
-    return roots[0].parents[2] if roots else None
-
-
 def _write_layout(layout: Path, arch: Arch, layer: bytes, labels: dict[str, str]) -> None:
     """An OCI image layout of one uncompressed layer (file modes kept, unlike tests/support/oci.py)."""
 
@@ -169,15 +164,13 @@ def _write_layout(layout: Path, arch: Arch, layer: bytes, labels: dict[str, str]
 
 
 @pytest.mark.skipif(
-    _ppc64el_root() is None, reason="no cached ppc64el build root (the rpm-rebuild tests make one)"
-)
-@pytest.mark.skipif(
     not Path("/proc/sys/fs/binfmt_misc/qemu-ppc64le").exists(), reason="no binfmt handler for ppc64le"
 )
 @pytest.mark.skipif(shutil.which("skopeo") is None, reason="skopeo is not installed: run `make test`")
-def test_a_ppc64le_image_loaded_from_its_layout_passes_architecture_under_emulation(docker_engine, tmp_path):
-    root = _ppc64el_root()
-    assert root is not None
+def test_a_ppc64le_image_loaded_from_its_layout_passes_architecture_under_emulation(
+    docker_engine, rpm_build_root, tmp_path
+):
+    root = rpm_build_root(Arch.PPC64LE)  # ppc64le binaries to put in the image (bootstrapped if missing)
     raw = io.BytesIO()
     with tarfile.open(fileobj=raw, mode="w") as tar:
         for path in ("usr/bin/uname", "lib/powerpc64le-linux-gnu/libc.so.6", "lib64/ld64.so.2"):
