@@ -26,6 +26,7 @@ from jinja2.sandbox import SandboxedEnvironment
 
 from .arch import Arch
 from .errors import InvalidInput, Problem
+from .publishers.glance import image_name
 
 # --- encoders: recipe value -> safe text in one output language --------------------------------------
 
@@ -329,7 +330,7 @@ def template_context(target: Any) -> dict[str, Any]:
             "kind": target.kind,
             "release": target.release,
             "variant": target.variant,
-            "image_name": target.image_name,
+            "image_name": image_name(target),  # the Glance name (publishers/glance.py)
             "digest": target.digest,
         },
         "build": target.build_json,

@@ -121,7 +121,14 @@ class BuildJob:
 
 
 class Backend(Protocol):
+    """How a kind builds: a pure ``plan`` and an I/O ``run``. A backend class subclasses this
+    protocol explicitly, so the capabilities below default to off and are plain typed attributes."""
+
     tool: str
+    # Probe the host before planning: device-mapper shims, sudo, binfmt_misc (builder/host/compat.py).
+    needs_host_adaptations: bool = False
+    # Choose KVM or TCG before planning (a build that boots a VM, e.g. Packer's QEMU builder).
+    needs_accelerator: bool = False
 
     def plan(self, job: BuildJob) -> BuildRun: ...
 

@@ -35,6 +35,7 @@ from ..errors import CommandFailed, EnvironmentProblem
 from ..manifest import Artifact, sha256_file
 from ..workspace import source_commit
 from .base import (
+    Backend,
     BuildJob,
     BuildRun,
     Command,
@@ -76,7 +77,7 @@ class BaseSource:
     layout: Path | None = None  # the parent's OCI layout, loaded when its tag is missing
 
 
-class ContainerBackend:
+class ContainerBackend(Backend):
     tool = "docker"
 
     # -- plan (pure) -------------------------------------------------------------------------------

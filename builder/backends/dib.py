@@ -31,6 +31,7 @@ from ..host import compat as hostcompat
 from ..manifest import Artifact
 from . import dib_base
 from .base import (
+    Backend,
     BuildJob,
     BuildRun,
     Command,
@@ -128,7 +129,7 @@ def plan_command(
     return command, outputs
 
 
-class DibBackend:
+class DibBackend(Backend):
     tool = "disk-image-create"
     needs_host_adaptations = True  # device-mapper shims, sudo, binfmt: probed before planning
 

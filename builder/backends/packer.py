@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 from ..errors import CommandFailed, InvalidInput, Problem
 from ..manifest import Artifact
 from ..sbom import DPKG_LIST, RPM_LIST
-from .base import BuildJob, BuildRun, Command, ExpectedOutput, Step, collect_outputs, run_command
+from .base import Backend, BuildJob, BuildRun, Command, ExpectedOutput, Step, collect_outputs, run_command
 
 if TYPE_CHECKING:
     from ..host.run import Runner
@@ -69,7 +69,7 @@ def seed_user_data(ssh_public_key: str) -> str:
     return f"#cloud-config\nssh_authorized_keys:\n  - {ssh_public_key}\n"
 
 
-class PackerBackend:
+class PackerBackend(Backend):
     tool = "packer"
     needs_accelerator = True  # the KVM probe runs before planning (never in a dry run)
 

@@ -47,7 +47,7 @@ from ..rpm.sandbox import (
 )
 from ..rpm.source import RepoNotFound, arch_refusal, download, fetch_source, read_header, repo_packages
 from ..rpm.trust import check_signature
-from .base import BuildJob, BuildRun, Command, Step, debian_mirror
+from .base import Backend, BuildJob, BuildRun, Command, Step, debian_mirror
 
 if TYPE_CHECKING:
     from ..host.run import Runner
@@ -161,7 +161,7 @@ def embedded_repo_dir(job: BuildJob) -> Path | None:
     return local_endpoints(job.site, job.workspace_root).repo_root / _repo_path(job)
 
 
-class RpmbuildBackend:
+class RpmbuildBackend(Backend):
     tool = "rpmbuild"
     needs_host_adaptations = False  # DIB's shims are not needed; binfmt is checked in run()
 

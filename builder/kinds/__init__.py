@@ -31,8 +31,8 @@ def register(kind: Kind) -> None:
     """Add a kind (replacing one with the same name and builder)."""
     others = [k for k in _kinds.values() if k.name == kind.name and k.key != kind.key]
     for other in others:
-        shared = (other.verify_model, other.publish_model, other.publish_route)
-        if shared != (kind.verify_model, kind.publish_model, kind.publish_route):
+        shared = (other.verify_model, other.publish_model, other.route)
+        if shared != (kind.verify_model, kind.publish_model, kind.route):
             raise ValueError(f"builders of kind {kind.name!r} must share its verify/publish models and route")
         if (other.builder is None) != (kind.builder is None):
             raise ValueError(f"kind {kind.name!r}: every builder needs a name, or there is only one")

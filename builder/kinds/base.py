@@ -8,12 +8,13 @@ loop, publishing) asks the Kind.
 
 Its backend (builder/backends/base.py: a pure ``plan`` and an I/O ``run``) and its verifier
 (builder/verify/base.py: manifest in, test cases out) are small interfaces; publishing goes through the kind's
-``publish_route`` (a publisher name: ``glance``, ``repo``, ``registry``), never through a kind name.
+``route`` (a :class:`~builder.publishers.route.Route` object from builder/publishers/routes.py), which
+learns what it needs of a build from the kind's ``facts``, never from a kind name or its build keys.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,6 +23,7 @@ from pydantic import BaseModel
 from ..arch import Arch
 from ..backends.base import Backend
 from ..capabilities import Rule
+from ..publishers.route import Facts, Route
 from ..verify.base import Verifier
 
 
@@ -58,7 +60,9 @@ class Kind:
     peers: Callable[[Sequence[tuple[str, Any]], Any], dict[str, tuple[str, ...]]] | None = None
     backend: Backend | None = None  # None: `kiln build` refuses the kind with a clear message
     verifier: Callable[[Any], Verifier | None] = lambda verify_settings: None  # None: nothing to check
-    publish_route: str | None = None  # publisher name: glance, repo, registry
+    route: Route | None = None  # where its builds publish (builder/publishers/routes.py); None: nowhere
+    # What the route may know of a build, from the manifest's build settings (the kind's own keys).
+    facts: Callable[[Mapping[str, Any]], Facts] = lambda build: Facts()
     description: str = ""
 
     @property

@@ -16,6 +16,7 @@ from pydantic import AfterValidator, Field, StringConstraints, model_validator
 from ..arch import Arch
 from ..backends.container import ContainerBackend
 from ..capabilities import Rule, version_tuple
+from ..publishers.routes import REGISTRY
 from ..recipe import (
     CudaVersion,
     EnvName,
@@ -154,6 +155,6 @@ KIND = Kind(
     base_kinds=("container",),
     backend=ContainerBackend(),
     verifier=_verifier,
-    publish_route="registry",
+    route=REGISTRY,
     description="a container image per architecture, one multi-arch tag",
 )

@@ -3,10 +3,12 @@ QEMU) and publishing (Glance)."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any, Literal
 
 from pydantic import Field
 
+from ..publishers.route import Facts
 from ..recipe import BootVerify, GlancePublish, StrictModel
 from ..verify.base import Verifier
 
@@ -27,3 +29,13 @@ def boot_verifier(verify: Any) -> Verifier | None:
     from ..verify.image_boot import BootVerifier
 
     return BootVerifier(verify.boot) if verify.boot.enabled else None
+
+
+def guest_facts(build: Mapping[str, Any]) -> Facts:
+    """What Glance tells Nova of a guest image: its OS (``os_distro``, ``os_version``) and firmware."""
+    firmware = build.get("firmware")
+    return Facts(
+        distro=str(build.get("distro") or ""),
+        os_release=str(build.get("release") or ""),
+        firmware=str(firmware) if firmware else None,
+    )

@@ -9,9 +9,10 @@ from pydantic import AfterValidator, Field
 from ..arch import Arch
 from ..backends.dib import DISTRO_ELEMENTS, DibBackend, kiln_elements
 from ..capabilities import Rule
+from ..publishers.routes import GLANCE
 from ..recipe import ElementName, PackageName, Release, StrictModel, _unique, tool_env
 from .base import Kind, Output
-from .guest import GuestDistro, GuestPublish, GuestVerify, ImageFormat, boot_verifier
+from .guest import GuestDistro, GuestPublish, GuestVerify, ImageFormat, boot_verifier, guest_facts
 
 # What a recipe's build.env may set for disk-image-create: DIB's own settings (every knob of DIB and
 # its elements is a DIB_* name). DIB_* names that make DIB run a program on the host (its Python,
@@ -73,6 +74,7 @@ KIND = Kind(
     ),
     backend=DibBackend(),
     verifier=boot_verifier,
-    publish_route="glance",
+    route=GLANCE,
+    facts=guest_facts,
     description="a guest image built with diskimage-builder",
 )

@@ -8,9 +8,10 @@ from typing import Annotated, Literal
 from pydantic import AfterValidator, Field, StringConstraints, model_validator
 
 from ..backends.packer import PackerBackend
+from ..publishers.routes import GLANCE
 from ..recipe import FileRef, HttpUrl, Name, Release, ShortText, StrictModel, _unique, refusing_credentials
 from .base import Kind, Output
-from .guest import GuestDistro, GuestPublish, GuestVerify, ImageFormat, boot_verifier
+from .guest import GuestDistro, GuestPublish, GuestVerify, ImageFormat, boot_verifier, guest_facts
 from .guest_dib import RULES
 
 
@@ -107,6 +108,7 @@ KIND = Kind(
     base_kinds=("guest-image",),
     backend=PackerBackend(),
     verifier=boot_verifier,
-    publish_route="glance",
+    route=GLANCE,
+    facts=guest_facts,
     description="a guest image built with Packer",
 )

@@ -3,6 +3,7 @@ ironic-python-agent-builder (which runs DIB)."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, Field, StringConstraints
@@ -10,6 +11,8 @@ from pydantic import AfterValidator, Field, StringConstraints
 from ..arch import Arch
 from ..backends.dib import DISTRO_ELEMENTS, kiln_elements
 from ..backends.ipa import IpaBackend
+from ..publishers.route import Facts
+from ..publishers.routes import IPA
 from ..recipe import (
     BootVerify,
     ElementName,
@@ -112,6 +115,18 @@ def ipa_verifier(verify: Any) -> Any:
 ISO_OUTPUTS = (Output("iso/grub.cfg", "ipa/grub.cfg.j2"),)
 OUTPUTS = (Output("dib.env", "ipa/environment.j2"), Output("build.json", "ipa/build.json.j2"))
 
+
+def _facts(build: Mapping[str, Any]) -> Facts:
+    """What Glance tells operators of an agent ramdisk: its OS, IPA version, whether it has a debug login."""
+    version = build.get("ipa_version")
+    return Facts(
+        distro=str(build.get("distro") or ""),
+        os_release=str(build.get("release") or ""),
+        ipa_version=str(version) if version else None,
+        debug_login=build.get("debug_login") is True,
+    )
+
+
 KIND = Kind(
     name="ipa-ramdisk",
     builder=None,
@@ -128,6 +143,7 @@ KIND = Kind(
     ),
     backend=IpaBackend(),
     verifier=ipa_verifier,
-    publish_route="ipa",  # Glance (aki/ari) and the Bifrost HTTP directory
+    route=IPA,  # Glance (aki/ari) and the Bifrost HTTP directory
+    facts=_facts,
     description="an Ironic Python Agent ramdisk (kernel, initramfs, ISO)",
 )

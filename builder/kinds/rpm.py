@@ -10,6 +10,8 @@ from pydantic import AfterValidator, Field, PrivateAttr, StringConstraints, Vali
 
 from ..arch import Arch
 from ..capabilities import Rule
+from ..publishers.route import Facts
+from ..publishers.routes import REPO
 from ..recipe import (
     FileRef,
     MacroName,
@@ -201,6 +203,9 @@ KIND = Kind(
     peers=_peers,
     backend=_backend(),  # type: ignore[arg-type]
     verifier=_verifier,  # type: ignore[arg-type]
-    publish_route="repo",
+    route=REPO,
+    facts=lambda build: Facts(
+        distro=str(build.get("distro") or ""), os_release=str(build.get("release") or "")
+    ),
     description="an SRPM rebuilt for another architecture",
 )

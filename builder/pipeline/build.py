@@ -32,13 +32,14 @@ from ..host import compat as hostcompat
 from ..host.run import Runner
 from ..ledger import Ledger, TargetState
 from ..manifest import BuildManifest, read_manifest
+from ..publishers.route import ReusableImage
 from ..render import render_target, write_rendered
 from ..siteconfig import SiteConfig
 from ..verify.base import VerifyJob
 from ..workspace import Workspace, source_commit
 from .graph import Target
 from .plan import dependencies_first
-from .publish import Candidate, InRegistry, in_registry, publish_group, publish_manifests
+from .publish import Candidate, publish_group, publish_manifests
 
 Step = Callable[[str], None]
 
@@ -125,7 +126,8 @@ class Pipeline:
         self.dirs = BuildDirs(build_root or default_build_root(workspace))
         self.cache_dir = cache_dir or Path.home() / ".cache" / "kiln"
         self._publishers = publishers
-        self._in_registry: dict[str, InRegistry] = {}  # target id -> its image found in the registry
+        # target id -> its image found at its destination (a route that reuses what it holds)
+        self._reused: dict[str, ReusableImage] = {}
 
     # -- the loop --------------------------------------------------------------------------------------
 
@@ -195,12 +197,19 @@ class Pipeline:
         try:
             manifest = None if options.force else self.existing_manifest(target)
             found = None
-            if manifest is None and options.publish and not options.force:
-                found = in_registry(target, self.publishers(), self._candidate(options))
-            if found is not None:
+            route = target.spec.route
+            if (
+                manifest is None
+                and options.publish
+                and not options.force
+                and route
+                and route.reuses_published
+            ):
+                found = route.published_at(target, self.publishers(), self._candidate(options))
+            if found is not None and found.image is not None:
                 # Built, verified and pushed before (by another runner, or before this ledger).
-                self._in_registry[target.id] = found
-                outcome.status, outcome.note = "skipped", f"in the registry: {found.reference}"
+                self._reused[target.id] = found.image
+                outcome.status, outcome.note = "skipped", f"in {route.destination}: {found.where}"
                 outcome.verification = "passed before it was pushed"
                 self.on_step(f"{target.id}: {outcome.note} (same digest): not built, not pushed")
                 return outcome, None
@@ -362,7 +371,7 @@ class Pipeline:
         """Each dependency's main artifact (its first), from its manifest in this build root."""
         found: dict[str, Path] = {}
         for dependency in target.depends_on:
-            if dependency in self._in_registry:
+            if dependency in self._reused:
                 found[dependency] = self._pull_dependency(dependency)
                 continue
             path = self.dirs.manifest(slug_of(dependency))
@@ -381,10 +390,10 @@ class Pipeline:
     def _pull_dependency(self, dependency: str) -> Path:
         """A parent found in the registry, pulled by its manifest digest into an OCI layout under its
         own build directory, with the ``image.json`` a child's build reads its engine tag from."""
-        found = self._in_registry[dependency]
+        found = self._reused[dependency]
         directory = self.dirs.target(slug_of(dependency)) / "registry"
         self.on_step(f"{dependency}: pulling {found.repository}@{found.manifest_digest[:19]} to build on")
-        layout = found.pull(self.publishers(), directory / "oci")
+        layout = found.pull(directory / "oci")
         name = found.repository.rsplit("/", 1)[-1]
         tag = f"kiln-registry/{name}:{slug_of(dependency)}-{found.manifest_digest[7:23]}"
         (directory / "image.json").write_text(json.dumps({"tag": tag, "from": found.reference}) + "\n")
@@ -498,7 +507,7 @@ def gather_host_facts(target: Target, site: SiteConfig, backend: Backend, on_ste
     placement = site.placement(target.arch, host)
     on_step(f"{target.id}: {placement} on this {host.value} host")
     adaptations: tuple[Any, ...] = ()
-    if getattr(backend, "needs_host_adaptations", False):
+    if backend.needs_host_adaptations:
         adaptations = tuple(hostcompat.detect([target.arch.value]))
         for adaptation in adaptations:
             on_step(f"host: {adaptation.name}: {adaptation.reason}")
@@ -509,7 +518,7 @@ def gather_host_facts(target: Target, site: SiteConfig, backend: Backend, on_ste
                 + " (scripts/bootstrap.sh sets up binfmt_misc for qemu-user-static)"
             )
     accelerator = None
-    if getattr(backend, "needs_accelerator", False):
+    if backend.needs_accelerator:
         from ..verify.boot import choose_accelerator
 
         accelerator = choose_accelerator(target.arch)

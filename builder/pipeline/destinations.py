@@ -13,62 +13,22 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..publishers.route import Candidate, Found, Publishers
 from .graph import Target
-from .publish import Candidate, in_registry
+
+__all__ = ["Answer", "Answers", "Found", "ask", "published_at"]
 
 
-@dataclass(frozen=True)
-class Found:
-    """Where a target's exact input digest is published, as its destination answers, and since when
-    (a timestamp; None where the destination does not say)."""
-
-    where: str
-    at: float | None = None
-
-
-def published_at(target: Any, publishers: Any, candidate: Candidate | None = None) -> Found | None:
+def published_at(target: Target, publishers: Publishers, candidate: Candidate | None = None) -> Found | None:
     """Ask ``target``'s destination whether its exact input digest is published there already
     (``kiln pipeline --ask-destinations``: build jobs on other runners never write the generator's
-    ledger). The registry: :func:`in_registry`. Glance: an active, promoted (not a candidate upload)
-    image under the target's image name whose ``kiln_target`` and ``kiln_digest`` are the target's,
-    as ``GlancePublisher.publish`` leaves it. With ``candidate``: under the candidate's names.
-    Routes not in :data:`ASKABLE` (repo, ipa, any a kind adds) are not asked: None, the ledger
-    decides. A destination that does not answer raises what its client raised."""
-    ask = ASKABLE.get(target.spec.publish_route or "")
-    return None if ask is None else ask[1](target, publishers, candidate)
-
-
-def _ask_registry(target: Any, publishers: Any, candidate: Candidate | None) -> Found | None:
-    found = in_registry(target, publishers, candidate)
-    return None if found is None else Found(found.reference)
-
-
-def _ask_glance(target: Any, publishers: Any, candidate: Candidate | None) -> Found | None:
-    if getattr(target.publish, "glance", None) is None:
+    ledger): its route's answer (Route.published_at), under the candidate's names with ``candidate``.
+    Routes that cannot be asked (no ``destination``) are not: None, the ledger decides. A destination
+    that does not answer raises what its client raised."""
+    route = target.spec.route
+    if route is None or not route.askable:
         return None
-    name = target.image_name + (candidate.image_suffix if candidate else "")
-    images = publishers.glance().published(target.id, target.digest, name=name)
-    if not images:
-        return None
-    image_id, _, created_at = max(images, key=lambda image: image[2])
-    return Found(f"glance image {image_id} ({name})", _timestamp(created_at))
-
-
-def _timestamp(iso: str) -> float | None:
-    from datetime import UTC, datetime
-
-    try:
-        when = datetime.fromisoformat(iso)
-    except (TypeError, ValueError):
-        return None
-    return (when if when.tzinfo else when.replace(tzinfo=UTC)).timestamp()
-
-
-# Routes whose destination can be asked what it holds: the destination's name (for people) and how.
-ASKABLE: dict[str, tuple[str, Callable[[Any, Any, Candidate | None], Found | None]]] = {
-    "glance": ("Glance", _ask_glance),
-    "registry": ("the registry", _ask_registry),
-}
+    return route.published_at(target, publishers, candidate)
 
 
 @dataclass(frozen=True)
@@ -121,7 +81,7 @@ class Answers:
 def ask(
     targets: list[Target],
     ledger: dict[str, dict[str, float]],
-    publishers: Any,
+    publishers: Publishers,
     warn: Callable[[str], None],
 ) -> Answers:
     """Ask each target's destination about every target the ledger does not list as published at its
@@ -129,10 +89,10 @@ def ask(
     warned about once and asked no more."""
     out = Answers()
     for target in targets:
-        route = target.spec.publish_route or ""
-        if route not in ASKABLE or target.digest in ledger.get(target.id, {}):
+        route = target.spec.route
+        if route is None or not route.askable or target.digest in ledger.get(target.id, {}):
             continue
-        destination = ASKABLE[route][0]
+        destination = route.destination
         if destination in out.unanswered:
             continue
         try:

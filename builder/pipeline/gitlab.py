@@ -39,16 +39,6 @@ RETRY_WHEN = [
 ]
 BUILD_ROOT = ".kiln/build"  # the build root jobs use (builder/pipeline/build.py's default)
 
-# Where a publish route writes, per target: two jobs with the same destination never run at once.
-_DESTINATION: dict[str, Callable[[Any], str | None]] = {
-    "glance": lambda t: t.image_name if getattr(t.publish, "glance", None) is not None else None,
-    "repo": lambda t: t.publish.repo.repo if getattr(t.publish, "repo", None) is not None else None,
-    "registry": lambda t: (
-        t.publish.registry.repository if getattr(t.publish, "registry", None) is not None else None
-    ),
-    "ipa": lambda t: t.image_name if getattr(t.publish, "glance", None) is not None else None,
-}
-
 
 @dataclass(frozen=True)
 class StaleTarget:
@@ -122,9 +112,10 @@ def job_name(target_id: str) -> str:
 
 
 def resource_group(target: Target) -> str | None:
-    route = target.spec.publish_route
-    destination = _DESTINATION.get(route or "", lambda _: None)(target)
-    return f"{route}:{destination}" if destination else None
+    """``route:destination`` (``glance:Debian 12``): two jobs that write the same place never run at once."""
+    route = target.spec.route
+    destination = route.destination_key(target) if route is not None else None
+    return f"{route.name}:{destination}" if route is not None and destination else None
 
 
 def target_job(

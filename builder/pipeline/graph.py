@@ -66,14 +66,6 @@ class Target:
         variant = f"_{self.variant}" if self.variant else ""
         return f"{self.recipe}_{self.release}{variant}_{self.arch.value}"
 
-    @property
-    def image_name(self) -> str:
-        glance = getattr(self.publish, "glance", None)
-        if glance is not None and glance.image_name:
-            return str(glance.image_name)
-        parts = [self.recipe, self.release, *([self.variant] if self.variant else []), self.arch.value]
-        return " ".join(parts)
-
     def summary(self) -> dict[str, Any]:
         return {
             "id": self.id,

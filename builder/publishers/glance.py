@@ -22,6 +22,7 @@ import time
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -29,6 +30,7 @@ from ..arch import Arch
 from ..errors import CommandFailed, EnvironmentProblem
 from ..manifest import Artifact, BuildManifest
 from ..recipe import GlancePublish
+from .route import NO_FACTS, Candidate, Facts, Found, Publication, Publishers, Route, Routed, Step, TargetLike
 
 CANDIDATE_MARK = "kiln_candidate"
 HASH_ALGO = "sha512"  # Glance's default os_hash_algo
@@ -43,26 +45,28 @@ BOOT_ARTIFACTS = ("kernel", "ramdisk", "iso")
 
 
 def image_properties(
-    manifest: BuildManifest, extra: dict[str, str], artifact_type: str = "disk-image", artifact_name: str = ""
+    manifest: BuildManifest,
+    extra: dict[str, str],
+    artifact_type: str = "disk-image",
+    artifact_name: str = "",
+    facts: Facts = NO_FACTS,
 ) -> dict[str, str]:
     """The properties Nova and operators read, per architecture and artifact type (pure; tested
     without Glance). A kernel, ramdisk or ISO (:data:`BOOT_ARTIFACTS`) gets ``architecture`` and
     Kiln's own, plus ``kiln_artifact`` (which of the build's artifacts it is), ``kiln_ipa_version``
-    (the manifest's ``build.ipa_version``, when the build names one) and ``kiln_debug_login=true``
-    when the build enabled a debug login."""
-    arch = manifest.arch_enum
-    build = manifest.build
+    (the kind's fact, when the build names one) and ``kiln_debug_login=true`` when the build enabled
+    a debug login. A guest image's OS and firmware properties come from its kind's ``facts``."""
     boot = artifact_type in BOOT_ARTIFACTS
     props: dict[str, str] = {
-        "architecture": arch.glance,  # Nova maps it to hw_architecture for scheduling
+        "architecture": manifest.arch_enum.glance,  # Nova maps it to hw_architecture for scheduling
         "kiln_recipe": manifest.recipe,
         "kiln_target": manifest.target,
         "kiln_digest": manifest.digest,
     }
     if boot:
-        props.update(_boot_properties(build, artifact_name))
+        props.update(_boot_properties(facts, artifact_name))
     else:
-        props.update(_guest_properties(manifest))
+        props.update(_guest_properties(manifest, facts))
     if manifest.build_id is not None:
         props["kiln_build"] = str(manifest.build_id)
     if manifest.source_commit:
@@ -76,11 +80,10 @@ def image_properties(
     return props
 
 
-def _guest_properties(manifest: BuildManifest) -> dict[str, str]:
+def _guest_properties(manifest: BuildManifest, facts: Facts) -> dict[str, str]:
     arch = manifest.arch_enum
-    build = manifest.build
-    distro = str(build.get("distro", ""))
-    release = str(build.get("release", manifest.release))
+    distro = facts.distro
+    release = facts.os_release or manifest.release
     props = {
         "hw_disk_bus": "scsi",
         "hw_scsi_model": "virtio-scsi",
@@ -93,17 +96,17 @@ def _guest_properties(manifest: BuildManifest) -> dict[str, str]:
     if arch is Arch.PPC64LE:
         props["hw_machine_type"] = "pseries"  # POWER has no firmware type choice (SLOF)
     else:
-        props["hw_firmware_type"] = str(build.get("firmware", "uefi" if arch is Arch.AARCH64 else "bios"))
+        props["hw_firmware_type"] = facts.firmware or ("uefi" if arch is Arch.AARCH64 else "bios")
     return props
 
 
-def _boot_properties(build: dict[str, Any], artifact_name: str) -> dict[str, str]:
+def _boot_properties(facts: Facts, artifact_name: str) -> dict[str, str]:
     props = {}
     if artifact_name:  # a build's kernel, ramdisk and ISO share a target: rotation tells them apart
         props["kiln_artifact"] = artifact_name
-    if build.get("ipa_version"):
-        props["kiln_ipa_version"] = str(build["ipa_version"])
-    if build.get("debug_login") is True:
+    if facts.ipa_version:
+        props["kiln_ipa_version"] = facts.ipa_version
+    if facts.debug_login:
         props["kiln_debug_login"] = "true"
     return props
 
@@ -225,6 +228,7 @@ class GlancePublisher:
         keep: int = _GLANCE_DEFAULTS.keep,
         properties: dict[str, str] | None = None,
         on_progress: Callable[[int], None] | None = None,
+        facts: Facts = NO_FACTS,
     ) -> GlanceResult:
         mine = [i for i in self._images() if (i.properties or {}).get("kiln_target") == manifest.target]
         for image in mine:
@@ -239,7 +243,7 @@ class GlancePublisher:
             self.conn.image.delete_image(stale.id, ignore_missing=True)
 
         path = manifest.path_of(artifact)
-        props = image_properties(manifest, properties or {}, artifact.type, artifact.name)
+        props = image_properties(manifest, properties or {}, artifact.type, artifact.name, facts)
         candidate = self._create_candidate(name, artifact, props)
         try:
             local_hash = self._upload(candidate, path, on_progress)
@@ -338,3 +342,98 @@ class GlancePublisher:
 
 def _is_candidate(image: Any) -> bool:
     return (image.properties or {}).get(CANDIDATE_MARK) == "true"
+
+
+# --- the route ------------------------------------------------------------------------------------
+
+
+def default_image_name(identity: Any) -> str:
+    """An image's name by omission: ``recipe release [variant] arch`` (of a manifest or a target)."""
+    arch = identity.arch.value if isinstance(identity.arch, Arch) else str(identity.arch)
+    return " ".join(
+        [identity.recipe, identity.release, *([identity.variant] if identity.variant else []), arch]
+    )
+
+
+def image_name(identity: Any) -> str:
+    """The Glance name a target publishes under: ``publish.glance.image_name``, else
+    :func:`default_image_name`."""
+    glance = getattr(identity.publish, "glance", None)
+    return (
+        str(glance.image_name) if glance is not None and glance.image_name else default_image_name(identity)
+    )
+
+
+class GlanceRoute(Route):
+    """Guest images (and an agent's kernel, ramdisk and ISO) to Glance: uploaded as a hidden
+    candidate, checked, promoted, older ones rotated (GlancePublisher)."""
+
+    name = "glance"
+    destination = "Glance"
+
+    def publish(self, items: list[Routed], publishers: Publishers, on_step: Step) -> list[Publication]:
+        out = []
+        for item in items:
+            manifest, glance = item.manifest, item.settings.glance
+            if glance is None:
+                continue
+            name = glance.image_name or default_image_name(manifest)
+            kernel_id = None
+            # Kernels first: Ironic's convention links a ramdisk image to its kernel (``kernel_id``).
+            for artifact in sorted(manifest.artifacts, key=lambda a: a.type != "kernel"):
+                if artifact.type not in ("disk-image", *BOOT_ARTIFACTS):
+                    continue
+                suffix = "" if artifact.type == "disk-image" else f" {artifact.name}"
+                properties = dict(glance.properties)
+                if artifact.type == "ramdisk" and kernel_id is not None:
+                    properties["kernel_id"] = kernel_id
+                on_step(f"glance: {manifest.target} {artifact.name}")
+                result = publishers.glance().publish(
+                    manifest,
+                    artifact,
+                    name=name + suffix,
+                    visibility=glance.visibility,
+                    keep=glance.keep,
+                    properties=properties,
+                    facts=item.facts,
+                )
+                if artifact.type == "kernel":
+                    kernel_id = result.image_id
+                out.append(
+                    Publication(manifest.target, artifact.name, "glance", result.image_id, result.noop)
+                )
+        return out
+
+    def rename_for_candidate(self, identity: Any, data: dict[str, Any], candidate: Candidate) -> None:
+        if data.get("glance") is not None:
+            name = data["glance"].get("image_name") or default_image_name(identity)
+            data["glance"]["image_name"] = name + candidate.image_suffix
+
+    def destination_key(self, target: TargetLike) -> str | None:
+        return image_name(target) if getattr(target.publish, "glance", None) is not None else None
+
+    def published_at(
+        self, target: TargetLike, publishers: Publishers, candidate: Candidate | None = None
+    ) -> Found | None:
+        """An active, promoted (not a candidate upload) image under the target's name whose
+        ``kiln_target`` and ``kiln_digest`` are the target's, as :meth:`GlancePublisher.publish`
+        leaves it; the newest, with its ``created_at``."""
+        if getattr(target.publish, "glance", None) is None:
+            return None
+        name = image_name(target) + (candidate.image_suffix if candidate else "")
+        images = publishers.glance().published(target.id, target.digest, name=name)
+        if not images:
+            return None
+        image_id, _, created_at = max(images, key=lambda image: image[2])
+        return Found(f"glance image {image_id} ({name})", _timestamp(created_at))
+
+
+def _timestamp(iso: str) -> float | None:
+    try:
+        when = datetime.fromisoformat(iso)
+    except (TypeError, ValueError):
+        return None
+    return (when if when.tzinfo else when.replace(tzinfo=UTC)).timestamp()
+
+
+GLANCE = GlanceRoute()

@@ -35,10 +35,13 @@ import uuid
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from ..errors import CommandFailed, EnvironmentProblem, InvalidInput, Problem
 from ..manifest import BuildManifest
 from ..outdir import prepare_root
+from .glance import GlanceRoute, default_image_name
+from .route import Candidate, Publication, Publishers, Routed, Step
 
 # Bifrost's file names, by the manifest's artifact type.
 BIFROST_NAMES = {"kernel": "ipa.kernel", "ramdisk": "ipa.initramfs", "iso": "ipa.iso"}
@@ -268,3 +271,47 @@ def _prune(root_fd: int, directory: str, kept: set[str]) -> tuple[str, ...]:
             if exc.errno != errno.ENOENT:
                 raise
     return tuple(doomed)
+
+
+# --- the route ------------------------------------------------------------------------------------
+
+
+class IpaRoute(GlanceRoute):
+    """IPA ramdisks: Glance (kernel ``aki``, ramdisk ``ari``, ISO) and the Bifrost HTTP directory."""
+
+    name = "ipa"
+    destination = ""  # not asked: the ledger decides (an agent's images are named per artifact)
+
+    def publish(self, items: list[Routed], publishers: Publishers, on_step: Step) -> list[Publication]:
+        out = super().publish(items, publishers, on_step)
+        for item in items:
+            manifest, http = item.manifest, getattr(item.settings, "http", None)
+            if http is None:
+                continue
+            files = bifrost_files(manifest)
+            directory = http.directory or default_http_directory(manifest)
+            publisher = publishers.http_dir()
+            on_step(f"http: {manifest.target} -> {publisher.url_of(directory)}")
+            result = publisher.publish(directory, files, on_step)
+            out += [
+                Publication(
+                    manifest.target, f.artifact, "http", publisher.url_of(directory, f.name), result.noop
+                )
+                for f in files
+            ]
+        return out
+
+    def rename_for_candidate(self, identity: Any, data: dict[str, Any], candidate: Candidate) -> None:
+        super().rename_for_candidate(identity, data, candidate)
+        if data.get("http") is not None:
+            directory = data["http"].get("directory") or default_http_directory(identity)
+            data["http"]["directory"] = directory + candidate.image_suffix
+
+
+def default_http_directory(identity: Any) -> str:
+    """``publish.http.directory`` by omission: the default Glance name, one word (``ipa-bookworm-x86_64``),
+    so the targets of one recipe (arches, releases, variants) never share a directory."""
+    return default_image_name(identity).replace(" ", "-")
+
+
+IPA = IpaRoute()

@@ -29,6 +29,7 @@ import requests
 
 from ..arch import Arch
 from ..errors import CommandFailed, EnvironmentProblem, InvalidInput, Problem
+from .route import Candidate, Found, Publication, Publishers, ReusableImage, Route, Routed, Step, TargetLike
 
 OCI_INDEX = "application/vnd.oci.image.index.v1+json"
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
@@ -185,8 +186,6 @@ def docker_config_auth(config_path: Path | None, registry: str) -> tuple[str, st
 def merge_annotations(old: dict[str, str], new: dict[str, str], pushed_arches: set[str]) -> dict[str, str]:
     """Index annotations after a push of some arches: per-arch lists (``io.kiln.digests``:
     ``x86_64=...,ppc64le=...``) keep the other arches' items; everything else is the new value."""
-    from ..arch import Arch
-
     pushed = set()
     for oci in pushed_arches:
         try:
@@ -436,3 +435,99 @@ class RegistryPublisher:
             headers={"Accept": MANIFEST_TYPES},
         )
         return response.headers.get("Docker-Content-Digest") if response.status_code == 200 else None
+
+
+# --- the route ------------------------------------------------------------------------------------
+
+
+class RegistryRoute(Route):
+    """Container images to an OCI registry: every arch of one recipe, release and variant under each
+    tag as one multi-arch index (so they are published together, once all are built)."""
+
+    name = "registry"
+    destination = "the registry"
+    together = True
+    reuses_published = True
+
+    def publish(self, items: list[Routed], publishers: Publishers, on_step: Step) -> list[Publication]:
+        groups: dict[tuple[str, str, str | None], list[Routed]] = {}
+        for item in items:
+            m = item.manifest
+            groups.setdefault((m.recipe, m.release, m.variant), []).append(item)
+        out = []
+        for group in groups.values():
+            registry = group[0].settings.registry
+            if registry is None:
+                continue
+            manifests = sorted((item.manifest for item in group), key=lambda m: m.arch)
+            publisher, prefix = publishers.registry()
+            repository = f"{prefix}/{registry.repository}".strip("/")
+            images = [
+                ArchImage(m.arch_enum, m.path_of(a))
+                for m in manifests
+                for a in m.artifacts
+                if a.type == "oci-layout"
+            ]
+            first = manifests[0]
+            annotations = {
+                "org.opencontainers.image.title": first.recipe,
+                "org.opencontainers.image.version": first.release,
+                "io.kiln.digests": ",".join(f"{m.arch}={m.digest}" for m in manifests),
+            }
+            if first.source_commit:
+                annotations["org.opencontainers.image.revision"] = first.source_commit
+            provenance = [
+                f"{m.arch}=sha256:{p['sha256']}" for m in manifests for p in (m.provenance or {}).values()
+            ]
+            if provenance:  # each arch's in-toto statement (builder/provenance.py), by digest
+                annotations["io.kiln.provenance"] = ",".join(provenance)
+            for tag in registry.tags:
+                result = publisher.push(repository, tag, images, annotations, on_step=on_step)
+                out += [
+                    Publication(m.target, a.name, "registry", result.reference)
+                    for m in manifests
+                    for a in m.artifacts
+                    if a.type == "oci-layout"
+                ]
+        return out
+
+    def rename_for_candidate(self, identity: Any, data: dict[str, Any], candidate: Candidate) -> None:
+        if data.get("registry") is not None:
+            data["registry"]["tags"] = [t + candidate.image_suffix for t in data["registry"]["tags"]]
+
+    def destination_key(self, target: TargetLike) -> str | None:
+        registry = getattr(target.publish, "registry", None)
+        return registry.repository if registry is not None else None
+
+    def published_at(
+        self, target: TargetLike, publishers: Publishers, candidate: Candidate | None = None
+    ) -> Found | None:
+        """Every tag the target would publish under holds an image for its arch whose Kiln digest (the
+        index annotation written at push) is the target's; its image, to build a child on."""
+        registry = getattr(target.publish, "registry", None)
+        if registry is None:
+            return None
+        tags = [t + (candidate.image_suffix if candidate else "") for t in registry.tags]
+        publisher, prefix = publishers.registry()
+        repository = f"{prefix}/{registry.repository}".strip("/")
+        found = None
+        for tag in tags:
+            image = publisher.published_images(repository, tag).get(target.arch.value)
+            if image is None or image.kiln_digest != target.digest:
+                return None
+            if found is None:
+                reference = f"{publisher.client.registry}/{repository}:{tag}"
+                digest = image.manifest_digest
+                found = Found(
+                    reference,
+                    image=ReusableImage(
+                        reference,
+                        repository,
+                        digest,
+                        lambda dest, digest=digest: publisher.pull_layout(repository, digest, dest),
+                    ),
+                )
+        return found
+
+
+REGISTRY = RegistryRoute()

@@ -22,10 +22,14 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+from ..arch import Arch
 from ..errors import CommandFailed, InvalidInput, Problem
 from ..host.run import Runner
+from ..provenance import copy_beside
 from . import repodata, rpmheader
+from .route import Candidate, Publication, Publishers, Route, Routed, Step, TargetLike
 
 KEEP_OLD_METADATA = 1  # previous metadata dirs kept for readers still fetching them
 
@@ -303,3 +307,71 @@ class RepoPublisher:
         tmp.write_text(self.repo_file_text(repo, distro, release))
         tmp.replace(path)
         return path
+
+
+# --- the route ------------------------------------------------------------------------------------
+
+
+class RepoRoute(Route):
+    """Rebuilt RPMs (and their SRPMs) to a signed yum repository, then its mirror (S3, rsync)."""
+
+    name = "repo"
+
+    def publish(self, items: list[Routed], publishers: Publishers, on_step: Step) -> list[Publication]:
+        out = []
+        for item in items:
+            manifest, repo = item.manifest, item.settings.repo
+            if repo is None:
+                continue
+            distro = repo.layout_distro or item.facts.distro or "el"
+            release = item.facts.os_release or manifest.release
+            groups = {
+                Arch.parse(manifest.arch).rpm: [a for a in manifest.artifacts if a.type == "rpm"],
+                "source": [a for a in manifest.artifacts if a.type == "srpm"],
+            }
+            publisher = publishers.repo()
+            for arch_dir, artifacts in groups.items():
+                if not artifacts:
+                    continue
+                on_step(f"repo: {manifest.target} -> {repo.repo}/{distro}/{release}/{arch_dir}")
+                result = publisher.publish(
+                    [manifest.path_of(a) for a in artifacts],
+                    repo=repo.repo,
+                    distro=distro,
+                    release=release,
+                    arch=arch_dir,
+                )
+                on_step(f"repo: metadata {result.metadata_update} ({result.metadata_dir})")
+                for artifact, placed in zip(
+                    artifacts, result.packages, strict=False
+                ):  # provenance beside each
+                    copy_beside(manifest.path_of(artifact), result.repo_dir / placed)
+                mirror = publishers.mirror()
+                if mirror is not None:
+                    on_step(f"mirror: {result.repo_dir}")
+                    mirror.sync(result.repo_dir, result.repo_dir.relative_to(publisher.root).as_posix())
+                    # a client pointed at the mirror needs the .repo file and the key from there too
+                    mirror.sync_client_files(_client_files(publisher, result))
+                url = f"{publisher.base_url}/{result.repo_dir.relative_to(publisher.root).as_posix()}/"
+                out += [Publication(manifest.target, a.name, "repo", url) for a in artifacts]
+        return out
+
+    def rename_for_candidate(self, identity: Any, data: dict[str, Any], candidate: Candidate) -> None:
+        if data.get("repo") is not None:
+            data["repo"]["repo"] = data["repo"]["repo"] + candidate.repo_suffix
+
+    def destination_key(self, target: TargetLike) -> str | None:
+        repo = getattr(target.publish, "repo", None)
+        return repo.repo if repo is not None else None
+
+
+def _client_files(publisher: RepoPublisher, result: RepoResult) -> list[tuple[Path, str]]:
+    """(local file, path relative to the repo root) of the .repo file and the public key."""
+    key_name = str(publisher.key.public_key_url).rsplit("/", 1)[-1]
+    return [
+        (result.repo_file, result.repo_file.relative_to(publisher.root).as_posix()),
+        (publisher.root / key_name, key_name),
+    ]
+
+
+REPO = RepoRoute()

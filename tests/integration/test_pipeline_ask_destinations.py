@@ -15,7 +15,7 @@ import pytest
 import yaml
 
 from builder.cli import main
-from builder.publishers.glance import GlancePublisher
+from builder.publishers.glance import GlancePublisher, image_name
 from tests.integration.test_glance_publish import _manifest
 from tests.unit.test_gitlab_pipeline import _examples
 
@@ -37,9 +37,9 @@ def test_a_target_glance_holds_gets_no_job_with_a_fresh_ledger(local_site, site_
     targets = {t.id: t for t in _examples()}
     guest, packer = targets[GUEST], targets[PACKER]
     publisher = GlancePublisher.connect(cloud=None, endpoint=local_site.urls.glance)
-    image_id = _publish(publisher, tmp_path, guest, guest.digest, guest.image_name)
-    _publish(publisher, tmp_path, packer, "0" * 64, packer.image_name)  # an older digest
-    _publish(publisher, tmp_path, packer, packer.digest, packer.image_name + "-mr7")  # a candidate's
+    image_id = _publish(publisher, tmp_path, guest, guest.digest, image_name(guest))
+    _publish(publisher, tmp_path, packer, "0" * 64, image_name(packer))  # an older digest
+    _publish(publisher, tmp_path, packer, packer.digest, image_name(packer) + "-mr7")  # a candidate's
     site = tmp_path / "site.yaml"
     site.write_text(yaml.safe_dump(site_settings.model_dump(mode="json", exclude_none=True)))
 
@@ -55,7 +55,7 @@ def test_a_target_glance_holds_gets_no_job_with_a_fresh_ledger(local_site, site_
     assert GUEST not in jobs
     assert jobs[PACKER] == [f"digest {packer.digest[:12]} never published"]
     asked = {a["target"]: a for a in report["destinations"]["asked"]}
-    assert asked[GUEST]["published_at"] == f"glance image {image_id} ({guest.image_name})"
+    assert asked[GUEST]["published_at"] == f"glance image {image_id} ({image_name(guest)})"
     assert asked[GUEST]["destination"] == "Glance" and asked[GUEST]["since"] > 0
     assert asked[PACKER]["published_at"] is None
     # The session's registry answered; whether it holds cuda-base depends on which tests pushed it

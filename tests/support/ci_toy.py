@@ -18,9 +18,9 @@ from pathlib import Path
 from typing import Any
 
 from builder import kinds
-from builder.backends.base import BuildJob, BuildRun, Command, ExpectedOutput, collect_outputs
+from builder.backends.base import Backend, BuildJob, BuildRun, Command, ExpectedOutput, collect_outputs
 from builder.kinds.base import Kind, Output
-from builder.pipeline import publish as publishing
+from builder.publishers.route import Candidate, Found, Publication, Route, Routed, TargetLike
 from builder.recipe import StrictModel
 from builder.verify.base import VerifyJob
 from builder.verify.junit import CaseResult
@@ -43,7 +43,7 @@ class CiToyPublish(StrictModel):
     shelf: str = "main"
 
 
-class CiToyBackend:
+class CiToyBackend(Backend):
     tool = "cp"
 
     def plan(self, job: BuildJob) -> BuildRun:
@@ -76,6 +76,48 @@ class CiToyVerifier:
         return [CaseResult(job.target.id, "greets", 0.0, ok, "" if ok else f"no {self.settings.expect!r}")]
 
 
+class ShelfRoute(Route):
+    """A toy destination: a directory per shelf under $KILN_SHELF, one greeting per target and the
+    input digest it was built from beside it (what :meth:`published_at` answers from)."""
+
+    name = "shelf"
+    destination = "the shelf"
+
+    def publish(self, items: list[Routed], publishers: Any, on_step: Any) -> list[Publication]:
+        out = []
+        for item in items:
+            manifest = item.manifest
+            place = _shelf_root() / item.settings.shelf / manifest.target.replace(":", "_")
+            place.parent.mkdir(parents=True, exist_ok=True)
+            on_step(f"shelf: {manifest.target} -> {place}.txt")
+            shutil.copyfile(manifest.path_of(manifest.artifacts[0]), f"{place}.txt")
+            Path(f"{place}.digest").write_text(manifest.digest)
+            out.append(Publication(manifest.target, "greeting", "shelf", f"{place}.txt"))
+        return out
+
+    def rename_for_candidate(self, identity: Any, data: dict[str, Any], candidate: Candidate) -> None:
+        data["shelf"] = data["shelf"] + candidate.repo_suffix  # a candidate's own shelf: main-mr7
+
+    def destination_key(self, target: TargetLike) -> str | None:
+        return target.publish.shelf
+
+    def published_at(
+        self, target: TargetLike, publishers: Any, candidate: Candidate | None = None
+    ) -> Found | None:
+        shelf = target.publish.shelf + (candidate.repo_suffix if candidate else "")
+        place = _shelf_root() / shelf / target.id.replace(":", "_")
+        digest = Path(f"{place}.digest")
+        if not digest.is_file() or digest.read_text() != target.digest:
+            return None
+        return Found(f"{place}.txt", digest.stat().st_mtime)
+
+
+def _shelf_root() -> Path:
+    return Path(os.environ["KILN_SHELF"])
+
+
+SHELF = ShelfRoute()
+
 KIND = Kind(
     name="ci-toy",
     builder=None,
@@ -87,31 +129,13 @@ KIND = Kind(
     base_kinds=("ci-toy",),
     backend=CiToyBackend(),
     verifier=lambda verify: CiToyVerifier(verify),
-    publish_route="shelf",
+    route=SHELF,
     description="a fast kind for pipeline tests",
 )
 
 
-def _to_shelf(items: list[tuple[Any, Any]], publishers: Any, on_step: Any) -> list[publishing.Publication]:
-    shelf_root = Path(os.environ["KILN_SHELF"])
-    out = []
-    for manifest, settings in items:
-        source = manifest.path_of(manifest.artifacts[0])
-        destination = shelf_root / settings.shelf / f"{manifest.target.replace(':', '_')}.txt"
-        destination.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(source, destination)
-        out.append(publishing.Publication(manifest.target, "greeting", "shelf", str(destination)))
-    return out
-
-
-def _shelf_candidate(manifest: Any, data: dict[str, Any], candidate: Any) -> None:
-    data["shelf"] = data["shelf"] + candidate.repo_suffix  # a candidate's own shelf: main-mr7
-
-
 def install() -> None:
     kinds.register(KIND)
-    publishing._ROUTES["shelf"] = _to_shelf
-    publishing.CANDIDATE_NAMES["shelf"] = _shelf_candidate
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -10,14 +10,14 @@ from pathlib import Path
 from typing import Any
 
 from builder import kinds
-from builder.backends.base import BuildJob, BuildRun, Command, ExpectedOutput, collect_outputs
+from builder.backends.base import Backend, BuildJob, BuildRun, Command, ExpectedOutput, collect_outputs
 from builder.kinds.base import Kind
 from builder.verify.base import VerifyJob
 from builder.verify.junit import CaseResult
 
 
 @dataclass
-class FakeImageBackend:
+class FakeImageBackend(Backend):
     """Writes a small 'image' whose bytes name the target's digest; records what it built."""
 
     tool: str = "fake-image-builder"

@@ -24,6 +24,7 @@ from builder.pipeline import publish as publishing
 from builder.pipeline.build import BuildOptions, Pipeline
 from builder.pipeline.graph import load_targets
 from builder.pipeline.plan import dependencies_first
+from builder.publishers.routes import GLANCE
 from builder.siteconfig import SiteConfig
 from tests.support.fakes import FakeImageBackend, FakeVerifier, swapped_kind
 from tests.support.recipes import MINIMAL_GUEST
@@ -55,14 +56,14 @@ def glance_calls(monkeypatch):
 
     def route(items, publishers, on_step):
         out = []
-        for manifest, settings in items:
+        for manifest, settings, _facts in ((i.manifest, i.settings, i.facts) for i in items):
             calls.append((manifest.target, settings.glance.visibility))
             out.append(
                 publishing.Publication(manifest.target, manifest.artifacts[0].name, "glance", "image-id")
             )
         return out
 
-    monkeypatch.setitem(publishing._ROUTES, "glance", route)
+    monkeypatch.setattr(GLANCE, "publish", route)
     return calls
 
 

@@ -17,6 +17,10 @@ from builder.kinds import guest_dib
 from builder.ledger import Ledger
 from builder.pipeline import gitlab
 from builder.pipeline import publish as publishing
+from builder.publishers.glance import default_image_name
+from builder.publishers.route import Route
+from builder.publishers.routes import GLANCE, REGISTRY
+from builder.publishers.routes import REPO as REPO_ROUTE
 from builder.recipe import GlancePublish, RegistryPublish, RepoPublish, StrictModel
 from builder.siteconfig import CandidateSite, Downstream, GitLabSite
 from tests.support.fakes import FakeImageBackend, swapped_kind
@@ -41,12 +45,12 @@ def glance_names(monkeypatch):
 
     def route(items, publishers, on_step):
         out = []
-        for manifest, settings in items:
-            names.append(settings.glance.image_name or publishing.default_image_name(manifest))
+        for manifest, settings in ((i.manifest, i.settings) for i in items):
+            names.append(settings.glance.image_name or default_image_name(manifest))
             out.append(publishing.Publication(manifest.target, manifest.artifacts[0].name, "glance", "id"))
         return out
 
-    monkeypatch.setitem(publishing._ROUTES, "glance", route)
+    monkeypatch.setattr(GLANCE, "publish", route)
     return names
 
 
@@ -118,6 +122,13 @@ def test_a_candidate_id_unfit_for_a_name_is_invalid_input_before_anything_builds
     assert fake_backend.built == [] and not (tmp_path / "c.yml").exists()
 
 
+ROUTES = {"glance": GLANCE, "registry": REGISTRY, "repo": REPO_ROUTE}
+
+
+class Shelf(Route):
+    name = "shelf"  # no candidate names of its own
+
+
 class _AllRoutes(StrictModel):
     glance: GlancePublish | None = None
     registry: RegistryPublish | None = None
@@ -129,7 +140,7 @@ def test_every_route_gets_candidate_names_and_never_the_production_ones():
     candidate = publishing.Candidate("42", *CandidateSite().suffixes("42"))
 
     def renamed(route: str, **settings):
-        return publishing.candidate_settings(manifest, route, _AllRoutes(**settings), candidate)
+        return publishing.candidate_settings(manifest, ROUTES[route], _AllRoutes(**settings), candidate)
 
     assert (
         renamed("glance", glance=GlancePublish(image_name="Debian 12")).glance.image_name == "Debian 12-mr42"
@@ -147,14 +158,14 @@ def test_a_route_without_candidate_names_refuses_to_publish_a_candidate():
     manifest = SimpleNamespace(target="c:12:x86_64")
     candidate = publishing.Candidate("42", "-mr42", "-mr42")
     with pytest.raises(InvalidInput, match="c:12:x86_64: the shelf route has no candidate names"):
-        publishing.candidate_settings(manifest, "shelf", _AllRoutes(), candidate)
+        publishing.candidate_settings(manifest, Shelf(), _AllRoutes(), candidate)
 
 
 def test_a_candidate_name_over_a_routes_limit_is_invalid_input_naming_the_setting():
     manifest = SimpleNamespace(target="c:12:x86_64", recipe="c", release="12", variant=None, arch="x86_64")
     candidate = publishing.Candidate("42", "-mr42", "-" + "x" * 70)
     with pytest.raises(InvalidInput, match=r"c:12:x86_64: candidate 42 name for publish\.repo\.repo"):
-        publishing.candidate_settings(manifest, "repo", _AllRoutes(repo=RepoPublish()), candidate)
+        publishing.candidate_settings(manifest, REPO_ROUTE, _AllRoutes(repo=RepoPublish()), candidate)
 
 
 @pytest.fixture(scope="module")

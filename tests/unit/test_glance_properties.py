@@ -8,8 +8,15 @@ from typing import Any
 
 import pytest
 
+from builder.kinds.guest import guest_facts
 from builder.manifest import BuildManifest
-from builder.publishers.glance import HASH_ALGO, HashingReader, image_properties
+from builder.publishers import glance
+from builder.publishers.glance import HASH_ALGO, HashingReader
+
+
+def image_properties(manifest: BuildManifest, extra: dict[str, str]) -> dict[str, str]:
+    """A guest image's properties as publishing makes them: with its kind's facts about the build."""
+    return glance.image_properties(manifest, extra, facts=guest_facts(manifest.build))
 
 
 def manifest(arch: str = "x86_64", build: dict[str, Any] | None = None, **overrides: Any) -> BuildManifest:

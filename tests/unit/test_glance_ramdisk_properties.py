@@ -6,8 +6,15 @@ from typing import Any
 
 import pytest
 
+from builder.kinds import ipa as ipa_kind
 from builder.manifest import BuildManifest
-from builder.publishers.glance import image_properties
+from builder.publishers import glance
+
+
+def image_properties(manifest: BuildManifest, extra: dict[str, str], *artifact: str) -> dict[str, str]:
+    """An agent's image properties as publishing makes them: with its kind's facts about the build."""
+    return glance.image_properties(manifest, extra, *artifact, facts=ipa_kind.KIND.facts(manifest.build))
+
 
 GUEST_PROPERTIES = {
     "hw_disk_bus",

@@ -11,15 +11,10 @@ import pytest
 
 from builder.errors import CommandFailed, EnvironmentProblem, InvalidInput
 from builder.manifest import BuildManifest, artifact_for
-from builder.pipeline.publish import (
-    Candidate,
-    _to_ipa,
-    candidate_settings,
-    default_http_directory,
-    publish_settings,
-)
+from builder.pipeline.publish import Candidate, candidate_settings, publish_settings
 from builder.publishers import http_dir
-from builder.publishers.http_dir import HttpDirPublisher, bifrost_files
+from builder.publishers.http_dir import IPA, HttpDirPublisher, bifrost_files, default_http_directory
+from builder.publishers.route import NO_FACTS, Routed
 
 
 def _build(tmp_path: Path, content: bytes = b"k", iso: bool = False, **fields) -> BuildManifest:
@@ -214,7 +209,7 @@ def test_a_candidate_publishes_to_a_suffixed_directory_and_glance_name(tmp_path)
     manifest = _build(tmp_path, publish={"glance": {}, "http": {}})
     route, settings = publish_settings(manifest)
     renamed = candidate_settings(manifest, route, settings, Candidate("42", "-mr42", "-mr42"))
-    assert route == "ipa"
+    assert route is IPA
     assert renamed.http.directory == "ipa-bookworm-x86_64-mr42"
     assert renamed.glance.image_name == "ipa bookworm x86_64-mr42"
 
@@ -223,7 +218,7 @@ class _Glance:
     def __init__(self) -> None:
         self.calls: list[tuple[str, dict[str, str]]] = []
 
-    def publish(self, manifest, artifact, *, name, visibility, keep, properties):
+    def publish(self, manifest, artifact, *, name, visibility, keep, properties, facts):
         from builder.publishers.glance import GlanceResult
 
         self.calls.append((name, properties))
@@ -247,7 +242,7 @@ def test_the_ipa_route_publishes_the_kernel_first_and_links_the_ramdisk_to_it(tm
     manifest = BuildManifest(**{**manifest.__dict__, "artifacts": manifest.artifacts[::-1]})
     publishers = _Publishers(tmp_path / "www")
     _, settings = publish_settings(manifest)
-    publications = _to_ipa([(manifest, settings)], publishers, lambda _: None)
+    publications = IPA.publish([Routed(manifest, settings, NO_FACTS)], publishers, lambda _: None)
     calls = publishers.glance().calls
     assert [name for name, _ in calls] == ["ipa kernel", "ipa iso", "ipa initramfs"]
     assert dict(calls)["ipa initramfs"]["kernel_id"] == "id-kernel"
@@ -264,7 +259,7 @@ def test_without_http_settings_the_ipa_route_publishes_to_glance_only(tmp_path):
     manifest = _build(tmp_path, publish={"glance": {}})
     publishers = _Publishers(tmp_path / "www")
     _, settings = publish_settings(manifest)
-    publications = _to_ipa([(manifest, settings)], publishers, lambda _: None)
+    publications = IPA.publish([Routed(manifest, settings, NO_FACTS)], publishers, lambda _: None)
     assert {p.publisher for p in publications} == {"glance"}
     assert not (tmp_path / "www").exists()
 

@@ -18,7 +18,9 @@ from builder.errors import EnvironmentProblem
 from builder.pipeline import destinations, gitlab
 from builder.pipeline.destinations import published_at
 from builder.pipeline.publish import Candidate
+from builder.publishers.glance import image_name
 from builder.publishers.registry import PublishedImage
+from builder.publishers.routes import GLANCE
 from tests.unit.test_gitlab_pipeline import _examples
 
 REPO = Path(__file__).resolve().parents[2]
@@ -92,7 +94,7 @@ def _ask(targets, publishers, ledger=None):
 
 def test_a_target_glance_holds_at_its_digest_gets_no_job_and_the_others_still_do(examples):
     guest = _by_id(examples)[GUEST]
-    glance = FakeGlance([("img-1", guest.image_name, "2026-11-20T10:00:00Z", GUEST, guest.digest)])
+    glance = FakeGlance([("img-1", image_name(guest), "2026-11-20T10:00:00Z", GUEST, guest.digest)])
     answers, jobs, warnings = _ask(examples, FakePublishers(glance))
     assert GUEST not in jobs and warnings == []
     assert PACKER in jobs  # its own digest is nowhere: built, on the base Glance already has
@@ -107,8 +109,8 @@ def test_an_image_of_another_digest_or_under_another_name_does_not_count(example
     guest = _by_id(examples)[GUEST]
     glance = FakeGlance(
         [
-            ("old", guest.image_name, "2026-01-01T00:00:00Z", GUEST, "0" * 64),
-            ("mr", guest.image_name + "-mr7", "2026-01-01T00:00:00Z", GUEST, guest.digest),
+            ("old", image_name(guest), "2026-01-01T00:00:00Z", GUEST, "0" * 64),
+            ("mr", image_name(guest) + "-mr7", "2026-01-01T00:00:00Z", GUEST, guest.digest),
         ]
     )
     answers, jobs, _ = _ask(examples, FakePublishers(glance))
@@ -117,7 +119,7 @@ def test_an_image_of_another_digest_or_under_another_name_does_not_count(example
 
 def test_with_a_candidate_glance_is_asked_for_the_candidate_name(examples):
     guest = _by_id(examples)[GUEST]
-    glance = FakeGlance([("mr", guest.image_name + "-mr7", "2026-01-01T00:00:00", GUEST, guest.digest)])
+    glance = FakeGlance([("mr", image_name(guest) + "-mr7", "2026-01-01T00:00:00", GUEST, guest.digest)])
     found = published_at(guest, FakePublishers(glance), Candidate("7", "-mr7", "-mr7"))
     assert found is not None and found.where == "glance image mr (debian-12 bookworm x86_64-mr7)"
     assert published_at(guest, FakePublishers(glance)) is None
@@ -132,7 +134,7 @@ def test_glance_down_warns_once_and_every_glance_target_gets_its_job(examples):
         "could not ask Glance: Glance is not answering: connection refused; "
         "its targets are taken as not published"
     ]
-    glance_targets = [t.id for t in examples if t.spec.publish_route == "glance"]
+    glance_targets = [t.id for t in examples if t.spec.route is GLANCE]
     assert len(glance_targets) == 4 and all(t in jobs for t in glance_targets)
     assert answers.unanswered == {"Glance": "Glance is not answering: connection refused"}
     assert CUDA_BASE not in jobs  # the registry answered all the same
@@ -167,7 +169,7 @@ def test_targets_the_ledger_lists_and_routes_without_a_question_are_not_asked(ex
 
 def test_kiln_pipeline_ask_destinations_reports_what_it_asked_and_explains_it(tmp_path, capsys, monkeypatch):
     guest = _by_id(_examples())[GUEST]
-    glance = FakeGlance([("img-9", guest.image_name, "2026-11-20T10:00:00Z", GUEST, guest.digest)])
+    glance = FakeGlance([("img-9", image_name(guest), "2026-11-20T10:00:00Z", GUEST, guest.digest)])
     monkeypatch.setattr(from_site, "SitePublishers", lambda *a, **k: FakePublishers(glance))
     base = ["--root", str(REPO), "--ledger", str(tmp_path / "l.sqlite"), "pipeline", "--ask-destinations"]
     assert main([*base, "--json", "-o", str(tmp_path / "c.yml"), "--arch", "x86_64"]) == 0

@@ -17,11 +17,11 @@ from pydantic import Field
 
 from builder import kinds
 from builder.arch import Arch
-from builder.backends.base import BuildJob, BuildRun, Command, ExpectedOutput, collect_outputs
+from builder.backends.base import Backend, BuildJob, BuildRun, Command, ExpectedOutput, collect_outputs
 from builder.capabilities import Rule
 from builder.cli import main
 from builder.kinds.base import Kind, Output
-from builder.pipeline import publish as publishing
+from builder.publishers.route import Publication, Route, Routed
 from builder.recipe import StrictModel
 from builder.verify.base import VerifyJob
 from builder.verify.junit import CaseResult
@@ -41,7 +41,7 @@ class ToyPublish(StrictModel):
     shelf: str | None = None
 
 
-class ToyBackend:
+class ToyBackend(Backend):
     """Copies the rendered greeting into the output, with the runner (cp), as a real backend would."""
 
     tool = "cp"
@@ -73,6 +73,21 @@ class ToyVerifier:
         return [CaseResult(job.target.id, "greets", 0.0, ok, "" if ok else f"no {self.settings.expect!r}")]
 
 
+class ListRoute(Route):
+    """A toy route: what it publishes goes on a list (``shelved``), (target, shelf) each."""
+
+    name = "shelf"
+
+    def __init__(self) -> None:
+        self.shelved: list[tuple[str, str]] = []
+
+    def publish(self, items: list[Routed], publishers: Any, on_step: Any) -> list[Publication]:
+        self.shelved += [(item.manifest.target, item.settings.shelf) for item in items]
+        return [Publication(item.manifest.target, "greeting", "shelf", item.settings.shelf) for item in items]
+
+
+SHELF = ListRoute()
+
 TOY = Kind(
     name="toy",
     builder=None,
@@ -91,7 +106,7 @@ TOY = Kind(
     ),
     backend=ToyBackend(),
     verifier=lambda verify: ToyVerifier(verify),
-    publish_route="shelf",
+    route=SHELF,
     description="a toy defined in a test",
 )
 
@@ -113,22 +128,13 @@ publish:
 
 
 @pytest.fixture
-def toy(workspace, monkeypatch):
+def toy(workspace):
     kinds.register(TOY)
-    shelved: list[tuple[str, str]] = []
-
-    def shelf(items, publishers, on_step):
-        out = []
-        for manifest, settings in items:
-            shelved.append((manifest.target, settings.shelf))
-            out.append(publishing.Publication(manifest.target, "greeting", "shelf", settings.shelf))
-        return out
-
-    monkeypatch.setitem(publishing._ROUTES, "shelf", shelf)
+    SHELF.shelved.clear()
     template = workspace.root / "templates" / "toy" / "greeting.txt.j2"
     template.parent.mkdir()
     template.write_text(TEMPLATE)
-    yield shelved
+    yield SHELF.shelved
     kinds.unregister("toy")
 
 
