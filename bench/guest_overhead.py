@@ -61,11 +61,12 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from builder.backends.dib import dib_cache  # noqa: E402
+from builder.core.kind import Target  # noqa: E402
 from builder.errors import CommandFailed  # noqa: E402
 from builder.host.run import KILL_GRACE_S, Runner, RunResult, stop_process_group  # noqa: E402
 from builder.ledger import Ledger  # noqa: E402
 from builder.pipeline.build import Pipeline, gather_host_facts  # noqa: E402
-from builder.pipeline.graph import Target, load_targets, select  # noqa: E402
+from builder.pipeline.graph import load_targets, select  # noqa: E402
 from builder.render import render_target, write_rendered  # noqa: E402
 from builder.siteconfig import SiteConfig, load_site  # noqa: E402
 from builder.workspace import Workspace  # noqa: E402

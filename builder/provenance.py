@@ -30,7 +30,7 @@ from typing import Any
 from .errors import InvalidInput
 from .host.run import Runner
 from .manifest import Artifact, BuildManifest, sha256_file
-from .publishers import rpmheader
+from .rpm import header as rpmheader
 
 STATEMENT_TYPE = "https://in-toto.io/Statement/v1"
 PREDICATE_TYPE = "https://slsa.dev/provenance/v1"

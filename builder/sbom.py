@@ -94,7 +94,7 @@ def find_package_list(out_dir: Path) -> list[Package] | None:
 def packages_of_rpms(paths: list[Path]) -> list[Package]:
     """The packages an RPM rebuild produced (name and arch from each header, version-release from
     the file name rpmbuild gave it: ``NAME-VERSION-RELEASE.ARCH.rpm``)."""
-    from .publishers.rpmheader import name_and_arch
+    from .rpm.header import name_and_arch
 
     out = []
     for path in paths:

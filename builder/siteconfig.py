@@ -47,7 +47,7 @@ from pydantic import (
 from .arch import Arch
 from .errors import EnvironmentProblem, InvalidInput, Problem
 from .recipe import URL_USERINFO, ArchName, HttpUrl, StrictModel
-from .recipes import problems_from_validation
+from .validation import problems_from_validation
 from .yamlsource import LocatedDoc, load_file
 
 Port = Annotated[int, Field(ge=1024, le=65535)]
@@ -257,9 +257,7 @@ class GitLabSite(StrictModel):
 
 def _with_credentials(value: str) -> str:
     if not URL_USERINFO.match(value):
-        raise ValueError(
-            "carries no user:password@: an entry here only lends its login to the URLs below it"
-        )
+        raise ValueError("carries no user:password@: an entry here only lends its login to the URLs below it")
     return value
 
 

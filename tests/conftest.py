@@ -253,6 +253,7 @@ def rpm_build_root(tmp_path_factory: pytest.TempPathFactory) -> Callable[[Arch],
     and a toolchain), bootstrapped now when the cache has none (once, under the cache's lock: the
     rpm-rebuild tests on another worker wait for the same one). A test that needs a root asks for
     it here instead of skipping on a fresh cache."""
+
     def ensure(arch: Arch) -> Path:
         log = tmp_path_factory.mktemp("rpm-root") / "bootstrap.log"
         mirror = host_apt_mirror() or "http://deb.debian.org/debian"

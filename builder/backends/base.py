@@ -1,142 +1,24 @@
-"""The backend interface: a pure plan step and an I/O run step.
-
-* ``plan(job) -> BuildRun``: pure. The commands (argv, env, cwd, time-out), the files to place and
-  the outputs to expect, from the target, its rendered files and the host facts gathered before.
-  ``kiln build --dry-run`` prints exactly this, with the whole environment each command gets (the
-  one Kiln runs in, with the command's own over it), secrets masked.
-* ``run(run, job, runner, log, on_step) -> list[Artifact]``: the I/O. Runs the plan through the
-  runner (the only code that starts processes) and measures the outputs.
+"""What every backend shares: running a planned command, placing copies, collecting and clearing
+outputs, the Debian mirror, the build facts file. The interface itself (``Backend``: a pure ``plan``
+and an I/O ``run``; ``BuildJob``, ``BuildRun``) is in builder/core/kind.py.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field, replace
+from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
-from ..arch import Arch
+from ..core.kind import BuildJob, BuildRun
 from ..errors import CommandFailed
-from ..manifest import Artifact, ArtifactType, artifact_for
+from ..host.command import Command
+from ..manifest import Artifact, artifact_for
 
 if TYPE_CHECKING:
     from ..host.run import Runner
-    from ..pipeline.graph import Target
-    from ..siteconfig import SiteConfig
 
 Step = Callable[[str], None]
-
-
-@dataclass(frozen=True)
-class Command:
-    argv: tuple[str, ...]
-    env: Mapping[str, str] = field(default_factory=dict)  # added to the environment Kiln runs in
-    cwd: Path | None = None
-    timeout_s: float | None = None
-    kill_grace_s: float = 10.0
-
-    def environment(self, inherited: Mapping[str, str]) -> dict[str, str]:
-        """The whole environment the command runs with: ``inherited`` (the one Kiln runs in) with the
-        command's own over it, as the runner composes it (builder/host/run.py)."""
-        return dict(sorted({**inherited, **self.env}.items()))
-
-    def as_json(self, inherited: Mapping[str, str] | None = None) -> dict[str, Any]:
-        """argv, cwd and the whole environment (secrets masked); ``env_set_by_kiln``: the names Kiln
-        sets (the rest comes from the environment Kiln was started in)."""
-        return {
-            "argv": list(self.argv),
-            "env": masked_environment(self.environment(inherited or {})),
-            "env_set_by_kiln": sorted(self.env),
-            "cwd": str(self.cwd or ""),
-        }
-
-
-def masked_environment(env: Mapping[str, str]) -> dict[str, str]:
-    """``env`` fit to print: a variable named like a secret (``OS_PASSWORD``, ``CI_JOB_TOKEN``) shows
-    ``***`` whatever its length, and every value passes the masking layer (URL credentials, secrets
-    registered from site.yaml and the environment)."""
-    from ..masking import MASK, SECRET_KEY, mask
-
-    return {name: MASK if SECRET_KEY.search(name) else mask(value) for name, value in env.items()}
-
-
-@dataclass(frozen=True)
-class ExpectedOutput:
-    path: Path
-    name: str
-    type: ArtifactType
-    format: str | None = None
-
-
-@dataclass(frozen=True)
-class BuildRun:
-    """Exactly what a backend will do for one target."""
-
-    tool: str
-    commands: tuple[Command, ...]
-    outputs: tuple[ExpectedOutput, ...]
-    base_dir: Path  # the target's directory: artifact paths in the manifest are relative to it
-    copies: tuple[tuple[Path, Path], ...] = ()  # (source, destination) placed before the commands
-    notes: tuple[str, ...] = ()  # what a dry run cannot know (e.g. "accelerator probed at build time")
-
-    def as_json(self, inherited: Mapping[str, str] | None = None) -> dict[str, Any]:
-        """The plan as data; ``inherited``: the environment Kiln runs in (each command's whole
-        environment is printed)."""
-        return {
-            "tool": self.tool,
-            "commands": [c.as_json(inherited) for c in self.commands],
-            "copies": [[str(a), str(b)] for a, b in self.copies],
-            "outputs": [str(o.path) for o in self.outputs],
-            "notes": list(self.notes),
-        }
-
-
-@dataclass(frozen=True)
-class HostFacts:
-    """What the pipeline found out about this host before planning (nothing when dry-running)."""
-
-    arch: Arch
-    placement: str  # native | emulated
-    adaptations: tuple[Any, ...] = ()  # hostcompat.Adaptation
-    accelerator: str | None = None  # kvm | tcg; None: not probed (dry run)
-    probed: bool = True
-
-
-@dataclass(frozen=True)
-class BuildJob:
-    """Everything a backend's plan step reads: resolved data, paths, and facts gathered earlier."""
-
-    target: Target
-    rendered: Mapping[str, bytes]  # render-dir-relative path -> content
-    render_dir: Path
-    out_dir: Path
-    tmp_dir: Path
-    build_root: Path
-    workspace_root: Path
-    elements_dir: Path
-    cache_dir: Path
-    site: SiteConfig
-    host: HostFacts
-    dependencies: Mapping[str, Path] = field(default_factory=dict)  # dependency target id -> its artifact
-
-
-class Backend(Protocol):
-    """How a kind builds: a pure ``plan`` and an I/O ``run``. A backend class subclasses this
-    protocol explicitly, so the capabilities below default to off and are plain typed attributes."""
-
-    tool: str
-    # Probe the host before planning: device-mapper shims, sudo, binfmt_misc (builder/host/compat.py).
-    needs_host_adaptations: bool = False
-    # Choose KVM or TCG before planning (a build that boots a VM, e.g. Packer's QEMU builder).
-    needs_accelerator: bool = False
-
-    def plan(self, job: BuildJob) -> BuildRun: ...
-
-    def run(
-        self, run: BuildRun, job: BuildJob, runner: Runner, log: Path, on_step: Step
-    ) -> list[Artifact]: ...
-
-    def tool_versions(self, runner: Runner) -> dict[str, str]: ...
 
 
 def run_command(

@@ -31,21 +31,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..arch import Arch
+from ..core.kind import Backend, BuildJob, BuildRun, ExpectedOutput
 from ..errors import CommandFailed, EnvironmentProblem
+from ..host.command import Command
 from ..manifest import Artifact, sha256_file
 from ..workspace import source_commit
-from .base import (
-    Backend,
-    BuildJob,
-    BuildRun,
-    Command,
-    ExpectedOutput,
-    Step,
-    clear_outputs,
-    collect_outputs,
-    debian_mirror,
-    place_copies,
-)
+from .base import Step, clear_outputs, collect_outputs, debian_mirror, place_copies
 
 if TYPE_CHECKING:
     from ..host.run import Runner

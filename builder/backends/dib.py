@@ -26,23 +26,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..arch import Arch
+from ..core.kind import Backend, BuildJob, BuildRun, ExpectedOutput
 from ..errors import InvalidInput, Problem
 from ..host import compat as hostcompat
+from ..host.command import Command
 from ..manifest import Artifact
 from . import dib_base
-from .base import (
-    Backend,
-    BuildJob,
-    BuildRun,
-    Command,
-    ExpectedOutput,
-    Step,
-    clear_outputs,
-    collect_outputs,
-    place_copies,
-    run_command,
-    write_build_facts,
-)
+from .base import Step, clear_outputs, collect_outputs, place_copies, run_command, write_build_facts
 
 if TYPE_CHECKING:
     from ..host.run import Runner

@@ -23,9 +23,11 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ..core.kind import BuildJob, BuildRun, ExpectedOutput
+from ..host.command import Command
 from ..manifest import Artifact, sha256_file
 from . import dib_base
-from .base import BuildJob, BuildRun, Command, ExpectedOutput, Step, clear_outputs
+from .base import Step, clear_outputs
 from .dib import BASE_NOTE, BUILD_TIMEOUT_S, BaseInputs, DibBackend, base_cache_applies, parse_env_file
 
 if TYPE_CHECKING:

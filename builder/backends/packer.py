@@ -15,10 +15,12 @@ import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from ..core.kind import Backend, BuildJob, BuildRun, ExpectedOutput
 from ..errors import CommandFailed, InvalidInput, Problem
+from ..host.command import Command
 from ..manifest import Artifact
 from ..sbom import DPKG_LIST, RPM_LIST
-from .base import Backend, BuildJob, BuildRun, Command, ExpectedOutput, Step, collect_outputs, run_command
+from .base import Step, collect_outputs, run_command
 
 if TYPE_CHECKING:
     from ..host.run import Runner

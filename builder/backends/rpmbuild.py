@@ -30,7 +30,9 @@ import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ..core.kind import Backend, BuildJob, BuildRun
 from ..errors import CommandFailed, EnvironmentProblem, InvalidInput, Problem, RemoteDataError
+from ..host.command import Command
 from ..manifest import Artifact, artifact_for
 from ..rpm import buildroot
 from ..rpm.brmap import map_build_requires
@@ -47,7 +49,7 @@ from ..rpm.sandbox import (
 )
 from ..rpm.source import RepoNotFound, arch_refusal, download, fetch_source, read_header, repo_packages
 from ..rpm.trust import check_signature
-from .base import Backend, BuildJob, BuildRun, Command, Step, debian_mirror
+from .base import Step, debian_mirror
 
 if TYPE_CHECKING:
     from ..host.run import Runner

@@ -144,8 +144,10 @@ def _adapter() -> Any:
 def _origin(url: str) -> tuple[str, str, int | None] | None:
     try:
         parts = urlsplit(url)
-        return parts.scheme.lower(), (parts.hostname or "").lower(), parts.port or _DEFAULT_PORTS.get(
-            parts.scheme.lower()
+        return (
+            parts.scheme.lower(),
+            (parts.hostname or "").lower(),
+            parts.port or _DEFAULT_PORTS.get(parts.scheme.lower()),
         )
     except ValueError:  # a port that is not a number
         return None

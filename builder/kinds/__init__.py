@@ -16,9 +16,9 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, Field, create_model
 
+from ..core.kind import Kind
 from ..recipe import RecipeBase
 from . import container, guest_dib, guest_packer, ipa, rpm
-from .base import Kind
 
 BUILTIN: tuple[Kind, ...] = (guest_dib.KIND, guest_packer.KIND, ipa.KIND, rpm.KIND, container.KIND)
 

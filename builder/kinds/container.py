@@ -16,6 +16,7 @@ from pydantic import AfterValidator, Field, StringConstraints, model_validator
 from ..arch import Arch
 from ..backends.container import ContainerBackend
 from ..capabilities import Rule, version_tuple
+from ..core.kind import Kind, Output
 from ..publishers.routes import REGISTRY
 from ..recipe import (
     CudaVersion,
@@ -29,7 +30,6 @@ from ..recipe import (
     StrictModel,
     _unique,
 )
-from .base import Kind, Output
 
 DEBOOTSTRAP = "debootstrap:"
 # A registry reference: host[:port]/path[:tag][@sha256:...] (lowercase path, as registries require).

@@ -8,9 +8,9 @@ from typing import Any, Literal
 
 from pydantic import Field
 
-from ..publishers.route import Facts
+from ..core.kind import Verifier
+from ..core.route import Facts
 from ..recipe import BootVerify, GlancePublish, StrictModel
-from ..verify.base import Verifier
 
 GuestDistro = Literal["debian", "ubuntu", "centos", "rocky", "almalinux", "fedora"]
 ImageFormat = Literal["qcow2", "raw"]

@@ -9,9 +9,9 @@ from pydantic import AfterValidator, Field
 from ..arch import Arch
 from ..backends.dib import DISTRO_ELEMENTS, DibBackend, kiln_elements
 from ..capabilities import Rule
+from ..core.kind import Kind, Output
 from ..publishers.routes import GLANCE
 from ..recipe import ElementName, PackageName, Release, StrictModel, _unique, tool_env
-from .base import Kind, Output
 from .guest import GuestDistro, GuestPublish, GuestVerify, ImageFormat, boot_verifier, guest_facts
 
 # What a recipe's build.env may set for disk-image-create: DIB's own settings (every knob of DIB and

@@ -8,9 +8,9 @@ from typing import Annotated, Literal
 from pydantic import AfterValidator, Field, StringConstraints, model_validator
 
 from ..backends.packer import PackerBackend
+from ..core.kind import Kind, Output
 from ..publishers.routes import GLANCE
 from ..recipe import FileRef, HttpUrl, Name, Release, ShortText, StrictModel, _unique, refusing_credentials
-from .base import Kind, Output
 from .guest import GuestDistro, GuestPublish, GuestVerify, ImageFormat, boot_verifier, guest_facts
 from .guest_dib import RULES
 

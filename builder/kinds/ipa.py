@@ -11,7 +11,8 @@ from pydantic import AfterValidator, Field, StringConstraints
 from ..arch import Arch
 from ..backends.dib import DISTRO_ELEMENTS, kiln_elements
 from ..backends.ipa import IpaBackend
-from ..publishers.route import Facts
+from ..core.kind import Kind, Output
+from ..core.route import Facts
 from ..publishers.routes import IPA
 from ..recipe import (
     BootVerify,
@@ -24,7 +25,6 @@ from ..recipe import (
     _unique,
     tool_env,
 )
-from .base import Kind, Output
 from .guest_dib import DIB_ENV, DIB_HOST_PROGRAMS
 
 # What a recipe's build.env may set for ironic-python-agent-builder (which runs DIB): DIB's settings,

@@ -10,7 +10,8 @@ from pydantic import AfterValidator, Field, PrivateAttr, StringConstraints, Vali
 
 from ..arch import Arch
 from ..capabilities import Rule
-from ..publishers.route import Facts
+from ..core.kind import Kind, Output
+from ..core.route import Facts
 from ..publishers.routes import REPO
 from ..recipe import (
     FileRef,
@@ -22,7 +23,6 @@ from ..recipe import (
     StrictModel,
     UrlWithoutCredentials,
 )
-from .base import Kind, Output
 
 # rpm's own directory, database and macro-file macros: a recipe that defined one would move where
 # rpmbuild reads and writes (`_srcrpmdir /etc`) or what it loads, out of the build's own tree.

@@ -26,18 +26,17 @@ from pathlib import Path
 from typing import Any
 
 from ..arch import Arch
-from ..backends.base import FACTS, Backend, BuildJob, HostFacts, read_build_facts
+from ..backends.base import FACTS, read_build_facts
+from ..core.kind import Backend, BuildJob, HostFacts, Target, VerifyJob
+from ..core.route import ReusableImage
 from ..errors import CommandFailed, EnvironmentProblem, InvalidInput, KilnError, Problem
 from ..host import compat as hostcompat
 from ..host.run import Runner
 from ..ledger import Ledger, TargetState
 from ..manifest import BuildManifest, read_manifest
-from ..publishers.route import ReusableImage
 from ..render import render_target, write_rendered
 from ..siteconfig import SiteConfig
-from ..verify.base import VerifyJob
 from ..workspace import Workspace, source_commit
-from .graph import Target
 from .plan import dependencies_first
 from .publish import Candidate, publish_group, publish_manifests
 

@@ -13,8 +13,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..publishers.route import Candidate, Found, Publishers
-from .graph import Target
+from ..core.kind import Target
+from ..core.route import Candidate, Found, Publishers
 
 __all__ = ["Answer", "Answers", "Found", "ask", "published_at"]
 

@@ -19,9 +19,9 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..core.kind import Target
 from ..errors import InvalidInput, Problem
 from ..siteconfig import GitLabSite
-from .graph import Target
 from .plan import dependencies_first
 
 # GitLab refuses a generated (artifact) config over 5 MB; stay a little under it.

@@ -13,7 +13,7 @@ import hashlib
 import json
 import os
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -21,63 +21,16 @@ from pydantic import BaseModel
 
 from ..arch import Arch
 from ..capabilities import refusals
+from ..core.kind import Kind, Target
 from ..elements import known_elements, unknown_element
 from ..errors import InvalidInput, Problem
 from ..kinds import kind_of
-from ..kinds.base import Kind
 from ..recipe import file_refs
 from ..recipes import LoadedRecipe
 from ..render import template_closure
 from ..workspace import Workspace
 
 DIGEST_VERSION = 1
-
-
-@dataclass(frozen=True)
-class Target:
-    """One thing to build: a recipe x release x variant x arch, fully resolved and validated."""
-
-    recipe: str
-    kind: str  # the recipe's kind name; ``spec`` is the Kind itself
-    arch: Arch
-    release: str
-    variant: str | None
-    recipe_file: str  # workspace-relative
-    build: BaseModel  # the kind's validated build settings (after defaults, extends, matrix)
-    verify: BaseModel
-    publish: BaseModel
-    dib_elements: tuple[str, ...]
-    inputs: tuple[str, ...]  # workspace-relative files whose bytes the digest covers
-    depends_on: tuple[str, ...]  # ids of targets this one builds on
-    digest: str
-    spec: Kind = field(compare=False, repr=False)
-    # The models' JSON form, made once: the digest, the templates and the manifest read it.
-    build_json: dict[str, Any] = field(compare=False, repr=False, default_factory=dict)
-    verify_json: dict[str, Any] = field(compare=False, repr=False, default_factory=dict)
-
-    @property
-    def id(self) -> str:
-        variant = f"+{self.variant}" if self.variant else ""
-        return f"{self.recipe}:{self.release}{variant}:{self.arch.value}"
-
-    @property
-    def slug(self) -> str:
-        """Directory- and job-name-safe id (names never contain '_', so this is unambiguous)."""
-        variant = f"_{self.variant}" if self.variant else ""
-        return f"{self.recipe}_{self.release}{variant}_{self.arch.value}"
-
-    def summary(self) -> dict[str, Any]:
-        return {
-            "id": self.id,
-            "recipe": self.recipe,
-            "kind": self.kind,
-            "arch": self.arch.value,
-            "release": self.release,
-            "variant": self.variant,
-            "recipe_file": self.recipe_file,
-            "digest": self.digest,
-            "depends_on": list(self.depends_on),
-        }
 
 
 class FileHasher:

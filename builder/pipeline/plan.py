@@ -6,8 +6,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from ..core.kind import Target
 from ..ledger import TargetState, state_from
-from .graph import Target
 
 
 @dataclass(frozen=True)

@@ -14,11 +14,11 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from ..core.route import Candidate, Publication, Publishers, Route, Routed, Step
 from ..errors import EnvironmentProblem, InvalidInput, KilnError, Problem
 from ..kinds import kind_of, publishing_of
 from ..ledger import Ledger, candidate_publisher
 from ..manifest import BuildManifest
-from ..publishers.route import Candidate, Publication, Publishers, Route, Routed, Step
 
 __all__ = ["Candidate", "Publication", "Unverified", "check_publishable", "publish_manifests"]
 

@@ -8,8 +8,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from ..core.kind import Target
 from ..render import RenderedFile, render_target, write_rendered
-from .graph import Target
 
 
 def render_into(

@@ -27,10 +27,21 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from ..arch import Arch
+from ..core.route import (
+    NO_FACTS,
+    Candidate,
+    Facts,
+    Found,
+    Publication,
+    Publishers,
+    Route,
+    Routed,
+    Step,
+    TargetLike,
+)
 from ..errors import CommandFailed, EnvironmentProblem
 from ..manifest import Artifact, BuildManifest
 from ..recipe import GlancePublish
-from .route import NO_FACTS, Candidate, Facts, Found, Publication, Publishers, Route, Routed, Step, TargetLike
 
 CANDIDATE_MARK = "kiln_candidate"
 HASH_ALGO = "sha512"  # Glance's default os_hash_algo

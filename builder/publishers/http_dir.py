@@ -37,11 +37,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..core.route import Candidate, Publication, Publishers, Routed, Step
 from ..errors import CommandFailed, EnvironmentProblem, InvalidInput, Problem
 from ..manifest import BuildManifest
 from ..outdir import prepare_root
 from .glance import GlanceRoute, default_image_name
-from .route import Candidate, Publication, Publishers, Routed, Step
 
 # Bifrost's file names, by the manifest's artifact type.
 BIFROST_NAMES = {"kernel": "ipa.kernel", "ramdisk": "ipa.initramfs", "iso": "ipa.iso"}

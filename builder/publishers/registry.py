@@ -28,8 +28,18 @@ from typing import Any
 import requests
 
 from ..arch import Arch
+from ..core.route import (
+    Candidate,
+    Found,
+    Publication,
+    Publishers,
+    ReusableImage,
+    Route,
+    Routed,
+    Step,
+    TargetLike,
+)
 from ..errors import CommandFailed, EnvironmentProblem, InvalidInput, Problem
-from .route import Candidate, Found, Publication, Publishers, ReusableImage, Route, Routed, Step, TargetLike
 
 OCI_INDEX = "application/vnd.oci.image.index.v1+json"
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"

@@ -25,11 +25,12 @@ from pathlib import Path
 from typing import Any
 
 from ..arch import Arch
+from ..core.route import Candidate, Publication, Publishers, Route, Routed, Step, TargetLike
 from ..errors import CommandFailed, InvalidInput, Problem
 from ..host.run import Runner
 from ..provenance import copy_beside
-from . import repodata, rpmheader
-from .route import Candidate, Publication, Publishers, Route, Routed, Step, TargetLike
+from ..rpm import header as rpmheader
+from . import repodata
 
 KEEP_OLD_METADATA = 1  # previous metadata dirs kept for readers still fetching them
 

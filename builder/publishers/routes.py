@@ -8,10 +8,10 @@ it: nothing else needs to know (tests/unit/test_toy_route.py).
 
 from __future__ import annotations
 
+from ..core.route import Route
 from .glance import GLANCE
 from .http_dir import IPA
 from .registry import REGISTRY
 from .repo import REPO
-from .route import Route
 
 BUILTIN: tuple[Route, ...] = (GLANCE, REPO, REGISTRY, IPA)

@@ -17,8 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ..backends.base import Command
 from ..host import rootfs
+from ..host.command import Command
 
 if TYPE_CHECKING:
     from ..host.run import Runner

@@ -29,8 +29,8 @@ from ..arch import Arch
 from ..errors import InvalidInput, Problem
 from ..host.http import Auth, Deadline, http_body, read_all
 from ..limits import HTTP_READ_TIMEOUT_S, MAX_PACKAGE_DOWNLOAD_BYTES, PACKAGE_DOWNLOAD_DEADLINE_S
-from ..publishers.rpmheader import LEAD_MAGIC, LEAD_SIZE, _header_at
 from .credentials import NO_LOGINS, RepoLogins, without_userinfo
+from .header import LEAD_MAGIC, LEAD_SIZE, _header_at
 from .repometa import (
     DEADLINE_VARIABLE,
     Decompressor,

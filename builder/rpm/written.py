@@ -82,7 +82,7 @@ def recipe_problems(text: str, data: dict[str, Any], shown: str) -> list[Problem
     exactly ``data``: the emitter, not the values, decides the structure."""
     from .. import kinds
     from ..recipe import TEMPLATE_SYNTAX
-    from ..recipes import problems_from_validation
+    from ..validation import problems_from_validation
     from ..yamlsource import load_text
 
     try:

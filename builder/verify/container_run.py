@@ -18,8 +18,7 @@ from typing import Any
 
 from ..arch import Arch
 from ..backends.container import local_tag
-from .base import VerifyJob
-from .junit import CaseResult
+from ..core.kind import CaseResult, VerifyJob
 
 INSPECT_TIMEOUT_S = 60.0
 LOAD_TIMEOUT_S = 600.0

@@ -5,8 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from .base import VerifyJob
-from .junit import CaseResult
+from ..core.kind import CaseResult, VerifyJob
 
 
 class BootVerifier:

@@ -33,10 +33,10 @@ from pathlib import Path
 from typing import Any
 
 from ..arch import Arch
+from ..core.kind import CaseResult, VerifyJob
 from ..errors import EnvironmentProblem
 from ..host.net import free_port
 from ..host.run import Runner
-from .base import VerifyJob
 from .ipa_agent import (
     DISKS,
     HARDWARE_INFO,
@@ -52,7 +52,6 @@ from .ipa_agent import (
     missing_disks,
     run_command,
 )
-from .junit import CaseResult
 
 AGENT_PORT = 9999
 KVM_GRACE_S = 300  # IPA under working KVM answers in about a minute; TCG needs ~3 min

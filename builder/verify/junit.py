@@ -2,22 +2,10 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 from xml.etree import ElementTree as ET
 
-
-@dataclass(frozen=True)
-class CaseResult:
-    suite: str  # the target id
-    name: str  # "boot", or a check command
-    seconds: float
-    passed: bool
-    message: str = ""
-    output: str = ""
-    # Skipped: the check could not run here (no GPU...); ``passed`` stays True so the gate ignores
-    # it, ``message`` says why, and JUnit shows it as skipped.
-    skipped: bool = False
+from ..core.kind import CaseResult
 
 
 def write_junit(path: Path, cases: list[CaseResult]) -> Path:

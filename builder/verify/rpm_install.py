@@ -7,8 +7,7 @@ from __future__ import annotations
 import shutil
 import time
 
-from .base import VerifyJob
-from .junit import CaseResult
+from ..core.kind import CaseResult, VerifyJob
 
 
 class RpmInstallVerifier:

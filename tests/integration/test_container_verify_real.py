@@ -18,9 +18,9 @@ from types import SimpleNamespace
 import pytest
 
 from builder.arch import Arch
+from builder.core.kind import VerifyJob
 from builder.host.run import Runner
 from builder.manifest import Artifact, BuildManifest
-from builder.verify.base import VerifyJob
 from builder.verify.container_run import ContainerVerifier, local_tag
 
 DIGEST = "feedc0de" * 8

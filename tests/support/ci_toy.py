@@ -18,12 +18,11 @@ from pathlib import Path
 from typing import Any
 
 from builder import kinds
-from builder.backends.base import Backend, BuildJob, BuildRun, Command, ExpectedOutput, collect_outputs
-from builder.kinds.base import Kind, Output
-from builder.publishers.route import Candidate, Found, Publication, Route, Routed, TargetLike
+from builder.backends.base import collect_outputs
+from builder.core.kind import Backend, BuildJob, BuildRun, CaseResult, ExpectedOutput, Kind, Output, VerifyJob
+from builder.core.route import Candidate, Found, Publication, Route, Routed, TargetLike
+from builder.host.command import Command
 from builder.recipe import StrictModel
-from builder.verify.base import VerifyJob
-from builder.verify.junit import CaseResult
 
 TEMPLATE_PATH = "ci-toy/greeting.txt.j2"
 TEMPLATE = "{{ build.greeting | sh }} from {{ target.id | ident }}\n"

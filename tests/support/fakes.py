@@ -10,10 +10,9 @@ from pathlib import Path
 from typing import Any
 
 from builder import kinds
-from builder.backends.base import Backend, BuildJob, BuildRun, Command, ExpectedOutput, collect_outputs
-from builder.kinds.base import Kind
-from builder.verify.base import VerifyJob
-from builder.verify.junit import CaseResult
+from builder.backends.base import collect_outputs
+from builder.core.kind import Backend, BuildJob, BuildRun, CaseResult, ExpectedOutput, Kind, VerifyJob
+from builder.host.command import Command
 
 
 @dataclass

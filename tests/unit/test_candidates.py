@@ -12,13 +12,13 @@ from types import SimpleNamespace
 import pytest
 
 from builder.cli import main
+from builder.core.route import Route
 from builder.errors import InvalidInput
 from builder.kinds import guest_dib
 from builder.ledger import Ledger
 from builder.pipeline import gitlab
 from builder.pipeline import publish as publishing
 from builder.publishers.glance import default_image_name
-from builder.publishers.route import Route
 from builder.publishers.routes import GLANCE, REGISTRY
 from builder.publishers.routes import REPO as REPO_ROUTE
 from builder.recipe import GlancePublish, RegistryPublish, RepoPublish, StrictModel

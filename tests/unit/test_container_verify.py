@@ -13,12 +13,12 @@ from xml.etree import ElementTree as ET
 import pytest
 
 from builder.arch import Arch
+from builder.core.kind import CaseResult, VerifyJob
 from builder.host.run import Captured
 from builder.manifest import Artifact, BuildManifest
 from builder.verify import container_run
-from builder.verify.base import VerifyJob
 from builder.verify.container_run import ContainerVerifier, local_tag
-from builder.verify.junit import CaseResult, write_junit
+from builder.verify.junit import write_junit
 
 DIGEST = "0123456789abcdef" * 4
 LIBS = "/usr/lib/x86_64-linux-gnu"

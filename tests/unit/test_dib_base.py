@@ -19,11 +19,12 @@ import pytest
 
 from builder.arch import Arch
 from builder.backends import dib_base
-from builder.backends.base import BuildJob, HostFacts, read_build_facts
+from builder.backends.base import read_build_facts
 from builder.backends.dib import DibBackend, PhaseClock, elements_and_packages
 from builder.backends.ipa import IpaBackend
+from builder.core.kind import BuildJob, HostFacts, Target
 from builder.host.run import Runner
-from builder.pipeline.graph import Target, load_targets
+from builder.pipeline.graph import load_targets
 from builder.render import render_target
 from builder.siteconfig import SiteConfig
 from builder.workspace import PACKAGE_ROOT, Workspace

@@ -9,12 +9,12 @@ from pathlib import Path
 
 import pytest
 
+from builder.core.route import NO_FACTS, Routed
 from builder.errors import CommandFailed, EnvironmentProblem, InvalidInput
 from builder.manifest import BuildManifest, artifact_for
 from builder.pipeline.publish import Candidate, candidate_settings, publish_settings
 from builder.publishers import http_dir
 from builder.publishers.http_dir import IPA, HttpDirPublisher, bifrost_files, default_http_directory
-from builder.publishers.route import NO_FACTS, Routed
 
 
 def _build(tmp_path: Path, content: bytes = b"k", iso: bool = False, **fields) -> BuildManifest:

@@ -18,12 +18,11 @@ from urllib.parse import parse_qs, urlparse
 import pytest
 
 from builder.arch import Arch
+from builder.core.kind import CaseResult, VerifyJob
 from builder.manifest import Artifact, BuildManifest
 from builder.verify import ipa_agent, ipa_boot
-from builder.verify.base import VerifyJob
 from builder.verify.ipa_agent import DISKS, VirtualDisk, iso_agent_token, mdadm_verdict, missing_disks
 from builder.verify.ipa_boot import IpaBootVerifier, Media, ipa_qemu_argv, ipa_verifier, kernel_command_line
-from builder.verify.junit import CaseResult
 
 MDADM_RAN = "DEBUG oslo_concurrency.processutils Running cmd (subprocess): mdadm --assemble --scan --verbose"
 MDADM_MISSING = (

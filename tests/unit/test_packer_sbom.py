@@ -14,13 +14,13 @@ from typing import Any
 import pytest
 
 from builder.arch import Arch
-from builder.backends.base import BuildJob, HostFacts
 from builder.backends.packer import PackerBackend
+from builder.core.kind import BuildJob, HostFacts, Target
 from builder.errors import CommandFailed
 from builder.host.run import Runner, RunResult
 from builder.manifest import BuildManifest
 from builder.pipeline.attest import attest
-from builder.pipeline.graph import Target, load_targets
+from builder.pipeline.graph import load_targets
 from builder.render import render_target
 from builder.sbom import packages_of, read_sbom
 from builder.siteconfig import SiteConfig

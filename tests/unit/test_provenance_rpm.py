@@ -17,9 +17,9 @@ from builder.cli import main
 from builder.manifest import BuildManifest, artifact_for, sha256_file
 from builder.pipeline.publish import publish_manifests
 from builder.provenance import RPM_CONTENT_DIGEST, BuildContext, Signer, check_artifact, write_provenance
-from builder.publishers import rpmheader
 from builder.publishers.repo import RepoKey, RepoPublisher
 from builder.publishers.signing import stop_daemons
+from builder.rpm import header as rpmheader
 from tests.support.rpms import build_noarch_rpm
 from tests.support.srpms import GpgKey, make_key, sign
 

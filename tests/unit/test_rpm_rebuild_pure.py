@@ -190,8 +190,8 @@ def test_the_mock_config_is_rendered_for_the_target_arch_and_dist(tmp_path):
 
 
 def test_the_mock_plan_adds_forcearch_only_when_emulating(tmp_path):
-    from builder.backends.base import BuildJob, HostFacts
     from builder.backends.rpmbuild import mock_argv
+    from builder.core.kind import BuildJob, HostFacts
     from builder.siteconfig import SiteConfig
 
     srpm = make_srpm(tmp_path, "kiln-mocked")
@@ -209,8 +209,8 @@ def test_the_mock_plan_adds_forcearch_only_when_emulating(tmp_path):
 
 
 def test_the_dry_run_plan_rebuilds_in_an_overlay_on_the_cached_root(tmp_path):
-    from builder.backends.base import BuildJob, HostFacts
     from builder.backends.rpmbuild import RpmbuildBackend
+    from builder.core.kind import BuildJob, HostFacts
     from builder.siteconfig import SiteConfig
 
     srpm = make_srpm(tmp_path, "kiln-planned")

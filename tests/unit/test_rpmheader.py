@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from builder.errors import InvalidInput
-from builder.publishers.rpmheader import LEAD_MAGIC, LEAD_SIZE, name_and_arch
+from builder.rpm.header import LEAD_MAGIC, LEAD_SIZE, name_and_arch
 from tests.support.rpms import build_noarch_rpm
 
 REPO = Path(__file__).resolve().parents[2]

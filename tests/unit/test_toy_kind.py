@@ -17,14 +17,13 @@ from pydantic import Field
 
 from builder import kinds
 from builder.arch import Arch
-from builder.backends.base import Backend, BuildJob, BuildRun, Command, ExpectedOutput, collect_outputs
+from builder.backends.base import collect_outputs
 from builder.capabilities import Rule
 from builder.cli import main
-from builder.kinds.base import Kind, Output
-from builder.publishers.route import Publication, Route, Routed
+from builder.core.kind import Backend, BuildJob, BuildRun, CaseResult, ExpectedOutput, Kind, Output, VerifyJob
+from builder.core.route import Publication, Route, Routed
+from builder.host.command import Command
 from builder.recipe import StrictModel
-from builder.verify.base import VerifyJob
-from builder.verify.junit import CaseResult
 
 
 class ToyBuild(StrictModel):

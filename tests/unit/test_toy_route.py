@@ -12,10 +12,10 @@ import yaml
 
 from builder import kinds
 from builder.cli import main
+from builder.core.route import Candidate
 from builder.ledger import Ledger
 from builder.pipeline.destinations import published_at
 from builder.pipeline.graph import load_targets
-from builder.publishers.route import Candidate
 from builder.workspace import PACKAGE_ROOT
 from tests.support import ci_toy
 
@@ -91,8 +91,8 @@ def test_the_toy_route_answers_whether_a_digest_is_published_there(shelf, worksp
 
 
 def test_a_candidate_publishes_under_the_toy_routes_candidate_names_only(shelf, workspace, tmp_path, capsys):
-    argv = _kiln(workspace, tmp_path, "build", "toy-solo", "--arch", "x86_64", "--publish", "--candidate", "7")
-    assert main([*argv, "-q"]) == 0
+    argv = _kiln(workspace, tmp_path, "build", "toy-solo", "--arch", "x86_64", "--publish", "-q")
+    assert main([*argv, "--candidate", "7"]) == 0
     capsys.readouterr()
     assert sorted(p.name for p in shelf.iterdir()) == ["main-mr7"]  # never the production shelf
     target = _target(workspace, X86)

@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 
 from builder.arch import Arch
-from builder.backends.base import BuildJob, HostFacts
 from builder.backends.rpmbuild import _published, embedded_repo_dir, repo_url
+from builder.core.kind import BuildJob, HostFacts
 from builder.endpoints import local_endpoints
 from builder.errors import ExitCode, InvalidInput, RemoteDataError
 from builder.host.http import Deadline, login_goes_to, read_all
