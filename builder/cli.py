@@ -299,6 +299,7 @@ def cmd_build(args: argparse.Namespace) -> int:
 def cmd_pipeline(args: argparse.Namespace) -> int:
     import time
 
+    from .core.kind import slug_of
     from .ledger import Ledger
     from .pipeline import gitlab
 
@@ -342,10 +343,7 @@ def cmd_pipeline(args: argparse.Namespace) -> int:
         "output": str(out),
         "split": len(files) > 1,
         "files": [{"path": str(p), "bytes": len(f.text), "targets": f.targets} for p, f in written],
-        "jobs": [
-            {"target": s.target.id, "job": gitlab.job_name(s.target.id), "why": list(s.reasons)}
-            for s in stale
-        ],
+        "jobs": [{"target": s.target.id, "job": slug_of(s.target.id), "why": list(s.reasons)} for s in stale],
     }
     lines = [gitlab.explain(stale, files)] if args.explain else []
     if answers is not None:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import asdict, dataclass, field
+from enum import StrEnum
 from pathlib import Path
 from typing import Any, Literal
 
@@ -25,8 +26,28 @@ from .errors import InvalidInput, Problem
 
 ArtifactType = Literal["disk-image", "kernel", "ramdisk", "iso", "rpm", "srpm", "oci-layout"]
 CHUNK = 4 << 20
-VERIFICATION_STATUSES = ("passed", "failed", "off", "pending")
-PUBLISHABLE_VERIFICATION = frozenset({"passed", "off"})
+
+
+class Verification(StrEnum):
+    """The gate's verdict on a build, as its manifest and the ledger record it."""
+
+    PASSED = "passed"
+    FAILED = "failed"
+    OFF = "off"  # switched off on purpose (kiln build --no-verify; a recipe that checks nothing)
+    PENDING = "pending"  # never verified
+
+    @property
+    def publishable(self) -> bool:
+        """What the publish gate lets through: a pass, or checks switched off on purpose."""
+        return self in (Verification.PASSED, Verification.OFF)
+
+    @property
+    def counts_as_pass(self) -> bool:
+        """Only checks that ran and passed: "off" is publishable, never a pass."""
+        return self is Verification.PASSED
+
+
+VERIFICATION_STATUSES = tuple(v.value for v in Verification)
 
 
 @dataclass(frozen=True)
@@ -65,22 +86,22 @@ class BuildManifest:
     base_dir: Path = field(default=Path("."), compare=False)
 
     @property
-    def verification_status(self) -> str:
-        return str((self.verification or {}).get("status") or "pending")
+    def verification_status(self) -> Verification:
+        return Verification(str((self.verification or {}).get("status") or "pending"))
 
     @property
     def verification_ok(self) -> bool:
-        return self.verification_status in PUBLISHABLE_VERIFICATION
+        return self.verification_status.publishable
 
     @property
     def verification_summary(self) -> str:
         """``passed (3 cases)``, ``off (kiln build --no-verify)``, ``pending (never verified)``."""
         v = self.verification or {}
         status = self.verification_status
-        if status == "passed":
+        if status.counts_as_pass:
             return f"passed ({v.get('cases', 0)} cases)"
-        detail = v.get("by") or ("never verified" if status == "pending" else "")
-        return f"{status} ({detail})" if detail else status
+        detail = v.get("by") or ("never verified" if status is Verification.PENDING else "")
+        return f"{status.value} ({detail})" if detail else status.value
 
     @property
     def arch_enum(self) -> Arch:

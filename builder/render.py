@@ -335,7 +335,7 @@ def template_context(target: Any) -> dict[str, Any]:
         },
         "build": target.build_json,
         "arch": dict(_ARCH_CONTEXT[target.arch]),  # a copy: what one render does stays in it
-        "elements": list(target.dib_elements),
+        "elements": list(target.elements),
         "verify": target.verify_json,
     }
 

@@ -96,7 +96,7 @@ class Target:
     build: BaseModel  # the kind's validated build settings (after defaults, extends, matrix)
     verify: BaseModel
     publish: BaseModel
-    dib_elements: tuple[str, ...]
+    elements: tuple[str, ...]  # the kind's elements, in order (a DIB-built kind's DIB elements), else ()
     inputs: tuple[str, ...]  # workspace-relative files whose bytes the digest covers
     depends_on: tuple[str, ...]  # ids of targets this one builds on
     digest: str
@@ -112,9 +112,7 @@ class Target:
 
     @property
     def slug(self) -> str:
-        """Directory- and job-name-safe id (names never contain '_', so this is unambiguous)."""
-        variant = f"_{self.variant}" if self.variant else ""
-        return f"{self.recipe}_{self.release}{variant}_{self.arch.value}"
+        return slug_of(self.id)
 
     def summary(self) -> dict[str, Any]:
         return {
@@ -128,6 +126,12 @@ class Target:
             "digest": self.digest,
             "depends_on": list(self.depends_on),
         }
+
+
+def slug_of(target_id: str) -> str:
+    """A target id as a directory and GitLab job name: ``debian-12:bookworm+cloud:x86_64`` ->
+    ``debian-12_bookworm_cloud_x86_64`` (recipe, release and variant names never contain '_')."""
+    return target_id.replace("+", "_").replace(":", "_")
 
 
 # --- the backend interface ---------------------------------------------------------------------------

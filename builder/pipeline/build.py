@@ -22,31 +22,46 @@ import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
 from ..arch import Arch
 from ..backends.base import FACTS, read_build_facts
-from ..core.kind import Backend, BuildJob, HostFacts, Target, VerifyJob
+from ..core.kind import Backend, BuildJob, HostFacts, Target, VerifyJob, slug_of
 from ..core.route import ReusableImage
+from ..core.targets import dependencies_first
 from ..errors import CommandFailed, EnvironmentProblem, InvalidInput, KilnError, Problem
 from ..host import compat as hostcompat
 from ..host.run import Runner
 from ..ledger import Ledger, TargetState
-from ..manifest import BuildManifest, read_manifest
+from ..manifest import BuildManifest, Verification, read_manifest
 from ..render import render_target, write_rendered
 from ..siteconfig import SiteConfig
 from ..workspace import Workspace, source_commit
-from .plan import dependencies_first
 from .publish import Candidate, publish_group, publish_manifests
 
 Step = Callable[[str], None]
 
 
+class Status(StrEnum):
+    """What ``kiln build`` did with one target."""
+
+    BUILT = "built"
+    REUSED = "reused"  # an existing build of the same digest, verified and/or published now
+    SKIPPED = "skipped"  # nothing to do: built, verified (and published) before, or found published
+    FAILED = "failed"
+    DRY_RUN = "dry-run"
+
+    @property
+    def failed(self) -> bool:
+        return self is Status.FAILED
+
+
 @dataclass
 class Outcome:
     target: str
-    status: str  # built, reused, skipped, failed, dry-run
+    status: Status
     seconds: float = 0.0
     manifest: str | None = None
     verification: str | None = None  # the gate's verdict: passed (n cases), failed (...), off (...)
@@ -99,11 +114,6 @@ def default_build_root(workspace: Workspace) -> Path:
     return Path(env_root) if env_root else workspace.root / ".kiln" / "build"
 
 
-def slug_of(target_id: str) -> str:
-    """``recipe:release[+variant]:arch`` -> the directory name Target.slug gives that target."""
-    return target_id.replace("+", "_").replace(":", "_")
-
-
 class Pipeline:
     def __init__(
         self,
@@ -144,11 +154,11 @@ class Pipeline:
             broken = [d for d in target.depends_on if d in failed]
             manifest = None
             if broken:
-                outcome = Outcome(target.id, "failed", error=f"not built: {', '.join(broken)} failed")
+                outcome = Outcome(target.id, Status.FAILED, error=f"not built: {', '.join(broken)} failed")
             else:
                 outcome, manifest = self._one(target, options, publish_now=group is None)
             outcome.seconds = round(time.monotonic() - started, 2)
-            if outcome.status == "failed":
+            if outcome.status is Status.FAILED:
                 failed.add(target.id)
             outcomes.append(outcome)
             if group is not None:
@@ -163,13 +173,13 @@ class Pipeline:
     ) -> None:
         """One publication over a group's manifests (every arch under one tag), all or nothing."""
         # A member found in the registry has no manifest here: the index keeps its entry.
-        failed = [o.target for o, m in members if o.status == "failed" or (m is None and not o.note)]
+        failed = [o.target for o, m in members if o.status is Status.FAILED or (m is None and not o.note)]
         if failed:
             for outcome, _ in members:
-                if outcome.status != "failed":
+                if outcome.status is not Status.FAILED:
                     outcome.error = f"not published: {', '.join(failed)} of the same tag failed"
             return
-        if all(o.status == "skipped" for o, _ in members):
+        if all(o.status is Status.SKIPPED for o, _ in members):
             return  # every member already published: nothing pushed
         manifests = [m for _, m in members if m is not None]
         started = time.monotonic()
@@ -179,19 +189,19 @@ class Pipeline:
             )
         except KilnError as exc:
             for outcome, _ in members:
-                outcome.status, outcome.error = "failed", f"publish: {exc}"
+                outcome.status, outcome.error = Status.FAILED, f"publish: {exc}"
             return
         seconds = round(time.monotonic() - started, 2)
         for outcome, _ in members:
-            if outcome.status == "skipped":
-                outcome.status = "reused"  # published again, with the rest of its tag
+            if outcome.status is Status.SKIPPED:
+                outcome.status = Status.REUSED  # published again, with the rest of its tag
             outcome.published = [p.as_json() for p in publications if p.target == outcome.target]
             outcome.seconds = round(outcome.seconds + seconds / len(members), 2)
 
     def _one(
         self, target: Target, options: BuildOptions, publish_now: bool = True
     ) -> tuple[Outcome, BuildManifest | None]:
-        outcome = Outcome(target.id, "built")
+        outcome = Outcome(target.id, Status.BUILT)
         manifest = None
         try:
             manifest = None if options.force else self.existing_manifest(target)
@@ -208,7 +218,7 @@ class Pipeline:
             if found is not None and found.image is not None:
                 # Built, verified and pushed before (by another runner, or before this ledger).
                 self._reused[target.id] = found.image
-                outcome.status, outcome.note = "skipped", f"in {route.destination}: {found.where}"
+                outcome.status, outcome.note = Status.SKIPPED, f"in {route.destination}: {found.where}"
                 outcome.verification = "passed before it was pushed"
                 self.on_step(f"{target.id}: {outcome.note} (same digest): not built, not pushed")
                 return outcome, None
@@ -217,10 +227,10 @@ class Pipeline:
             elif not self._needs_verification(target, manifest, options) and (
                 not options.publish or self._published(manifest, options.candidate)
             ):
-                outcome.status = "skipped"  # same digest, built, verified (and published): nothing to do
+                outcome.status = Status.SKIPPED  # same digest, built, verified (and published): nothing to do
             else:
-                outcome.status = "reused"
-            if outcome.status != "skipped":
+                outcome.status = Status.REUSED
+            if outcome.status is not Status.SKIPPED:
                 if self._needs_verification(target, manifest, options):
                     manifest = self.verify(target, manifest, options)
                 if options.publish:
@@ -238,7 +248,7 @@ class Pipeline:
             outcome.verification = manifest.verification_summary
             outcome.manifest = str(self.dirs.manifest(target))
         except KilnError as exc:
-            outcome.status, outcome.error = "failed", str(exc)
+            outcome.status, outcome.error = Status.FAILED, str(exc)
             manifest = None
         return outcome, manifest
 
@@ -402,9 +412,9 @@ class Pipeline:
 
     def _needs_verification(self, target: Target, manifest: BuildManifest, options: BuildOptions) -> bool:
         status = manifest.verification_status
-        if status == "passed":
+        if status.counts_as_pass:
             return False
-        if status == "off":  # switched off before: verify now only when it can and was not asked not to
+        if status is Verification.OFF:  # switched off before: verify now if it can and was not told not to
             return options.verify and target.spec.verifier(target.verify) is not None
         return True  # pending (never verified) or failed
 
@@ -414,11 +424,11 @@ class Pipeline:
         verifier = target.spec.verifier(target.verify)
         if verifier is None:
             verdict: dict[str, Any] = {
-                "status": "off",
+                "status": Verification.OFF.value,
                 "by": f"the recipe: {target.spec.label} checks nothing here",
             }
         elif not options.verify:
-            verdict = {"status": "off", "by": "kiln build --no-verify"}
+            verdict = {"status": Verification.OFF.value, "by": "kiln build --no-verify"}
         else:
             cases = verifier.verify(
                 VerifyJob(
@@ -432,7 +442,8 @@ class Pipeline:
             )
             write_junit(self.dirs.target(target) / "verify.xml", cases)
             failing = [c for c in cases if not c.passed]
-            verdict = {"status": "failed" if failing or not cases else "passed", "cases": len(cases)}
+            status = Verification.PASSED if cases and not failing else Verification.FAILED
+            verdict = {"status": status.value, "cases": len(cases)}
             if failing:
                 verdict["by"] = "; ".join(f"{c.name}: {c.message}" for c in failing)[:2000]
             elif not cases:
@@ -450,7 +461,7 @@ class Pipeline:
         outcomes = []
         planned: dict[str, Path] = {}  # target id -> its planned main artifact
         for target in dependencies_first(targets):
-            outcome = Outcome(target.id, "dry-run")
+            outcome = Outcome(target.id, Status.DRY_RUN)
             try:
                 backend = self._backend(target)
                 host = HostFacts(
@@ -466,7 +477,7 @@ class Pipeline:
                 if run.outputs:
                     planned[target.id] = run.outputs[0].path
             except KilnError as exc:
-                outcome.status, outcome.error = "failed", str(exc)
+                outcome.status, outcome.error = Status.FAILED, str(exc)
             outcomes.append(outcome)
         return outcomes
 

@@ -19,10 +19,10 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..core.kind import Target
+from ..core.kind import Target, slug_of
+from ..core.targets import TargetGraph, dependencies_first
 from ..errors import InvalidInput, Problem
 from ..siteconfig import GitLabSite
-from .plan import dependencies_first
 
 # GitLab refuses a generated (artifact) config over 5 MB; stay a little under it.
 MAX_BYTES = 5 * 1000 * 1000 - 4096
@@ -107,10 +107,6 @@ def select_stale(
     ]
 
 
-def job_name(target_id: str) -> str:
-    return target_id.replace("+", "_").replace(":", "_")
-
-
 def resource_group(target: Target) -> str | None:
     """``route:destination`` (``glance:Debian 12``): two jobs that write the same place never run at once."""
     route = target.spec.route
@@ -134,7 +130,7 @@ def target_job(
     job: dict[str, Any] = {
         "stage": "build",
         "tags": gitlab.tags(target.arch, gpu=bool(getattr(target.build, "cuda", None))),
-        "needs": [{"job": job_name(d), "artifacts": True} for d in target.depends_on if d in in_pipeline],
+        "needs": [{"job": slug_of(d), "artifacts": True} for d in target.depends_on if d in in_pipeline],
         "variables": {"KILN_TARGET": target.id, "KILN_DIGEST": target.digest},
         "script": [build_command(target.id, publish, candidate)],
         "artifacts": {
@@ -240,7 +236,7 @@ def _split(
 def _document(jobs: Iterable[tuple[str, dict[str, Any]]], header: dict[str, Any]) -> dict[str, Any]:
     doc: dict[str, Any] = {**header, "stages": ["build"]}
     for target_id, job in jobs:
-        doc[job_name(target_id)] = job
+        doc[slug_of(target_id)] = job
     return doc
 
 
@@ -303,9 +299,9 @@ def explain(stale: list[StaleTarget], files: list[PipelineFile]) -> str:
     file_of = {t: f.name or "(one file)" for f in files for t in f.targets}
     lines = []
     for s in stale:
-        job = next(f.document[job_name(s.target.id)] for f in files if s.target.id in f.targets)
+        job = next(f.document[slug_of(s.target.id)] for f in files if s.target.id in f.targets)
         needs = ", ".join(n["job"] for n in job["needs"]) or "-"
-        lines.append(f"{job_name(s.target.id)}  [{file_of[s.target.id]}]")
+        lines.append(f"{slug_of(s.target.id)}  [{file_of[s.target.id]}]")
         lines.append(f"  script: {job['script'][0]}")
         lines.append(f"  tags: {', '.join(job['tags'])}   needs: {needs}")
         if "resource_group" in job:
@@ -386,13 +382,5 @@ def select_ids(
     if unknown:
         known = ", ".join(sorted(by_id)[:8])
         raise InvalidInput(Problem(f"{unknown[0]}: no such target (targets of that recipe: {known})"))
-    wanted: set[str] = set()
-    todo = list(ids)
-    while todo:
-        current = todo.pop()
-        if current in wanted:
-            continue
-        wanted.add(current)
-        if with_dependencies:
-            todo.extend(d for d in by_id[current].depends_on if d in by_id and not built_here(by_id[d]))
+    wanted = TargetGraph(targets).closure(ids, skip=built_here) if with_dependencies else set(ids)
     return [t for t in targets if t.id in wanted]

@@ -22,6 +22,7 @@ from pydantic import BaseModel
 from ..arch import Arch
 from ..capabilities import refusals
 from ..core.kind import Kind, Target
+from ..core.targets import TargetGraph
 from ..elements import known_elements, unknown_element
 from ..errors import InvalidInput, Problem
 from ..kinds import kind_of
@@ -96,7 +97,7 @@ class _Pending:
     build_model: BaseModel
     inputs: tuple[str, ...]  # becomes the Target's, as is
     base: tuple[str, str | None] | None  # (recipe, variant) this target builds on
-    dib_elements: tuple[str, ...]
+    elements: tuple[str, ...]
 
 
 def expand(recipes: Iterable[LoadedRecipe], workspace: Workspace) -> list[Target]:
@@ -154,7 +155,7 @@ def _expand_one(loaded: LoadedRecipe, hasher: FileHasher, problems: list[Problem
                         build_model=build,
                         inputs=tuple(sorted(set(inputs))),
                         base=spec.base(build),
-                        dib_elements=tuple(elements),
+                        elements=tuple(elements),
                     )
                 )
     return out
@@ -279,7 +280,7 @@ def _make_target(p: _Pending, hasher: FileHasher, bases: list[Target]) -> Target
         "release": p.release,
         "variant": p.variant,
         "build": build_json,
-        "elements": list(p.dib_elements),
+        "elements": list(p.elements),
         "inputs": input_digests,
         "depends": depends,
     }
@@ -294,7 +295,7 @@ def _make_target(p: _Pending, hasher: FileHasher, bases: list[Target]) -> Target
         build=p.build_model,
         verify=recipe.verify,  # type: ignore[attr-defined]
         publish=recipe.publish,  # type: ignore[attr-defined]
-        dib_elements=p.dib_elements,
+        elements=p.elements,
         inputs=p.inputs,
         depends_on=tuple(depends),
         digest=digest,
@@ -360,15 +361,8 @@ def load(paths: list[Path], workspace: Workspace, *, with_dependencies: bool = F
         return Loaded(len(files), len(requested), [], [*problems, *exc.problems])
     chosen = [t for t in targets if t.recipe in requested]
     if with_dependencies:
-        by_id = {t.id: t for t in targets}
-        needed: set[str] = set()
-        pending = [d for t in chosen for d in t.depends_on]
-        while pending:
-            dep = pending.pop()
-            if dep not in needed and dep in by_id:
-                needed.add(dep)
-                pending.extend(by_id[dep].depends_on)
-        chosen = [t for t in targets if t.recipe in requested or t.id in needed]
+        needed = TargetGraph(targets).closure(t.id for t in chosen)
+        chosen = [t for t in targets if t.id in needed]
     return Loaded(len(files), len(requested), chosen, problems)
 
 

@@ -43,27 +43,3 @@ def plan_table(entries: list[PlanEntry]) -> str:
         + ("" if entries else "none")
     )
     return "\n".join(lines)
-
-
-def dependencies_first(targets: list[Target]) -> list[Target]:
-    """``targets`` ordered so that each comes after the targets it builds on (stable otherwise).
-    Iterative: expansion already refused cycles, and a long chain must not exhaust the stack."""
-    by_id = {t.id: t for t in targets}
-    ordered: list[Target] = []
-    seen: set[str] = set()
-    for start in targets:
-        stack: list[tuple[Target, int]] = [(start, 0)]
-        while stack:
-            target, index = stack.pop()
-            if index == 0:
-                if target.id in seen:
-                    continue
-                seen.add(target.id)
-            deps = [by_id[d] for d in target.depends_on if d in by_id]
-            if index < len(deps):
-                stack.append((target, index + 1))
-                if deps[index].id not in seen:
-                    stack.append((deps[index], 0))
-                continue
-            ordered.append(target)
-    return ordered

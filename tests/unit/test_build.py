@@ -17,13 +17,13 @@ import pytest
 from builder.arch import Arch
 from builder.backends.dib import parse_env_file, plan_command
 from builder.cli import main
+from builder.core.targets import dependencies_first
 from builder.errors import EnvironmentProblem
 from builder.kinds import guest_dib
 from builder.ledger import Ledger, TargetState
 from builder.pipeline import publish as publishing
 from builder.pipeline.build import BuildOptions, Pipeline
 from builder.pipeline.graph import load_targets
-from builder.pipeline.plan import dependencies_first
 from builder.publishers.routes import GLANCE
 from builder.siteconfig import SiteConfig
 from tests.support.fakes import FakeImageBackend, FakeVerifier, swapped_kind

@@ -17,6 +17,7 @@ import pytest
 
 from builder.arch import Arch
 from builder.cli import main
+from builder.core.kind import slug_of
 from builder.pipeline import gitlab
 from builder.pipeline.graph import load_targets
 from builder.siteconfig import GitLabSite
@@ -66,7 +67,7 @@ def test_every_unpublished_target_gets_one_job_running_exactly_kiln_build_publis
     jobs = _jobs(example_pipeline)
     assert len(jobs) == len(examples)
     for target in examples:
-        job = jobs[gitlab.job_name(target.id)]
+        job = jobs[slug_of(target.id)]
         assert job["script"] == [f"kiln build {target.id} --publish"]
         assert job["interruptible"] is True
 
@@ -99,7 +100,7 @@ def test_needs_follow_target_dependencies_and_bring_the_base_image_along(example
             in jobs[f"debian-12_bookworm_{arch}"]["artifacts"]["paths"]
         )
     roots = [t for t in examples if not t.depends_on]
-    assert all(jobs[gitlab.job_name(t.id)]["needs"] == [] for t in roots)  # start at once, no stages wait
+    assert all(jobs[slug_of(t.id)]["needs"] == [] for t in roots)  # start at once, no stages wait
 
 
 def test_artifacts_carry_manifest_logs_and_junit(example_pipeline):

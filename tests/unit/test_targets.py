@@ -54,7 +54,7 @@ def test_expansion_is_arch_times_release_times_variant(workspace, write):
 def test_dib_targets_carry_distro_recipe_and_kiln_elements(workspace, write):
     write("recipes/guest.yaml", GUEST)
     target = _targets(workspace)["guest:bookworm+minimal:x86_64"]
-    assert target.dib_elements == ("debian-minimal", "vm", "kiln-extra-ca")
+    assert target.elements == ("debian-minimal", "vm", "kiln-extra-ca")
     assert "elements/kiln-extra-ca/install.d/05-kiln-extra-ca" in target.inputs
 
 
