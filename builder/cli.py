@@ -739,7 +739,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return _run_command(args)
     finally:
-        from .publishers.signing import release_keyrings  # here, not at the top: start-up time
+        from .signing import release_keyrings  # here, not at the top: start-up time
 
         release_keyrings()  # nothing this command started (a gpg-agent) outlives it
         for stream in (sys.stdout, sys.stderr):

@@ -393,7 +393,7 @@ def _armoured_keys(keyring: Path | None, public_keys: list[Path], work: Path, ru
 def _check_signature(
     statement_path: Path, signature: Path, keyring: Path | None, public_keys: list[Path], runner: Runner
 ) -> tuple[Check, str | None]:
-    from .publishers.signing import stop_daemons
+    from .signing import stop_daemons
 
     home = Path(tempfile.mkdtemp(prefix="kiln-verify-"))
     home.chmod(0o700)

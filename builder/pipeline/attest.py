@@ -39,7 +39,7 @@ def site_signer(site: SiteConfig, root: Path, runner: Runner | None = None) -> S
         home = Path(os.path.expanduser(site.repo.signing_key.gnupghome))
         return Signer(home, site.repo.signing_key.fingerprint)
     from ..endpoints import local_endpoints
-    from ..publishers.signing import _first_fingerprint, hold_keyring
+    from ..signing import first_fingerprint, hold_keyring
 
     home = local_endpoints(site, root).gnupghome
     if not (home / "pubring.kbx").exists() and not (home / "private-keys-v1.d").is_dir():
@@ -48,7 +48,7 @@ def site_signer(site: SiteConfig, root: Path, runner: Runner | None = None) -> S
     listing = (runner or Runner()).capture(
         ["gpg", "--homedir", str(home), "--batch", "--with-colons", "--list-secret-keys"]
     )
-    fingerprint = _first_fingerprint(listing.stdout) if listing.ok else None
+    fingerprint = first_fingerprint(listing.stdout) if listing.ok else None
     return Signer(home, fingerprint) if fingerprint else None
 
 

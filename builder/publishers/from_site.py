@@ -63,8 +63,8 @@ class SitePublishers:
 
     def repo(self) -> Any:
         if self._repo is None:
+            from ..signing import ensure_key
             from .repo import RepoKey, RepoPublisher
-            from .signing import ensure_key
 
             settings = self.site.repo
             if settings.backend == "path":

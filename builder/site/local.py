@@ -14,13 +14,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from .. import signing
 from ..endpoints import REPO_KEY_FILE, LocalEndpoints, SiteURLs, urls_for
 from ..errors import EnvironmentProblem
 from ..host.net import http_ok
 from ..host.run import Runner
-from ..publishers import signing
 from ..siteconfig import LocalSiteSettings
-from . import glance, registry
+from . import glance, registry, swift
 from .process import ServiceProcess, ServiceSpec
 
 
@@ -54,24 +54,19 @@ class LocalSite:
     # -- components ---------------------------------------------------------------------------------
 
     def _specs(self, component: str) -> list[ServiceSpec]:
+        """The services of one component (site.yaml ``local_site.components``)."""
         p = self.ports
-        if component == "glance":
-            return [glance.service(self.state / "glance", p.glance)]
-        if component == "registry":
-            return [registry.service(self.state / "registry", p.registry)]
-        if component == "repo":
-            return [self._repo_http_spec()]
-        if component == "s3":
-            from . import swift
-
-            return swift.services(self.state / "swift", self._swift_ports())
-        raise ValueError(component)
+        specs: dict[str, Callable[[], list[ServiceSpec]]] = {
+            "glance": lambda: [glance.service(self.state / "glance", p.glance)],
+            "registry": lambda: [registry.service(self.state / "registry", p.registry)],
+            "repo": lambda: [self._repo_http_spec()],
+            "s3": lambda: swift.services(self.state / "swift", self._swift_ports()),
+        }
+        return specs[component]()
 
     def _swift_ports(self) -> Any:
-        from .swift import SwiftPorts
-
         p = self.ports
-        return SwiftPorts(
+        return swift.SwiftPorts(
             proxy=p.s3,
             account=p.swift_account,
             container=p.swift_container,
@@ -98,18 +93,21 @@ class LocalSite:
         )
 
     def _prepare(self, component: str) -> None:
+        """What a component needs on disk before it starts (configuration, a signing key)."""
         p = self.ports
-        if component == "glance":
-            glance.prepare(self.state / "glance", p.glance, p.repo, cache_dir())
-        elif component == "registry":
-            registry.prepare(self.state / "registry", p.registry, self.endpoints.registry_docker_config)
-        elif component == "repo":
-            self.repo_root.mkdir(parents=True, exist_ok=True)
-            signing.ensure_key(self.gnupghome, self.repo_root / REPO_KEY_FILE)
-        elif component == "s3":
-            from . import swift
+        prepare: dict[str, Callable[[], object]] = {
+            "glance": lambda: glance.prepare(self.state / "glance", p.glance, p.repo, cache_dir()),
+            "registry": lambda: registry.prepare(
+                self.state / "registry", p.registry, self.endpoints.registry_docker_config
+            ),
+            "repo": self._prepare_repo,
+            "s3": lambda: swift.prepare(self.state / "swift", self._swift_ports()),
+        }
+        prepare[component]()
 
-            swift.prepare(self.state / "swift", self._swift_ports())
+    def _prepare_repo(self) -> None:
+        self.repo_root.mkdir(parents=True, exist_ok=True)
+        signing.ensure_key(self.gnupghome, self.repo_root / REPO_KEY_FILE)
 
     def processes(self, component: str) -> list[ServiceProcess]:
         return [

@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from builder import signing
 from builder.host.net import free_port
-from builder.publishers import signing
 from builder.publishers.repo import RepoKey, RepoPublisher
 from builder.site.local import REPO_KEY_FILE, LocalSite
 from builder.siteconfig import LocalPorts, LocalSiteSettings

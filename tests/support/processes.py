@@ -7,7 +7,7 @@ import os
 from pathlib import Path
 
 from builder.host.run import processes_matching, stop_processes
-from builder.publishers.signing import daemon_homedir
+from builder.signing import daemon_homedir
 
 # Every process a test run starts inherits this variable (set in tests/conftest.py), daemons too:
 # it tells this run's leftovers from processes that other runs on the same machine started.

@@ -1,8 +1,14 @@
-"""The shape of the code, checked from its syntax trees: where kind names may be compared, who may
-start processes, and what publishing and verification may import.
+"""The shape of the code, checked from its syntax trees: the layers and that nothing imports upward,
+no import cycle, where kind and route names may be compared, who may start processes, and what
+publishing and verification may import.
 
+- :data:`LAYERS`: every module of builder/ belongs to one layer and imports only from its own layer
+  or those below (imports inside functions and under ``TYPE_CHECKING`` count); no import cycle.
 - A kind's name ("guest-image", ...) or builder ("dib", "packer") is compared only in the registry
   (builder/kinds/); everything else asks the Kind it was given.
+- A route's name ("glance", "registry", ...) is compared only in builder/publishers/; everything else
+  asks the Route a kind names. No ``getattr`` on a backend, publisher or route for a capability: the
+  capabilities are typed attributes of ``Backend`` and ``Route`` (builder/core/).
 - ``subprocess`` is imported by builder/host/run.py alone: every process goes through the one runner.
 - Nothing under builder/publishers/ or builder/verify/ (nor the publish route) imports the embedded
   local site (builder/site/): they reach it through endpoints, as they reach a real cloud.
@@ -14,6 +20,7 @@ import ast
 from pathlib import Path
 
 from builder import kinds
+from builder.publishers.routes import BUILTIN as BUILTIN_ROUTES
 from builder.workspace import PACKAGE_ROOT
 
 BUILDER = PACKAGE_ROOT / "builder"
@@ -64,7 +71,11 @@ def test_kind_names_are_compared_only_in_the_kinds_registry():
 
 def _imports(path: Path) -> list[tuple[int, str]]:
     """Absolute module names imported by a module (relative imports resolved)."""
-    package = ".".join(path.relative_to(PACKAGE_ROOT).with_suffix("").parts[:-1])
+    return _imports_in(path, PACKAGE_ROOT)
+
+
+def _imports_in(path: Path, root: Path) -> list[tuple[int, str]]:
+    package = ".".join(path.relative_to(root).with_suffix("").parts[:-1])
     out = []
     for node in ast.walk(ast.parse(path.read_text())):
         if isinstance(node, ast.Import):
@@ -110,5 +121,166 @@ def test_the_cli_only_calls_the_pipeline():
     forbidden = ("builder.backends", "builder.verify", "builder.hostcompat", "builder.render.write_rendered")
     offenders = [
         f"cli.py:{line}: {name}" for line, name in _imports(BUILDER / "cli.py") if name.startswith(forbidden)
+    ]
+    assert offenders == [], offenders
+
+
+# Bottom to top: a module imports from its own layer and those below, never from above. The longest
+# prefix names a module's layer.
+LAYERS: tuple[tuple[str, ...], ...] = (
+    # foundation: values, errors, limits, files, YAML, settings, the host and its processes
+    (
+        "builder",  # the package itself: __version__
+        "builder.arch",
+        "builder.errors",
+        "builder.limits",
+        "builder.masking",
+        "builder.workspace",
+        "builder.outdir",
+        "builder.yamlsource",
+        "builder.validation",
+        "builder.recipe",
+        "builder.capabilities",
+        "builder.siteconfig",
+        "builder.endpoints",
+        "builder.manifest",
+        "builder.ledger",
+        "builder.elements",
+        "builder.host",
+        "builder.ipa_sources",
+        "builder.signing",
+    ),
+    # what Kiln knows of RPMs, SBOMs, provenance and reports, without kinds
+    ("builder.rpm", "builder.sbom", "builder.provenance", "builder.report"),
+    # the core types: Kind, Target, the backend, verifier and route interfaces
+    ("builder.core",),
+    # their implementations, and the embedded local site
+    ("builder.backends", "builder.verify", "builder.publishers", "builder.site"),
+    # the kinds registry, recipes, rendering; written recipes are validated against the kinds' models
+    ("builder.kinds", "builder.recipes", "builder.render", "builder.rpm.written"),
+    # the pipeline: the graph, build, publish, GitLab
+    ("builder.pipeline",),
+    # the command line
+    ("builder.cli", "builder.__main__"),
+)
+
+
+def _module_name(path: Path) -> str:
+    parts = path.relative_to(PACKAGE_ROOT).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _layer_of(module: str) -> int:
+    best = (-1, -1)  # (prefix length, layer)
+    for index, prefixes in enumerate(LAYERS):
+        for prefix in prefixes:
+            if (module == prefix or module.startswith(prefix + ".")) and len(prefix) > best[0]:
+                best = (len(prefix), index)
+    return best[1]
+
+
+def _import_graph() -> dict[str, set[str]]:
+    """builder module -> the builder modules it imports, wherever the import is (functions and
+    ``TYPE_CHECKING`` blocks included); ``from pkg import mod`` counts as importing pkg.mod."""
+    modules = {_module_name(path): path for path in _modules()}
+    return {
+        name: {m for _, m in _imports(path) if m in modules and m != name} for name, path in modules.items()
+    }
+
+
+def test_every_module_has_a_layer():
+    assert [m for m in _import_graph() if _layer_of(m) < 0] == []
+
+
+def test_layers_import_downward_only():
+    offenders = [
+        f"{module} (layer {_layer_of(module)}) imports {imported} (layer {_layer_of(imported)})"
+        for module, imported_set in _import_graph().items()
+        for imported in sorted(imported_set)
+        if _layer_of(imported) > _layer_of(module)
+    ]
+    assert offenders == [], "imports upward:\n" + "\n".join(offenders)
+
+
+def test_no_import_cycle_among_builder_modules():
+    graph = _import_graph()
+    cycles = []
+    state: dict[str, int] = {}  # 1: on the current path, 2: done
+    for start in sorted(graph):
+        if state.get(start):
+            continue
+        path: list[str] = []
+        stack = [(start, iter(sorted(graph[start])))]
+        state[start] = 1
+        path.append(start)
+        while stack:
+            node, children = stack[-1]
+            child = next(children, None)
+            if child is None:
+                stack.pop()
+                path.pop()
+                state[node] = 2
+            elif state.get(child) == 1:
+                cycles.append(" -> ".join([*path[path.index(child) :], child]))
+            elif not state.get(child):
+                state[child] = 1
+                path.append(child)
+                stack.append((child, iter(sorted(graph[child]))))
+    assert cycles == [], "import cycles:\n" + "\n".join(cycles)
+
+
+def test_the_layer_checks_would_see_a_cycle_and_an_upward_import(tmp_path):
+    """The checks above read what they claim to: an import inside a function and one under
+    TYPE_CHECKING are found, and resolved to builder modules."""
+    module = tmp_path / "builder" / "backends" / "probe.py"
+    module.parent.mkdir(parents=True)
+    module.write_text(
+        "from typing import TYPE_CHECKING\n"
+        "if TYPE_CHECKING:\n    from ..pipeline.graph import load\n"
+        "def f():\n    from ..kinds import names\n"
+    )
+    found = {name for _, name in _imports_in(module, tmp_path)}
+    assert {"builder.pipeline.graph", "builder.kinds"} <= found
+    assert _layer_of("builder.pipeline.graph") > _layer_of("builder.backends.probe")
+
+
+def _route_words() -> set[str]:
+    return {route.name for route in BUILTIN_ROUTES}
+
+
+def test_route_names_are_compared_only_in_publishers():
+    words = _route_words()
+    assert {"glance", "registry", "repo", "ipa"} <= words
+    offenders = [
+        f"{_rel(path)}:{line}: {value!r}"
+        for path in _modules()
+        if not path.is_relative_to(BUILDER / "publishers")
+        for line, value in _compared_constants(ast.parse(path.read_text()))
+        if value in words
+    ]
+    assert offenders == [], "route names compared outside builder/publishers/:\n" + "\n".join(offenders)
+
+
+_CAPABILITY_HOLDERS = ("backend", "publisher", "route", "spec")
+
+
+def _named(node: ast.AST) -> str:
+    if isinstance(node, ast.Name):
+        return node.id
+    if isinstance(node, ast.Attribute):
+        return node.attr
+    return ""
+
+
+def test_no_getattr_on_a_backend_publisher_or_route():
+    offenders = [
+        f"{_rel(path)}:{node.lineno}: {ast.unparse(node)}"
+        for path in _modules()
+        for node in ast.walk(ast.parse(path.read_text()))
+        if isinstance(node, ast.Call)
+        and isinstance(node.func, ast.Name)
+        and node.func.id in ("getattr", "hasattr")
+        and node.args
+        and any(word in _named(node.args[0]).lower() for word in _CAPABILITY_HOLDERS)
     ]
     assert offenders == [], offenders

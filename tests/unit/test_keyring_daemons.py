@@ -14,8 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from builder import cli
-from builder.publishers import signing
+from builder import cli, signing
 
 pytestmark = pytest.mark.needs_tool("gpg")
 

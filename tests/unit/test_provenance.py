@@ -17,7 +17,7 @@ from builder.host.run import Runner
 from builder.manifest import read_manifest
 from builder.provenance import PREDICATE_TYPE, STATEMENT_TYPE
 from builder.publishers.glance import image_properties
-from builder.publishers.signing import stop_daemons
+from builder.signing import stop_daemons
 from tests.unit.test_toy_kind import RECIPE, TOY, ToyBackend, toy  # noqa: F401 (toy: a fixture)
 
 PACKAGES = "base-files\t12.4+deb12u5\nbash:amd64\t5.2.15-2+b2\ncurl\t7.88.1-10+deb12u5\n"

@@ -18,8 +18,8 @@ from builder.manifest import BuildManifest, artifact_for, sha256_file
 from builder.pipeline.publish import publish_manifests
 from builder.provenance import RPM_CONTENT_DIGEST, BuildContext, Signer, check_artifact, write_provenance
 from builder.publishers.repo import RepoKey, RepoPublisher
-from builder.publishers.signing import stop_daemons
 from builder.rpm import header as rpmheader
+from builder.signing import stop_daemons
 from tests.support.rpms import build_noarch_rpm
 from tests.support.srpms import GpgKey, make_key, sign
 

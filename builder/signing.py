@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
-from ..host.run import Runner, processes_matching, stop_processes
+from .host.run import Runner, processes_matching, stop_processes
 
 KEY_UID = "Kiln local site <kiln@localhost>"
 
@@ -51,10 +51,10 @@ def ensure_key(gnupghome: Path, public_key: Path, uid: str = KEY_UID) -> Signing
 
 def _ensure_key_locked(gnupghome: Path, public_key: Path, uid: str) -> SigningKey:
     listing = _gpg(gnupghome, "--with-colons", "--list-secret-keys")
-    fingerprint = _first_fingerprint(listing)
+    fingerprint = first_fingerprint(listing)
     if fingerprint is None:
         _gpg(gnupghome, "--passphrase", "", "--quick-gen-key", uid, "rsa3072", "sign", "never")
-        fingerprint = _first_fingerprint(_gpg(gnupghome, "--with-colons", "--list-secret-keys"))
+        fingerprint = first_fingerprint(_gpg(gnupghome, "--with-colons", "--list-secret-keys"))
         if fingerprint is None:
             raise RuntimeError(f"gpg created no key in {gnupghome}")
     public_key.parent.mkdir(parents=True, exist_ok=True)
@@ -66,7 +66,7 @@ def _ensure_key_locked(gnupghome: Path, public_key: Path, uid: str) -> SigningKe
     return SigningKey(gnupghome, fingerprint, public_key)
 
 
-def _first_fingerprint(colons: str) -> str | None:
+def first_fingerprint(colons: str) -> str | None:
     match = re.search(r"^fpr:(?:[^:]*:){8}([0-9A-F]{40}):", colons, re.MULTILINE)
     return match.group(1) if match else None
 
