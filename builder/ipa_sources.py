@@ -239,7 +239,7 @@ def upstream_refs(pins: Iterable[SourcePin]) -> dict[str, str]:
 
 def get_json(url: str) -> Any:
     """``url``'s JSON document; a 404 is the pin's fault (InvalidInput), anything else the network's."""
-    import requests
+    import requests  # on first use, not at start-up: a heavy import
 
     try:
         response = requests.get(url, timeout=HTTP_TIMEOUT_S)
@@ -271,7 +271,7 @@ def latest_version(
 
 def download(url: str, into: Path) -> None:
     """``url`` saved as ``into`` (at most MAX_SDIST_BYTES)."""
-    import requests
+    import requests  # on first use, not at start-up: a heavy import
 
     written = 0
     try:

@@ -23,6 +23,8 @@ from typing import Any, Literal
 
 from .arch import Arch
 from .errors import InvalidInput, Problem
+from .outdir import write_file
+from .yamlsource import read_limited
 
 ArtifactType = Literal["disk-image", "kernel", "ramdisk", "iso", "rpm", "srpm", "oci-layout"]
 CHUNK = 4 << 20
@@ -117,7 +119,6 @@ class BuildManifest:
         return data
 
     def write(self, path: Path) -> None:
-        from .outdir import write_file
 
         write_file(path, (json.dumps(self.as_json(), indent=2, sort_keys=True) + "\n").encode())
 
@@ -146,7 +147,6 @@ def artifact_for(
 
 
 def read_manifest(path: Path) -> BuildManifest:
-    from .yamlsource import read_limited  # regular files only, size-checked first: no /dev/zero, no FIFO
 
     if not path.exists():
         raise InvalidInput(Problem(f"{path}: no such manifest"))

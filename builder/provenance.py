@@ -31,6 +31,8 @@ from .errors import InvalidInput
 from .host.run import Runner
 from .manifest import Artifact, BuildManifest, sha256_file
 from .rpm import header as rpmheader
+from .rpm.trust import package_signature
+from .signing import stop_daemons
 
 STATEMENT_TYPE = "https://in-toto.io/Statement/v1"
 PREDICATE_TYPE = "https://slsa.dev/provenance/v1"
@@ -358,7 +360,6 @@ def _check_rpm_signature(
     artifact: Path, keyring: Path | None, public_keys: list[Path], runner: Runner
 ) -> Check:
     """The re-signed copy's own RPM signature, with the site key (the repo publisher signs with it)."""
-    from .rpm.trust import package_signature
 
     work = Path(tempfile.mkdtemp(prefix="kiln-verify-rpm-"))
     try:
@@ -393,7 +394,6 @@ def _armoured_keys(keyring: Path | None, public_keys: list[Path], work: Path, ru
 def _check_signature(
     statement_path: Path, signature: Path, keyring: Path | None, public_keys: list[Path], runner: Runner
 ) -> tuple[Check, str | None]:
-    from .signing import stop_daemons
 
     home = Path(tempfile.mkdtemp(prefix="kiln-verify-"))
     home.chmod(0o700)

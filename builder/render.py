@@ -26,6 +26,7 @@ from jinja2.sandbox import SandboxedEnvironment
 
 from .arch import Arch
 from .errors import InvalidInput, Problem
+from .outdir import write_below
 from .publishers.glance import image_name
 
 # --- encoders: recipe value -> safe text in one output language --------------------------------------
@@ -343,7 +344,6 @@ def template_context(target: Any) -> dict[str, Any]:
 def write_rendered(files: list[RenderedFile], root: Path, under: str = "") -> list[Path]:
     """Write rendered files below ``root`` (in ``under``, a relative directory), atomically and
     never through a symlink inside ``root`` (builder/outdir.py)."""
-    from .outdir import write_below
 
     prefix = f"{under.strip('/')}/" if under else ""
     return write_below(root, [(prefix + f.path, f.content, f.mode) for f in files])

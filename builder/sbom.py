@@ -22,6 +22,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .rpm.header import name_and_arch
+
 SPDX_VERSION = "SPDX-2.3"
 DIB_DPKG_GLOB = "dib-manifest-dpkg-*"
 DPKG_LIST = "packages.dpkg"  # what a builder other than DIB leaves: ``dpkg-query -W`` output
@@ -94,7 +96,6 @@ def find_package_list(out_dir: Path) -> list[Package] | None:
 def packages_of_rpms(paths: list[Path]) -> list[Package]:
     """The packages an RPM rebuild produced (name and arch from each header, version-release from
     the file name rpmbuild gave it: ``NAME-VERSION-RELEASE.ARCH.rpm``)."""
-    from .rpm.header import name_and_arch
 
     out = []
     for path in paths:

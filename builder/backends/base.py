@@ -5,6 +5,8 @@ and an I/O ``run``; ``BuildJob``, ``BuildRun``) is in builder/core/kind.py.
 
 from __future__ import annotations
 
+import json
+import shutil
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
@@ -13,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 from ..core.kind import BuildJob, BuildRun
 from ..errors import CommandFailed
 from ..host.command import Command
+from ..host.compat import host_apt_mirror
 from ..manifest import Artifact, artifact_for
 
 if TYPE_CHECKING:
@@ -39,7 +42,6 @@ def run_command(
 
 def place_copies(run: BuildRun) -> None:
     """The files a plan copies into place before its commands (CA certificates, apt keys)."""
-    import shutil
 
     for source, destination in run.copies:
         destination.parent.mkdir(parents=True, exist_ok=True)
@@ -48,7 +50,6 @@ def place_copies(run: BuildRun) -> None:
 
 def debian_mirror(job: BuildJob) -> str:
     """The Debian archive debootstrap and apt use: site.yaml's, else the one this host's apt uses."""
-    from ..host.compat import host_apt_mirror
 
     return str(job.site.mirrors.debian or host_apt_mirror() or "http://deb.debian.org/debian")
 
@@ -74,14 +75,12 @@ FACTS = "build-facts.json"
 
 
 def write_build_facts(out_dir: Path, facts: dict[str, Any]) -> None:
-    import json
 
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / FACTS).write_text(json.dumps(facts, indent=2, sort_keys=True) + "\n")
 
 
 def read_build_facts(out_dir: Path) -> dict[str, Any]:
-    import json
 
     try:
         data = json.loads((out_dir / FACTS).read_text())

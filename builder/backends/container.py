@@ -34,6 +34,8 @@ from ..arch import Arch
 from ..core.kind import Backend, BuildJob, BuildRun, ExpectedOutput
 from ..errors import CommandFailed, EnvironmentProblem
 from ..host.command import Command
+from ..host.rootfs import BOOTSTRAP_TIMEOUT_S, READY, RootSpec, bootstrap_argv, ensure_root
+from ..host.run import tool_version
 from ..manifest import Artifact, sha256_file
 from ..workspace import source_commit
 from .base import Step, clear_outputs, collect_outputs, debian_mirror, place_copies
@@ -82,8 +84,6 @@ class ContainerBackend(Backend):
         platform = target.arch.oci_platform
         commands: list[Command] = []
         if base.how == "debootstrap":
-            from ..host.rootfs import BOOTSTRAP_TIMEOUT_S, bootstrap_argv
-
             root = base.rootfs.directory(job.cache_dir)
             commands += [
                 Command(bootstrap_argv(base.rootfs, root, debian_mirror(job)), timeout_s=BOOTSTRAP_TIMEOUT_S),
@@ -146,7 +146,6 @@ class ContainerBackend(Backend):
         )
 
     def base_source(self, job: BuildJob) -> BaseSource:
-        from ..host.rootfs import RootSpec
 
         build: Any = job.target.build
         arch = job.target.arch
@@ -206,8 +205,6 @@ class ContainerBackend(Backend):
             on_step(f"{job.target.id}: base {base.reference} is in the engine")
             return
         if base.how == "debootstrap":
-            from ..host.rootfs import ensure_root
-
             on_step(
                 f"{job.target.id}: base rootfs {base.rootfs.release} {job.target.arch.debian}"
                 " (debootstrap unless cached)"
@@ -238,7 +235,6 @@ class ContainerBackend(Backend):
             )
 
     def tool_versions(self, runner: Runner) -> dict[str, str]:
-        from ..host.run import tool_version
 
         return {
             "docker": tool_version(["docker", "version", "--format", "{{.Server.Version}}"], runner),
@@ -284,8 +280,8 @@ def build_image(
     context: Path, tag: str, platform: str, build_args: dict[str, str], log: Path, on_step: Step
 ) -> None:
     """``docker build`` through the engine API, each output line to the log, steps to ``on_step``."""
-    import docker
-    from docker.errors import APIError, DockerException
+    import docker  # on first use, not at start-up: a heavy import
+    from docker.errors import APIError, DockerException  # on first use, not at start-up: a heavy import
 
     try:
         client = docker.APIClient(timeout=int(BUILD_TIMEOUT_S))
@@ -330,7 +326,6 @@ def write_docker_archive(rootfs: Path, arch: Arch, tag: str, dest: Path) -> str:
     """A one-layer docker-archive (what ``docker load`` reads) of ``rootfs``, whose image config names
     ``arch``; entries sorted and owners numeric, so the same rootfs gives the same image id.
     Returns the image's config digest."""
-    from ..host.rootfs import READY
 
     partial = dest.with_name(dest.name + ".partial")
     layer = dest.with_name(dest.name + ".layer")

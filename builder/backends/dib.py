@@ -22,6 +22,7 @@ import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -216,7 +217,6 @@ class DibBackend(Backend):
         return BaseInputs(elements, packages, {**env, **command.env})
 
     def tool_versions(self, runner: Runner) -> dict[str, str]:
-        from importlib.metadata import PackageNotFoundError, version
 
         try:
             return {"diskimage-builder": version("diskimage-builder")}

@@ -36,6 +36,7 @@ import json
 import os
 import re
 import shutil
+import tempfile
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -45,6 +46,7 @@ from typing import TYPE_CHECKING, Any
 import yaml
 
 from ..arch import Arch
+from ..host.run import Runner
 
 if TYPE_CHECKING:
     from ..host.run import Runner
@@ -108,7 +110,7 @@ def stage_version(elements_dir: Path) -> str:
 
 
 def dib_elements_dir() -> Path:
-    import diskimage_builder
+    import diskimage_builder  # on first use, not at start-up: a heavy import
 
     return Path(diskimage_builder.__file__).parent / "elements"
 
@@ -116,7 +118,9 @@ def dib_elements_dir() -> Path:
 def expanded_elements(elements: Iterable[str], elements_path: str) -> list[tuple[str, Path]]:
     """(name, directory) of every element DIB will use for ``elements`` (with ``base``, which
     disk-image-create adds), dependencies resolved by DIB's own resolver."""
-    from diskimage_builder.element_dependencies import get_elements
+    from diskimage_builder.element_dependencies import (
+        get_elements,  # on first use, not at start-up: a heavy import
+    )
 
     wanted = ["base", *elements]
     if not any(e.startswith("block-device-") for e in elements):
@@ -170,7 +174,6 @@ def environment_files(elements: list[tuple[str, Path]]) -> list[Path]:
 def sourced_environment(files: list[Path], env: Mapping[str, str], runner: Runner) -> dict[str, str] | None:
     """The environment after sourcing ``files`` on top of ``env`` in DIB's order; None when bash
     could not do it here (the caller keys on the files' text instead)."""
-    import tempfile
 
     with tempfile.TemporaryDirectory(prefix="kiln-envd-") as folder:
         for path in files:
@@ -257,7 +260,6 @@ def base_spec(
 ) -> BaseSpec:
     """What the base of a build is made of. ``elements_path``: more element directories after
     Kiln's (IPA's); ``env``: the build's environment before DIB sources environment.d."""
-    from ..host.run import Runner
 
     path = f"{elements_dir}:{elements_path}" if elements_path else str(elements_dir)
     expanded = expanded_elements(elements, path)
@@ -290,7 +292,7 @@ def base_spec(
 def mirror_state(suites: Iterable[str], timeout_s: float = 30.0) -> list[tuple[str, str]]:
     """(suite URL, sha256 of its InRelease) per suite (``<mirror>/dists/<suite>``): a mirror that
     moved on is a new base. Raises OSError when a suite cannot be read."""
-    import requests
+    import requests  # on first use, not at start-up: a heavy import
 
     out = []
     for suite in suites:

@@ -20,14 +20,16 @@ from __future__ import annotations
 import json
 import shutil
 from dataclasses import replace
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..core.kind import BuildJob, BuildRun, ExpectedOutput
 from ..host.command import Command
+from ..ipa_sources import SourcePin, ensure_repo, environment, latest_version, plan_repos, upstream_refs
 from ..manifest import Artifact, sha256_file
 from . import dib_base
-from .base import Step, clear_outputs
+from .base import Step, clear_outputs, collect_outputs
 from .dib import BASE_NOTE, BUILD_TIMEOUT_S, BaseInputs, DibBackend, base_cache_applies, parse_env_file
 
 if TYPE_CHECKING:
@@ -41,7 +43,6 @@ def releases(build: Any) -> list[tuple[str, str | None]]:
 
 def ipa_pins(build: Any) -> list[Any]:
     """The releases the recipe pins; unpinned ones are resolved at run time."""
-    from ..ipa_sources import SourcePin
 
     return [SourcePin(project, version) for project, version in releases(build) if version]
 
@@ -50,7 +51,6 @@ class IpaBackend(DibBackend):
     tool = "ironic-python-agent-builder"
 
     def plan(self, job: BuildJob) -> BuildRun:
-        from ..ipa_sources import environment, plan_repos
 
         build: Any = job.target.build
         site_env, copies, notes = self.site_environment(job)
@@ -67,8 +67,6 @@ class IpaBackend(DibBackend):
         pins = ipa_pins(build)
         env.update(environment(plan_repos(pins, job.cache_dir, upstream_git=upstream)))
         if upstream:
-            from ..ipa_sources import upstream_refs
-
             env.update(upstream_refs(pins))
         unpinned = [project for project, version in releases(build) if not version]
         if unpinned and not upstream:
@@ -120,7 +118,6 @@ class IpaBackend(DibBackend):
     def _make_iso(
         self, run: BuildRun, job: BuildJob, command: Command, runner: Runner, log: Path
     ) -> list[Artifact]:
-        from .base import collect_outputs
 
         by_type = {o.type: o.path for o in run.outputs}
         root = iso_root(job)
@@ -137,7 +134,6 @@ class IpaBackend(DibBackend):
 
     def _local_sources(self, job: BuildJob, runner: Runner, log: Path, on_step: Step) -> dict[str, str]:
         """Local git repos of the pinned (or newest) releases, made once and cached."""
-        from ..ipa_sources import SourcePin, ensure_repo, environment, latest_version, plan_repos
 
         build: Any = job.target.build
         pins = [
@@ -156,7 +152,9 @@ class IpaBackend(DibBackend):
     def base_inputs(self, command: Command) -> BaseInputs:
         """The disk-image-create run ironic-python-agent-builder makes of its argv: its ramdisk
         element, the distribution, the ``-e`` elements, and the environment it adds."""
-        from ironic_python_agent_builder import find_elements_path
+        from ironic_python_agent_builder import (
+            find_elements_path,  # on first use, not at start-up: a heavy import
+        )
 
         argv = list(command.argv)
         extra = [argv[i + 1] for i, word in enumerate(argv[:-1]) if word in ("-e", "--element")]
@@ -169,7 +167,6 @@ class IpaBackend(DibBackend):
         return BaseInputs(elements, [], env, ipa_elements)
 
     def tool_versions(self, runner: Runner) -> dict[str, str]:
-        from importlib.metadata import PackageNotFoundError, version
 
         out = dict(super().tool_versions(runner))
         try:

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 from ..core.kind import Backend, BuildJob, BuildRun, ExpectedOutput
 from ..errors import CommandFailed, InvalidInput, Problem
 from ..host.command import Command
+from ..host.run import tool_version
 from ..manifest import Artifact
 from ..sbom import DPKG_LIST, RPM_LIST
 from .base import Step, collect_outputs, run_command
@@ -132,7 +133,6 @@ class PackerBackend(Backend):
         return collect_outputs(run, log)
 
     def tool_versions(self, runner: Runner) -> dict[str, str]:
-        from ..host.run import tool_version
 
         return {"packer": tool_version(["packer", "version"], runner)}
 

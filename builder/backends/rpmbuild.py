@@ -31,8 +31,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..core.kind import Backend, BuildJob, BuildRun
+from ..endpoints import local_endpoints
 from ..errors import CommandFailed, EnvironmentProblem, InvalidInput, Problem, RemoteDataError
 from ..host.command import Command
+from ..host.compat import NO_BINFMT, _binfmt
+from ..host.run import tool_version
 from ..manifest import Artifact, artifact_for
 from ..rpm import buildroot
 from ..rpm.brmap import map_build_requires
@@ -49,6 +52,7 @@ from ..rpm.sandbox import (
 )
 from ..rpm.source import RepoNotFound, arch_refusal, download, fetch_source, read_header, repo_packages
 from ..rpm.trust import check_signature
+from ..rpm.versions import newest
 from .base import Step, debian_mirror
 
 if TYPE_CHECKING:
@@ -141,7 +145,6 @@ def _repo_path(job: BuildJob) -> str:
 
 def repo_url(job: BuildJob) -> str:
     """Where this target's rebuilt packages are published (earlier builds' results are read there)."""
-    from ..endpoints import local_endpoints
 
     site = job.site.repo
     base = site.base_url or (
@@ -155,7 +158,6 @@ def repo_url(job: BuildJob) -> str:
 def embedded_repo_dir(job: BuildJob) -> Path | None:
     """The directory the embedded site serves this target's repo from, when that is where it is
     published (site.yaml's repo: the local backend, no URL of its own); None for any other repo."""
-    from ..endpoints import local_endpoints
 
     site = job.site.repo
     if site.backend != "local" or site.base_url or (site.s3 and site.s3.public_url):
@@ -215,8 +217,6 @@ class RpmbuildBackend(Backend):
                 "use build_root: debian-chroot here)"
             )
         if job.host.placement == "emulated":
-            from ..host.compat import NO_BINFMT, _binfmt
-
             binfmt = _binfmt(arch)
             if binfmt.name == NO_BINFMT:
                 raise EnvironmentProblem(
@@ -378,7 +378,6 @@ class RpmbuildBackend(Backend):
         return artifacts
 
     def tool_versions(self, runner: Runner) -> dict[str, str]:
-        from ..host.run import tool_version
 
         return {
             "rpmbuild": tool_version(["rpmbuild", "--version"], runner),
@@ -406,7 +405,6 @@ def _published(url: str, logins: RepoLogins, served_from: Path | None = None) ->
 def _download_from_repo(
     url: str, logins: RepoLogins, published: list[Any], names: tuple[str, ...], into: Path
 ) -> list[Path]:
-    from ..rpm.versions import newest
 
     out = []
     for name in names:

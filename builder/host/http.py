@@ -109,8 +109,8 @@ def _adapter() -> Any:
     """requests' adapter whose connections register their socket with the fetch's watchdog once
     connected (a TLS handshake in progress is bounded by the connect timeout alone)."""
     import requests.adapters  # start-up time: see above
-    import urllib3.connection
-    import urllib3.connectionpool
+    import urllib3.connection  # on first use, not at start-up: a heavy import
+    import urllib3.connectionpool  # on first use, not at start-up: a heavy import
 
     def watched(base: type) -> type:
         class Watched(base):  # type: ignore[valid-type,misc]
@@ -178,7 +178,7 @@ def http_body(
     ``max_bytes``, past the deadline (however slowly bytes come), on an HTTP error (``http_status``)
     or a broken read. ``url`` carries no userinfo: ``auth`` is the login, sent to its origin only."""
     import requests  # start-up time: see _adapter
-    import urllib3
+    import urllib3  # on first use, not at start-up: a heavy import
 
     if _has_userinfo(url):  # a Kiln bug: the password would be in every message below
         raise ValueError("http_body takes a URL without userinfo; the login goes in auth")

@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Mapping
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, Field, create_model
+from pydantic import BaseModel, Field, TypeAdapter, create_model
 
 from ..core.kind import Kind
 from ..recipe import RecipeBase
@@ -125,7 +125,6 @@ def _make_recipe_model(name: str) -> type[RecipeBase]:
 
 def recipe_json_schema() -> dict[str, Any]:
     """The JSON Schema editors use for completion (``kiln schema``): one recipe of any kind."""
-    from pydantic import TypeAdapter
 
     models = [recipe_model(name) for name in names()]
     union: Any = models[0]

@@ -30,6 +30,7 @@ from ..recipe import (
     StrictModel,
     _unique,
 )
+from ..verify.container_run import ContainerVerifier
 
 DEBOOTSTRAP = "debootstrap:"
 # A registry reference: host[:port]/path[:tag][@sha256:...] (lowercase path, as registries require).
@@ -138,7 +139,6 @@ RULES = (
 
 
 def _verifier(verify: Any) -> Any:
-    from ..verify.container_run import ContainerVerifier
 
     return ContainerVerifier(verify)
 

@@ -11,6 +11,7 @@ from pydantic import Field
 from ..core.kind import Verifier
 from ..core.route import Facts
 from ..recipe import BootVerify, GlancePublish, StrictModel
+from ..verify.image_boot import BootVerifier
 
 GuestDistro = Literal["debian", "ubuntu", "centos", "rocky", "almalinux", "fedora"]
 ImageFormat = Literal["qcow2", "raw"]
@@ -26,7 +27,6 @@ class GuestPublish(StrictModel):
 
 def boot_verifier(verify: Any) -> Verifier | None:
     """The boot test, unless the recipe switched it off (verify.boot.enabled: false)."""
-    from ..verify.image_boot import BootVerifier
 
     return BootVerifier(verify.boot) if verify.boot.enabled else None
 

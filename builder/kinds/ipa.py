@@ -25,6 +25,7 @@ from ..recipe import (
     _unique,
     tool_env,
 )
+from ..verify.ipa_boot import ipa_verifier as boot_verifier
 from .guest_dib import DIB_ENV, DIB_HOST_PROGRAMS
 
 # What a recipe's build.env may set for ironic-python-agent-builder (which runs DIB): DIB's settings,
@@ -106,7 +107,6 @@ def iso_for(build: Any, arch: Arch) -> bool:
 
 def ipa_verifier(verify: Any) -> Any:
     """Boot kernel + initramfs (and the ISO) in QEMU and ask the agent's API (builder/verify/ipa_boot.py)."""
-    from ..verify.ipa_boot import ipa_verifier as boot_verifier
 
     return boot_verifier(verify)
 

@@ -9,6 +9,7 @@ from typing import Annotated, Literal
 from pydantic import AfterValidator, Field, PrivateAttr, StringConstraints, ValidationInfo, model_validator
 
 from ..arch import Arch
+from ..backends.rpmbuild import RpmbuildBackend
 from ..capabilities import Rule
 from ..core.kind import Kind, Output
 from ..core.route import Facts
@@ -23,6 +24,9 @@ from ..recipe import (
     StrictModel,
     UrlWithoutCredentials,
 )
+from ..rpm.order import rebuild_order
+from ..rpm.source import arch_refusal, read_header
+from ..verify.rpm_install import RpmInstallVerifier
 
 # rpm's own directory, database and macro-file macros: a recipe that defined one would move where
 # rpmbuild reads and writes (`_srcrpmdir /etc`) or what it loads, out of the build's own tree.
@@ -145,7 +149,6 @@ def _outputs(build: RpmRebuildBuild, arch: object) -> tuple[Output, ...]:
 def _verifier(verify_settings: RpmVerify) -> object | None:
     if not verify_settings.install:
         return None
-    from ..verify.rpm_install import RpmInstallVerifier
 
     return RpmInstallVerifier()
 
@@ -158,7 +161,6 @@ def _srpm_arch_refusal(build: RpmRebuildBuild, arch: object) -> str | None:
     """At validate time, where the SRPM is a workspace file: its ExclusiveArch/ExcludeArch."""
     if build.source.path is None:
         return None
-    from ..rpm.source import arch_refusal, read_header
 
     if build._workspace_root is None:
         return None
@@ -181,13 +183,11 @@ RULES = tuple(
 
 
 def _peers(recipes: object, root: object) -> dict[str, tuple[str, ...]]:
-    from ..rpm.order import rebuild_order
 
     return rebuild_order(recipes, root)  # type: ignore[arg-type]
 
 
 def _backend() -> object:
-    from ..backends.rpmbuild import RpmbuildBackend
 
     return RpmbuildBackend()
 

@@ -15,11 +15,13 @@ from dataclasses import replace
 from pathlib import Path
 
 from .. import __version__
+from ..endpoints import local_endpoints
 from ..host.run import Runner
 from ..ledger import Ledger
 from ..manifest import BuildManifest
 from ..provenance import BuildContext, Signer, rendered_digests, write_provenance
 from ..sbom import find_package_list, packages_of_rpms, spdx_document
+from ..signing import first_fingerprint, hold_keyring
 from ..siteconfig import SiteConfig
 
 
@@ -38,8 +40,6 @@ def site_signer(site: SiteConfig, root: Path, runner: Runner | None = None) -> S
     if site.repo.signing_key is not None:
         home = Path(os.path.expanduser(site.repo.signing_key.gnupghome))
         return Signer(home, site.repo.signing_key.fingerprint)
-    from ..endpoints import local_endpoints
-    from ..signing import first_fingerprint, hold_keyring
 
     home = local_endpoints(site, root).gnupghome
     if not (home / "pubring.kbx").exists() and not (home / "private-keys-v1.d").is_dir():

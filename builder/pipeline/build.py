@@ -18,10 +18,11 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import shutil
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from pathlib import Path
 from typing import Any
@@ -36,9 +37,13 @@ from ..host import compat as hostcompat
 from ..host.run import Runner
 from ..ledger import Ledger, TargetState
 from ..manifest import BuildManifest, Verification, read_manifest
+from ..publishers.from_site import SitePublishers
 from ..render import render_target, write_rendered
 from ..siteconfig import SiteConfig
+from ..verify.boot import choose_accelerator
+from ..verify.junit import write_junit
 from ..workspace import Workspace, source_commit
+from .attest import attest, site_signer
 from .publish import Candidate, publish_group, publish_manifests
 
 Step = Callable[[str], None]
@@ -254,8 +259,6 @@ class Pipeline:
 
     def publishers(self) -> Any:
         if self._publishers is None:
-            from ..publishers.from_site import SitePublishers
-
             self._publishers = SitePublishers(self.site, self.workspace.root, self.on_step)
         return self._publishers
 
@@ -345,7 +348,6 @@ class Pipeline:
 
     def _attest(self, target: Target, manifest: BuildManifest) -> BuildManifest:
         """SBOM and provenance beside the artifacts, listed in the manifest (builder/pipeline/attest.py)."""
-        from .attest import attest, site_signer
 
         signer = site_signer(self.site, self.workspace.root, self.runner)
         manifest = attest(manifest, self.ledger, self.dirs.render(target), signer, self.runner)
@@ -419,7 +421,6 @@ class Pipeline:
         return True  # pending (never verified) or failed
 
     def verify(self, target: Target, manifest: BuildManifest, options: BuildOptions) -> BuildManifest:
-        from ..verify.junit import write_junit
 
         verifier = target.spec.verifier(target.verify)
         if verifier is None:
@@ -497,7 +498,6 @@ def main_artifact(manifest: BuildManifest) -> Path:
 
 
 def _with_verification(manifest: BuildManifest, verdict: dict[str, Any]) -> BuildManifest:
-    from dataclasses import replace
 
     return replace(
         manifest, verification={**verdict, "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
@@ -529,15 +529,12 @@ def gather_host_facts(target: Target, site: SiteConfig, backend: Backend, on_ste
             )
     accelerator = None
     if backend.needs_accelerator:
-        from ..verify.boot import choose_accelerator
-
         accelerator = choose_accelerator(target.arch)
     return HostFacts(arch=host, placement=placement, adaptations=adaptations, accelerator=accelerator)
 
 
 def describe_plan(outcome: Outcome) -> list[str]:
     """A dry run's plan as lines a person can paste (secrets are masked by the caller)."""
-    import shlex
 
     plan = outcome.plan or {}
     lines = [f"# {outcome.target} ({plan.get('tool', '?')}, {plan.get('placement', '?')})"]

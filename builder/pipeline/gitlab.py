@@ -22,6 +22,7 @@ from typing import Any
 from ..core.kind import Target, slug_of
 from ..core.targets import TargetGraph, dependencies_first
 from ..errors import InvalidInput, Problem
+from ..host.run import Runner
 from ..siteconfig import GitLabSite
 
 # GitLab refuses a generated (artifact) config over 5 MB; stay a little under it.
@@ -323,7 +324,6 @@ def render_yaml(document: dict[str, Any]) -> str:
 def changed_since(root: Any, ref: str) -> set[str]:
     """Workspace-relative files that differ between ``ref`` and the working tree (``git diff``).
     The one I/O here; raises InvalidInput when git cannot answer (not a repo, unknown ref)."""
-    from ..host.run import Runner
 
     if ref.startswith("-"):
         raise InvalidInput(Problem(f"--changed-since: {ref!r} is not a git ref"))

@@ -27,7 +27,7 @@ from ..elements import known_elements, unknown_element
 from ..errors import InvalidInput, Problem
 from ..kinds import kind_of
 from ..recipe import file_refs
-from ..recipes import LoadedRecipe
+from ..recipes import LoadedRecipe, RecipeLoader, discover
 from ..render import template_closure
 from ..workspace import Workspace
 
@@ -333,7 +333,6 @@ def load(paths: list[Path], workspace: Workspace, *, with_dependencies: bool = F
     the requested recipes' targets are returned, plus, ``with_dependencies``, every target they
     build on.
     """
-    from ..recipes import RecipeLoader, discover
 
     loader = RecipeLoader(workspace)
     files = discover(paths)

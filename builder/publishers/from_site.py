@@ -1,5 +1,7 @@
 """Publishers built from site.yaml: a real cloud, registry and mirror, or the embedded site's
-endpoints (builder/endpoints.py). Each is created on first use, since each may need a service."""
+endpoints (builder/endpoints.py). Each is created on first use, since each may need a service; its
+client module is imported then too (openstacksdk, requests, boto3 are heavy: a build that publishes
+nowhere, or only to one destination, never pays for the others)."""
 
 from __future__ import annotations
 
@@ -9,6 +11,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from .. import masking
 from ..endpoints import LOCAL_S3_ACCESS_KEY, LOCAL_S3_SECRET_KEY, REPO_KEY_FILE, local_endpoints
 from ..siteconfig import SiteConfig
 
@@ -26,7 +29,7 @@ class SitePublishers:
 
     def glance(self) -> Any:
         if self._glance is None:
-            from .glance import GlancePublisher
+            from .glance import GlancePublisher  # on first use: start-up time
 
             cloud = self.site.glance.cloud or os.environ.get("OS_CLOUD")
             self._glance = GlancePublisher.connect(
@@ -38,8 +41,12 @@ class SitePublishers:
 
     def registry(self) -> tuple[Any, str]:
         """The registry publisher and the repository prefix (``team`` in ``host:5000/team``)."""
-        from .. import masking
-        from .registry import RegistryClient, RegistryPublisher, docker_config_auth, docker_config_path
+        from .registry import (  # on first use: start-up time
+            RegistryClient,
+            RegistryPublisher,
+            docker_config_auth,
+            docker_config_path,
+        )
 
         url = self.site.registry.url or self.local.urls.registry
         host = url.split("/")[0]
@@ -63,8 +70,8 @@ class SitePublishers:
 
     def repo(self) -> Any:
         if self._repo is None:
-            from ..signing import ensure_key
-            from .repo import RepoKey, RepoPublisher
+            from ..signing import ensure_key  # on first use: start-up time
+            from .repo import RepoKey, RepoPublisher  # on first use: start-up time
 
             settings = self.site.repo
             if settings.backend == "path":
@@ -87,7 +94,7 @@ class SitePublishers:
 
     def http_dir(self) -> Any:
         """The Bifrost HTTP directory publisher: site.yaml ``ipa_http``, else the local repo tree's ipa/."""
-        from .http_dir import HttpDirPublisher
+        from .http_dir import HttpDirPublisher  # on first use: start-up time
 
         settings = self.site.ipa_http
         if settings.root:
@@ -100,10 +107,10 @@ class SitePublishers:
     def mirror(self) -> Any:
         settings = self.site.repo
         if settings.backend == "s3" and settings.s3 is not None:
-            import boto3
-            from botocore.config import Config
+            import boto3  # on first use: start-up time
+            from botocore.config import Config  # on first use: start-up time
 
-            from .mirror import S3Mirror, add_content_md5_for_delete
+            from .mirror import S3Mirror, add_content_md5_for_delete  # on first use: start-up time
 
             local = settings.s3.endpoint_url is None
             client = boto3.client(
@@ -117,7 +124,7 @@ class SitePublishers:
             add_content_md5_for_delete(client)
             return S3Mirror(client, settings.s3.bucket, settings.s3.prefix)
         if settings.backend == "rsync" and settings.rsync_target:
-            from .mirror import RsyncMirror
+            from .mirror import RsyncMirror  # on first use: start-up time
 
             return RsyncMirror(settings.rsync_target)
         return None

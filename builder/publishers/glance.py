@@ -201,7 +201,7 @@ class GlancePublisher:
 
     @classmethod
     def connect(cls, *, cloud: str | None, endpoint: str | None, method: str = "upload") -> GlancePublisher:
-        import openstack
+        import openstack  # on first use, not at start-up: a heavy import
 
         warnings.filterwarnings("ignore", module="openstack")
         if cloud:
@@ -272,7 +272,7 @@ class GlancePublisher:
         return GlanceResult(candidate.id, name, False, hidden, deleted)
 
     def _create_candidate(self, name: str, artifact: Artifact, props: dict[str, str]) -> Any:
-        from openstack.image.v2.image import Image
+        from openstack.image.v2.image import Image  # on first use, not at start-up: a heavy import
 
         attrs = {
             "name": f"{name} (kiln candidate)",

@@ -19,6 +19,7 @@ import hashlib
 import json
 import os
 import re
+import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -378,7 +379,6 @@ class RegistryPublisher:
     def pull_layout(self, repository: str, digest: str, dest: Path) -> Path:
         """The image manifest ``digest`` and its blobs, into an OCI layout at ``dest``; every byte is
         checked against its digest, and ``dest`` appears whole or not at all."""
-        import shutil
 
         scope = f"repository:{repository}:pull"
         response = self.client.request(

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from ..errors import CommandFailed
 from ..host import rootfs
 from ..host.command import Command
 
@@ -56,7 +57,6 @@ def overlay_argv(base: Path, work: Path) -> tuple[str, ...]:
 def overlay_root(base: Path, work: Path, runner: Runner, log: Path) -> bool:
     """``work`` as an overlay on the cached root (writes go to a directory beside it); False where
     this kernel or container cannot mount one (then :func:`copy_root`)."""
-    from ..errors import CommandFailed
 
     upper, scratch = work.with_name(work.name + ".upper"), work.with_name(work.name + ".work")
     for directory in (work, upper, scratch):

@@ -14,10 +14,10 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import KilnError
+from .source import read_header
 
 
 def rebuild_order(recipes: Sequence[tuple[str, Any]], root: Path) -> dict[str, tuple[str, ...]]:
-    from .source import read_header
 
     source_names: dict[str, str] = {}  # source package name -> recipe
     requires: dict[str, tuple[str, ...]] = {}

@@ -41,6 +41,7 @@ from .repometa import (
     RepoPackage,
     parse_repomd,
 )
+from .versions import newest
 
 __all__ = [  # the repo metadata reader lives in repometa.py, HTTP in host/http.py; others import these here
     "Deadline",
@@ -82,7 +83,7 @@ class SrpmHeader:
 
 
 def read_header(path: Path) -> SrpmHeader:
-    import createrepo_c as cr
+    import createrepo_c as cr  # on first use, not at start-up: a heavy import
 
     try:
         package = cr.package_from_rpm(str(path))
@@ -258,7 +259,6 @@ def read_primary(
 
 def resolve_package(name: str, repo_url: str, into: Path, logins: RepoLogins = NO_LOGINS) -> Path:
     """The newest source package ``name`` in the repo at ``repo_url``, downloaded and checked."""
-    from .versions import newest
 
     packages = repo_packages(repo_url, logins=logins)
     candidates = [p for p in packages if p.name == name and p.arch == "src"]

@@ -21,8 +21,13 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
+from .. import kinds
 from ..arch import Arch
 from ..errors import InvalidInput, Problem
+from ..outdir import write_below
+from ..recipe import TEMPLATE_SYNTAX
+from ..validation import problems_from_validation
+from ..yamlsource import load_text
 from .credentials import without_userinfo
 from .missing import Missing
 
@@ -80,10 +85,6 @@ def recipe_problems(text: str, data: dict[str, Any], shown: str) -> list[Problem
     """What is wrong with a recipe Kiln wrote, read back as ``kiln validate`` reads a file: the same
     YAML reader (duplicate keys, aliases, depth), the kind's recipe model. The text must also mean
     exactly ``data``: the emitter, not the values, decides the structure."""
-    from .. import kinds
-    from ..recipe import TEMPLATE_SYNTAX
-    from ..validation import problems_from_validation
-    from ..yamlsource import load_text
 
     try:
         doc = load_text(text, shown)
@@ -176,7 +177,6 @@ def write_recipes(
 ) -> list[Path]:  # fmt: skip
     """Write the rebuild recipes into ``directory`` (nothing is written unless all validate), through
     the writer that never follows a symlink below it; the sources left out are warned about."""
-    from ..outdir import write_below
 
     recipes, warnings = rebuild_recipes(
         found, from_url=from_url, to_url=to_url, source_repo=source_repo, arch=arch,

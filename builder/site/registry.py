@@ -100,7 +100,7 @@ def prepare(state: Path, port: int, docker_config_path: Path) -> None:
 
 def _answers(url: str) -> bool:
     """Up: /v2/ answers, 200 or (auth on) 401."""
-    import requests
+    import requests  # on first use, not at start-up: a heavy import
 
     try:
         return requests.get(url, timeout=2).status_code in (200, 401)

@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from ..core.kind import CaseResult, VerifyJob
+from .boot import boot_check
 
 
 class BootVerifier:
@@ -13,7 +14,6 @@ class BootVerifier:
         self.settings = settings
 
     def verify(self, job: VerifyJob) -> list[CaseResult]:
-        from .boot import boot_check
 
         target, manifest, boot = job.target, job.manifest, self.settings
         image = next(manifest.path_of(a) for a in manifest.artifacts if a.format == "qcow2")

@@ -37,6 +37,7 @@ from ..core.kind import CaseResult, VerifyJob
 from ..errors import EnvironmentProblem
 from ..host.net import free_port
 from ..host.run import Runner
+from .boot import choose_accelerator, qemu_machine_argv, remember_kvm_hangs
 from .ipa_agent import (
     DISKS,
     HARDWARE_INFO,
@@ -102,7 +103,6 @@ def ipa_qemu_argv(
     disks: list[tuple[Path, VirtualDisk]],
     media: Media,
 ) -> list[str]:
-    from .boot import qemu_machine_argv
 
     argv = qemu_machine_argv(arch, accel=accel, memory_mb=memory_mb, serial_log=serial_log)
     if media.cdrom is not None:
@@ -155,7 +155,6 @@ class IpaBootVerifier:
         self.accelerator = accelerator  # forced (tests); None: choose_accelerator
 
     def verify(self, job: VerifyJob) -> list[CaseResult]:
-        from .boot import choose_accelerator, remember_kvm_hangs
 
         target, manifest = job.target, job.manifest
         paths = {a.type: manifest.path_of(a) for a in manifest.artifacts}

@@ -343,8 +343,8 @@ def test_qemu_is_stopped_and_the_disks_removed_when_the_check_itself_breaks(tmp_
 
 def test_a_kvm_boot_that_prints_nothing_is_remembered_as_a_hang_and_repeated_under_tcg(tmp_path, monkeypatch):
     remembered = []
-    monkeypatch.setattr("builder.verify.boot.remember_kvm_hangs", lambda: remembered.append(True))
-    monkeypatch.setattr("builder.verify.boot.choose_accelerator", lambda arch: "tcg" if remembered else "kvm")
+    monkeypatch.setattr("builder.verify.ipa_boot.remember_kvm_hangs", lambda: remembered.append(True))
+    monkeypatch.setattr("builder.verify.ipa_boot.choose_accelerator", lambda arch: "tcg" if remembered else "kvm")
     runner = FakeRunner(Guest(answers=False, serial=""), Guest())
     cases = verify(tmp_path, runner, accelerator=None, timeout_s=1)
     assert [q.argv[q.argv.index("-accel") + 1] for q in runner.started] == ["kvm", "tcg"]
@@ -353,8 +353,8 @@ def test_a_kvm_boot_that_prints_nothing_is_remembered_as_a_hang_and_repeated_und
 
 
 def test_an_iso_repeated_under_tcg_after_a_kvm_hang_gets_a_fresh_virtual_media_cd(tmp_path, monkeypatch):
-    monkeypatch.setattr("builder.verify.boot.remember_kvm_hangs", lambda: None)
-    monkeypatch.setattr("builder.verify.boot.choose_accelerator", lambda arch: "kvm")
+    monkeypatch.setattr("builder.verify.ipa_boot.remember_kvm_hangs", lambda: None)
+    monkeypatch.setattr("builder.verify.ipa_boot.choose_accelerator", lambda arch: "kvm")
     runner = FakeRunner(Guest(), Guest(answers=False, serial=""), Guest())
     cases = verify(tmp_path, runner, iso=b"boot_method=vmedia", accelerator=None, timeout_s=1)
     assert list(cases) == [
