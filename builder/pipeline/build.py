@@ -30,7 +30,7 @@ from typing import Any
 from ..arch import Arch
 from ..backends.base import FACTS, read_build_facts
 from ..core.kind import Backend, BuildJob, HostFacts, Target, VerifyJob, slug_of
-from ..core.route import ReusableImage
+from ..core.route import Publishers, ReusableImage
 from ..core.targets import dependencies_first
 from ..errors import CommandFailed, EnvironmentProblem, InvalidInput, KilnError, Problem
 from ..host import compat as hostcompat
@@ -257,7 +257,7 @@ class Pipeline:
             manifest = None
         return outcome, manifest
 
-    def publishers(self) -> Any:
+    def publishers(self) -> Publishers:
         if self._publishers is None:
             self._publishers = SitePublishers(self.site, self.workspace.root, self.on_step)
         return self._publishers
@@ -331,7 +331,7 @@ class Pipeline:
             build=target.build_json,
             build_id=build_id,
             source_commit=source_commit(self.workspace.root),
-            verification={"status": "pending"},
+            verification={"status": Verification.PENDING.value},
             build_facts=read_build_facts(job.out_dir) or None,
             base_dir=self.dirs.target(target),
         )
