@@ -106,9 +106,12 @@ def test_publishing_and_verification_never_import_the_local_site():
 
 
 def test_the_cli_only_calls_the_pipeline():
-    """cli.py parses and prints: no backend, verifier or publisher is driven from it directly."""
+    """builder/cli/ parses and prints: no backend, verifier or publisher is driven from it directly."""
     forbidden = ("builder.backends", "builder.verify", "builder.hostcompat", "builder.render.write_rendered")
     offenders = [
-        f"cli.py:{line}: {name}" for line, name in _imports(BUILDER / "cli.py") if name.startswith(forbidden)
+        f"{_rel(path)}:{line}: {name}"
+        for path in _modules(BUILDER / "cli")
+        for line, name in _imports(path)
+        if name.startswith(forbidden)
     ]
     assert offenders == [], offenders
