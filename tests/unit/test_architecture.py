@@ -6,6 +6,8 @@ start processes, and what publishing and verification may import.
 - ``subprocess`` is imported by builder/host/run.py alone: every process goes through the one runner.
 - Nothing under builder/publishers/ or builder/verify/ (nor the publish route) imports the embedded
   local site (builder/site/): they reach it through endpoints, as they reach a real cloud.
+- The ``kiln`` command (builder/cli/) parses and prints: its modules import no private name of another
+  module, and one another without a cycle (common.py imports none of them).
 """
 
 from __future__ import annotations
@@ -115,3 +117,59 @@ def test_the_cli_only_calls_the_pipeline():
         if name.startswith(forbidden)
     ]
     assert offenders == [], offenders
+
+
+def _module_name(path: Path) -> str:
+    parts = path.relative_to(PACKAGE_ROOT).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _private(name: str) -> bool:
+    return name.startswith("_") and not name.startswith("__")
+
+
+def test_the_cli_modules_share_only_public_names_and_import_one_another_without_a_cycle():
+    """Each command group (builder/cli/recipes.py, ...) adds its own commands; what they share is
+    builder/cli/common.py, by public names. ``__init__`` imports the groups; only ``__main__`` imports it."""
+    paths = {_module_name(path): path for path in _modules(BUILDER / "cli")}
+    private = []  # `from x import _name`, or `name._attr` on a name an import bound
+    edges: dict[str, set[str]] = {}
+    for module, path in paths.items():
+        tree = ast.parse(path.read_text())
+        imports = [node for node in ast.walk(tree) if isinstance(node, ast.Import | ast.ImportFrom)]
+        bound = {(alias.asname or alias.name).split(".")[0] for node in imports for alias in node.names}
+        private += [
+            f"{_rel(path)}:{node.lineno}: {alias.name}"
+            for node in imports
+            if isinstance(node, ast.ImportFrom)
+            for alias in node.names
+            if _private(alias.name)
+        ]
+        private += [
+            f"{_rel(path)}:{node.lineno}: {node.value.id}.{node.attr}"
+            for node in ast.walk(tree)
+            if isinstance(node, ast.Attribute)
+            and isinstance(node.value, ast.Name)
+            and node.value.id in bound
+            and _private(node.attr)
+        ]
+        edges[module] = {
+            max((m for m in paths if name == m or name.startswith(m + ".")), key=len)
+            for _, name in _imports(path)
+            if name == "builder.cli" or name.startswith("builder.cli.")
+        } - {module}
+    assert private == [], private
+    assert edges["builder.cli.common"] == set(), edges
+    assert [m for m, imported in edges.items() if "builder.cli" in imported] == ["builder.cli.__main__"], (
+        edges
+    )
+
+    def cycle(path: tuple[str, ...]) -> tuple[str, ...] | None:
+        for imported in sorted(edges[path[-1]]):
+            found = (*path, imported) if imported in path else cycle((*path, imported))
+            if found:
+                return found
+        return None
+
+    cycles = [found for module in sorted(edges) if (found := cycle((module,)))]
+    assert cycles == [], cycles
