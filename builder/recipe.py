@@ -171,7 +171,7 @@ FileRef = Annotated[
 ]
 
 
-def _unique(values: list[Any]) -> list[Any]:
+def unique_items(values: list[Any]) -> list[Any]:
     seen: set[Any] = set()
     for value in values:
         if value in seen:
@@ -190,7 +190,7 @@ class StrictModel(BaseModel):
 class Matrix(StrictModel):
     """The axes a recipe expands over, besides ``arches``."""
 
-    releases: Annotated[list[Release], AfterValidator(_unique)] = Field(
+    releases: Annotated[list[Release], AfterValidator(unique_items)] = Field(
         default_factory=list,
         description="Build once per release; empty means the single build.release.",
     )
@@ -229,7 +229,7 @@ class RegistryPublish(StrictModel):
     tags: Annotated[
         list[Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")]],
         Field(min_length=1),
-        AfterValidator(_unique),
+        AfterValidator(unique_items),
     ]
 
 
@@ -251,7 +251,7 @@ class RecipeBase(StrictModel):
 
     name: Name
     description: ShortText = ""
-    arches: Annotated[list[ArchName], Field(min_length=1), AfterValidator(_unique)]
+    arches: Annotated[list[ArchName], Field(min_length=1), AfterValidator(unique_items)]
     matrix: Matrix = Field(default_factory=Matrix)
 
 

@@ -34,7 +34,7 @@ from ..core.kind import Backend, BuildJob, BuildRun
 from ..endpoints import local_endpoints
 from ..errors import CommandFailed, EnvironmentProblem, InvalidInput, Problem, RemoteDataError
 from ..host.command import Command
-from ..host.compat import NO_BINFMT, _binfmt
+from ..host.compat import NO_BINFMT, binfmt_adaptation
 from ..host.run import tool_version
 from ..manifest import Artifact, artifact_for
 from ..rpm import buildroot
@@ -217,7 +217,7 @@ class RpmbuildBackend(Backend):
                 "use build_root: debian-chroot here)"
             )
         if job.host.placement == "emulated":
-            binfmt = _binfmt(arch)
+            binfmt = binfmt_adaptation(arch)
             if binfmt.name == NO_BINFMT:
                 raise EnvironmentProblem(
                     f"{target.id}: {binfmt.reason} "

@@ -65,7 +65,7 @@ def detect(target_arches: Iterable[str] = ()) -> list[Adaptation]:
     for spelling in target_arches:
         arch = Arch.parse(spelling)
         if arch != host:
-            found.append(_binfmt(arch))
+            found.append(binfmt_adaptation(arch))
     return found
 
 
@@ -95,7 +95,7 @@ def _sudo_env() -> dict[str, str] | None:
     return dict(line.split("=", 1) for line in proc.stdout.splitlines() if "=" in line)
 
 
-def _binfmt(arch: Arch) -> Adaptation:
+def binfmt_adaptation(arch: Arch) -> Adaptation:
     entry = Path("/proc/sys/fs/binfmt_misc") / arch.qemu_user.removesuffix("-static")
     try:
         text = entry.read_text()

@@ -28,7 +28,7 @@ from ..recipe import (
     Release,
     ShortText,
     StrictModel,
-    _unique,
+    unique_items,
 )
 from ..verify.container_run import ContainerVerifier
 
@@ -81,11 +81,11 @@ class ContainerBuild(StrictModel):
         "{recipe: NAME} (another container recipe's image of the same arch) or {image: REF}.",
     )
     cuda: CudaVersion | None = Field(None, description="CUDA version, e.g. '11.8'.")
-    cuda_packages: Annotated[list[PackageName], AfterValidator(_unique)] = Field(
+    cuda_packages: Annotated[list[PackageName], AfterValidator(unique_items)] = Field(
         default_factory=list,
         description="CUDA packages of this layer; held (apt-mark hold): later layers cannot upgrade them.",
     )
-    packages: Annotated[list[PackageName], AfterValidator(_unique)] = Field(default_factory=list)
+    packages: Annotated[list[PackageName], AfterValidator(unique_items)] = Field(default_factory=list)
     apt_repositories: list[AptRepository] = Field(
         default_factory=list,
         description="Extra apt repositories (signed-by their key) for this layer's packages.",

@@ -11,7 +11,7 @@ from ..backends.dib import DISTRO_ELEMENTS, DibBackend, kiln_elements
 from ..capabilities import Rule
 from ..core.kind import Kind, Output
 from ..publishers.routes import GLANCE
-from ..recipe import ElementName, PackageName, Release, StrictModel, _unique, tool_env
+from ..recipe import ElementName, PackageName, Release, StrictModel, tool_env, unique_items
 from .guest import GuestDistro, GuestPublish, GuestVerify, ImageFormat, boot_verifier, guest_facts
 
 # What a recipe's build.env may set for disk-image-create: DIB's own settings (every knob of DIB and
@@ -26,11 +26,11 @@ class DibGuestBuild(StrictModel):
     builder: Literal["dib"]
     distro: GuestDistro
     release: Release
-    elements: Annotated[list[ElementName], AfterValidator(_unique)] = Field(
+    elements: Annotated[list[ElementName], AfterValidator(unique_items)] = Field(
         default_factory=list, description="DIB elements beyond the distro element."
     )
-    packages: Annotated[list[PackageName], AfterValidator(_unique)] = Field(default_factory=list)
-    formats: Annotated[list[ImageFormat], Field(min_length=1), AfterValidator(_unique)] = Field(
+    packages: Annotated[list[PackageName], AfterValidator(unique_items)] = Field(default_factory=list)
+    formats: Annotated[list[ImageFormat], Field(min_length=1), AfterValidator(unique_items)] = Field(
         default_factory=lambda: ["qcow2"]
     )
     size_gb: int | None = Field(None, ge=1, le=2048, description="Root filesystem size; default: fit.")

@@ -10,7 +10,16 @@ from pydantic import AfterValidator, Field, StringConstraints, model_validator
 from ..backends.packer import PackerBackend
 from ..core.kind import Kind, Output
 from ..publishers.routes import GLANCE
-from ..recipe import FileRef, HttpUrl, Name, Release, ShortText, StrictModel, _unique, refusing_credentials
+from ..recipe import (
+    FileRef,
+    HttpUrl,
+    Name,
+    Release,
+    ShortText,
+    StrictModel,
+    refusing_credentials,
+    unique_items,
+)
 from .guest import GuestDistro, GuestPublish, GuestVerify, ImageFormat, boot_verifier, guest_facts
 from .guest_dib import RULES
 
@@ -78,7 +87,7 @@ class PackerGuestBuild(StrictModel):
     base: PackerBase | None = Field(None, description="Start from another Kiln target's image.")
     iso: IsoSource | None = Field(None, description="Or install from an ISO with an answer file.")
     provisioners: list[Provisioner] = Field(default_factory=list)
-    formats: Annotated[list[ImageFormat], Field(min_length=1), AfterValidator(_unique)] = Field(
+    formats: Annotated[list[ImageFormat], Field(min_length=1), AfterValidator(unique_items)] = Field(
         default_factory=lambda: ["qcow2"]
     )
     disk_size_gb: int = Field(8, ge=1, le=2048)

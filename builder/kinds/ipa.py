@@ -22,8 +22,8 @@ from ..recipe import (
     PackageName,
     Release,
     StrictModel,
-    _unique,
     tool_env,
+    unique_items,
 )
 from ..verify.ipa_boot import ipa_verifier as boot_verifier
 from .guest_dib import DIB_ENV, DIB_HOST_PROGRAMS
@@ -46,14 +46,14 @@ KernelArg = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_.-]{1,64}(=[A
 class IpaBuild(StrictModel):
     distro: Literal["debian", "ubuntu", "centos"] = "debian"
     release: Release
-    elements: Annotated[list[ElementName], AfterValidator(_unique)] = Field(default_factory=list)
+    elements: Annotated[list[ElementName], AfterValidator(unique_items)] = Field(default_factory=list)
     ipa_version: Annotated[str, StringConstraints(pattern=r"^[0-9]+(\.[0-9]+)*$")] | None = Field(
         None, description="ironic-python-agent release from PyPI; default: the newest at build time."
     )
     glean_version: Annotated[str, StringConstraints(pattern=r"^[0-9]+(\.[0-9]+)*$")] | None = Field(
         None, description="glean (the ramdisk's network set-up) release from PyPI; default: the newest."
     )
-    packages: Annotated[list[PackageName], AfterValidator(_unique)] = Field(
+    packages: Annotated[list[PackageName], AfterValidator(unique_items)] = Field(
         default_factory=list, description="Extra Debian packages in the ramdisk (e.g. lvm2, nvme-cli)."
     )
     raid: bool = Field(False, description="Software RAID: mdadm in the ramdisk (checked when it boots).")
@@ -62,7 +62,7 @@ class IpaBuild(StrictModel):
         description="A login for debugging (DIB's dynamic-login: an SSH key or password given on the kernel "
         "command line at boot, nothing baked in); the artifact's name and Glance properties say so.",
     )
-    hardware_managers: Annotated[list[PythonRequirement], AfterValidator(_unique)] = Field(
+    hardware_managers: Annotated[list[PythonRequirement], AfterValidator(unique_items)] = Field(
         default_factory=list,
         description="Extra hardware managers: Python packages installed into the agent's environment.",
     )

@@ -30,7 +30,7 @@ _NAME = re.compile(r"[A-Za-z0-9_+%{}][A-Za-z0-9._+%{}-]*")
 _ARCH = re.compile(r"[A-Za-z0-9_]+")
 
 
-def _header_at(handle: BinaryIO, offset: int, path: Path) -> tuple[int, bytes, bytes]:
+def header_at(handle: BinaryIO, offset: int, path: Path) -> tuple[int, bytes, bytes]:
     """(size on disk, index bytes, data store) of the header at ``offset``."""
     handle.seek(offset)
     intro = handle.read(16)
@@ -61,7 +61,7 @@ def _main_header_offset(handle: BinaryIO, path: Path) -> int:
     """Where the main header starts: after the lead and the signature header, padded to 8 bytes."""
     if handle.read(4) != LEAD_MAGIC:
         raise InvalidInput(Problem(f"{path}: not an RPM (no RPM lead)"))
-    signature_size, _, _ = _header_at(handle, LEAD_SIZE, path)
+    signature_size, _, _ = header_at(handle, LEAD_SIZE, path)
     return LEAD_SIZE + (signature_size + 7) // 8 * 8
 
 
@@ -81,7 +81,7 @@ def content_sha256(path: Path) -> str:
     try:
         with path.open("rb") as handle:
             main_offset = _main_header_offset(handle, path)
-            _header_at(handle, main_offset, path)  # the main header must be there, whole
+            header_at(handle, main_offset, path)  # the main header must be there, whole
             digest = hashlib.sha256()
             handle.seek(main_offset)
             while chunk := handle.read(1 << 20):
@@ -95,7 +95,7 @@ def name_and_arch(path: Path) -> tuple[str, str]:
     """(NAME, ARCH) of an RPM file; InvalidInput naming the file for anything that is not one."""
     try:
         with path.open("rb") as handle:
-            _, index, data = _header_at(handle, _main_header_offset(handle, path), path)
+            _, index, data = header_at(handle, _main_header_offset(handle, path), path)
     except OSError as exc:
         raise InvalidInput(Problem(f"{path}: cannot read it ({exc.strerror or exc})")) from exc
     name, arch = _string_tag(index, data, TAG_NAME, path), _string_tag(index, data, TAG_ARCH, path)

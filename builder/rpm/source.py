@@ -30,7 +30,7 @@ from ..errors import InvalidInput, Problem
 from ..host.http import Auth, Deadline, http_body, read_all
 from ..limits import HTTP_READ_TIMEOUT_S, MAX_PACKAGE_DOWNLOAD_BYTES, PACKAGE_DOWNLOAD_DEADLINE_S
 from .credentials import NO_LOGINS, RepoLogins, without_userinfo
-from .header import LEAD_MAGIC, LEAD_SIZE, _header_at
+from .header import LEAD_MAGIC, LEAD_SIZE, header_at
 from .repometa import (
     DEADLINE_VARIABLE,
     Decompressor,
@@ -108,8 +108,8 @@ def _arch_tags(path: Path) -> tuple[tuple[str, ...], tuple[str, ...]]:
     with path.open("rb") as handle:
         if handle.read(4) != LEAD_MAGIC:
             raise InvalidInput(Problem(f"{path}: not an RPM (no RPM lead)"))
-        signature_size, _, _ = _header_at(handle, LEAD_SIZE, path)
-        _, index, data = _header_at(handle, LEAD_SIZE + (signature_size + 7) // 8 * 8, path)
+        signature_size, _, _ = header_at(handle, LEAD_SIZE, path)
+        _, index, data = header_at(handle, LEAD_SIZE + (signature_size + 7) // 8 * 8, path)
     found: dict[int, tuple[str, ...]] = {}
     for position in range(0, len(index), 16):
         tag, kind, offset, count = struct.unpack(">iiii", index[position : position + 16])

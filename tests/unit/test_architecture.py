@@ -117,10 +117,13 @@ def test_publishing_and_verification_never_import_the_local_site():
 
 
 def test_the_cli_only_calls_the_pipeline():
-    """cli.py parses and prints: no backend, verifier or publisher is driven from it directly."""
+    """builder/cli/ parses and prints: no backend, verifier or publisher is driven from it directly."""
     forbidden = ("builder.backends", "builder.verify", "builder.hostcompat", "builder.render.write_rendered")
     offenders = [
-        f"cli.py:{line}: {name}" for line, name in _imports(BUILDER / "cli.py") if name.startswith(forbidden)
+        f"{_rel(path)}:{line}: {name}"
+        for path in _modules(BUILDER / "cli")
+        for line, name in _imports(path)
+        if name.startswith(forbidden)
     ]
     assert offenders == [], offenders
 
@@ -284,3 +287,85 @@ def test_no_getattr_on_a_backend_publisher_or_route():
         and any(word in _named(node.args[0]).lower() for word in _CAPABILITY_HOLDERS)
     ]
     assert offenders == [], offenders
+
+
+def _private(name: str) -> bool:
+    return name.startswith("_") and not name.startswith("__")
+
+
+def test_the_cli_modules_share_only_public_names_and_import_one_another_without_a_cycle():
+    """Each command group (builder/cli/recipes.py, ...) adds its own commands; what they share is
+    builder/cli/common.py, by public names. ``__init__`` imports the groups; only ``__main__`` imports it."""
+    paths = {_module_name(path): path for path in _modules(BUILDER / "cli")}
+    private = []  # `from x import _name`, or `name._attr` on a name an import bound
+    edges: dict[str, set[str]] = {}
+    for module, path in paths.items():
+        tree = ast.parse(path.read_text())
+        imports = [node for node in ast.walk(tree) if isinstance(node, ast.Import | ast.ImportFrom)]
+        bound = {(alias.asname or alias.name).split(".")[0] for node in imports for alias in node.names}
+        private += [
+            f"{_rel(path)}:{node.lineno}: {alias.name}"
+            for node in imports
+            if isinstance(node, ast.ImportFrom)
+            for alias in node.names
+            if _private(alias.name)
+        ]
+        private += [
+            f"{_rel(path)}:{node.lineno}: {node.value.id}.{node.attr}"
+            for node in ast.walk(tree)
+            if isinstance(node, ast.Attribute)
+            and isinstance(node.value, ast.Name)
+            and node.value.id in bound
+            and _private(node.attr)
+        ]
+        edges[module] = {
+            max((m for m in paths if name == m or name.startswith(m + ".")), key=len)
+            for _, name in _imports(path)
+            if name == "builder.cli" or name.startswith("builder.cli.")
+        } - {module}
+    assert private == [], private
+    assert edges["builder.cli.common"] == set(), edges
+    assert [m for m, imported in edges.items() if "builder.cli" in imported] == ["builder.cli.__main__"], (
+        edges
+    )
+
+    def cycle(path: tuple[str, ...]) -> tuple[str, ...] | None:
+        for imported in sorted(edges[path[-1]]):
+            found = (*path, imported) if imported in path else cycle((*path, imported))
+            if found:
+                return found
+        return None
+
+    cycles = [found for module in sorted(edges) if (found := cycle((module,)))]
+    assert cycles == [], cycles
+
+
+def test_no_module_imports_a_private_name_of_another():
+    """What one module of builder/ uses of another is public: no ``from x import _name``, no
+    ``module._name`` on a module it imported."""
+    private = []
+    for path in _modules():
+        tree = ast.parse(path.read_text())
+        imports = [node for node in ast.walk(tree) if isinstance(node, ast.Import | ast.ImportFrom)]
+        ours = [
+            node
+            for node in imports
+            if not isinstance(node, ast.ImportFrom) or node.level or (node.module or "").startswith("builder")
+        ]
+        bound = {(alias.asname or alias.name).split(".")[0] for node in ours for alias in node.names}
+        private += [
+            f"{_rel(path)}:{node.lineno}: {alias.name}"
+            for node in ours
+            if isinstance(node, ast.ImportFrom)
+            for alias in node.names
+            if _private(alias.name)
+        ]
+        private += [
+            f"{_rel(path)}:{node.lineno}: {node.value.id}.{node.attr}"
+            for node in ast.walk(tree)
+            if isinstance(node, ast.Attribute)
+            and isinstance(node.value, ast.Name)
+            and node.value.id in bound
+            and _private(node.attr)
+        ]
+    assert private == [], private

@@ -363,7 +363,7 @@ def test_dib_phase_lines_become_progress_steps():
 def test_steps_rewrite_a_live_line_on_a_terminal_and_are_plain_lines_elsewhere():
     import io
 
-    from builder.cli import StepPrinter
+    from builder.cli.common import StepPrinter
 
     class Tty(io.StringIO):
         def isatty(self) -> bool:

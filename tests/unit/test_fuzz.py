@@ -46,9 +46,9 @@ def test_classify(code: int | None, stdout: str, category: str):
 
 
 def test_a_command_over_the_limit_is_a_hang(monkeypatch: pytest.MonkeyPatch, tmp_path: Path):
-    import builder.cli
+    import builder.cli.recipes
 
-    monkeypatch.setattr(builder.cli, "cmd_validate", lambda args: time.sleep(30))
+    monkeypatch.setattr(builder.cli.recipes, "cmd_validate", lambda args: time.sleep(30))
     started = time.monotonic()
     result = fuzz.run_command(["--root", str(tmp_path), "validate", "--json"], limit=0.3)
     assert result.category == "hang"
@@ -58,12 +58,12 @@ def test_a_command_over_the_limit_is_a_hang(monkeypatch: pytest.MonkeyPatch, tmp
 def test_an_exception_escaping_main_is_a_traceback_with_its_place(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ):
-    import builder.cli
+    import builder.cli.recipes
 
     def boom(args: object) -> int:
         raise KeyError("x")
 
-    monkeypatch.setattr(builder.cli, "cmd_validate", boom)
+    monkeypatch.setattr(builder.cli.recipes, "cmd_validate", boom)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     result = fuzz.run_command(["--root", str(tmp_path), "validate", "--json"], limit=10)
     assert result.category == "traceback"

@@ -32,9 +32,9 @@ def test_kilns_defaults_point_at_the_sessions_ledger_build_root_and_site_not_the
 
 def ledger_path_of(workspace: Workspace) -> Path:
     """Where `kiln` opens its ledger when neither --ledger nor anything else says."""
-    from builder.cli import _ledger_path
+    from builder.cli.common import ledger_path
 
-    return _ledger_path(argparse.Namespace(ledger=None), workspace)
+    return ledger_path(argparse.Namespace(ledger=None), workspace)
 
 
 def test_a_subprocess_kiln_gets_the_same_session_paths():

@@ -344,7 +344,9 @@ def test_qemu_is_stopped_and_the_disks_removed_when_the_check_itself_breaks(tmp_
 def test_a_kvm_boot_that_prints_nothing_is_remembered_as_a_hang_and_repeated_under_tcg(tmp_path, monkeypatch):
     remembered = []
     monkeypatch.setattr("builder.verify.ipa_boot.remember_kvm_hangs", lambda: remembered.append(True))
-    monkeypatch.setattr("builder.verify.ipa_boot.choose_accelerator", lambda arch: "tcg" if remembered else "kvm")
+    monkeypatch.setattr(
+        "builder.verify.ipa_boot.choose_accelerator", lambda arch: "tcg" if remembered else "kvm"
+    )
     runner = FakeRunner(Guest(answers=False, serial=""), Guest())
     cases = verify(tmp_path, runner, accelerator=None, timeout_s=1)
     assert [q.argv[q.argv.index("-accel") + 1] for q in runner.started] == ["kvm", "tcg"]

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from builder import cli, signing
+from builder.cli import recipes
 
 pytestmark = pytest.mark.needs_tool("gpg")
 
@@ -49,7 +50,7 @@ def test_the_command_that_signed_with_the_sites_keyring_stops_its_agent_when_it_
         assert signing.daemon_pids(keyring), "signing started no agent: this test proves nothing"
         return 0
 
-    monkeypatch.setattr(cli, "cmd_validate", signing_command)
+    monkeypatch.setattr(recipes, "cmd_validate", signing_command)
     assert cli.main(["--root", str(tmp_path), "--ledger", str(tmp_path / "l.sqlite"), "validate"]) == 0
     assert signing.daemon_pids(keyring) == []
 

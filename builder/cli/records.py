@@ -1,6 +1,9 @@
 """The commands that read what Kiln recorded: ``kiln verify``, ``kiln sbom diff``, ``kiln history``,
-``kiln show`` and ``kiln report``. Registered by builder/cli.py (``register``); they parse, call
-builder/provenance.py, builder/sbom.py, builder/report/ and the ledger's queries, and print."""
+``kiln show`` and ``kiln report``. They parse, call builder/provenance.py, builder/sbom.py,
+builder/report/ and the ledger's queries, and print.
+
+Commands import their heavy modules inside the function: start-up time (``kiln --help`` stays fast).
+"""
 
 from __future__ import annotations
 
@@ -8,24 +11,15 @@ import argparse
 import os
 import re
 import time
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
-from .cli_args import path_type
-from .errors import ExitCode, InvalidInput, Problem
-from .workspace import Workspace
+from ..errors import ExitCode, InvalidInput, Problem
+from ..workspace import Workspace
+from .common import Commands, emit, ledger_path, path_type, site_of, workspace_of
 
-Add = Callable[..., argparse.ArgumentParser]
 # A build id as `kiln history` shows it: ASCII digits that fit sqlite's 64-bit integer.
 BUILD_ID = re.compile(r"[0-9]{1,18}")
 SHOWN_LOG_BYTES = 1 << 20  # `kiln show` reads the tail of a log: its last MiB at most
-
-
-def _cli() -> Any:
-    from . import cli
-
-    return cli
 
 
 def _when(epoch: float | None) -> str:
@@ -35,7 +29,7 @@ def _when(epoch: float | None) -> str:
 def _build_root(workspace: Workspace) -> Path:
     """Kiln's build root (builder/pipeline/build.py): the one tree whose files a ledger row may name
     for Kiln to read (logs, statements, SBOMs); a path elsewhere is data, never read."""
-    from .pipeline.build import default_build_root
+    from ..pipeline.build import default_build_root
 
     return default_build_root(workspace)
 
@@ -51,13 +45,12 @@ def _below(root: Path, recorded: str) -> bool:
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
-    from .pipeline.attest import site_signer
-    from .provenance import check_artifact
+    from ..pipeline.attest import site_signer
+    from ..provenance import check_artifact
 
-    cli = _cli()
     keyring = None
     if not args.key:
-        workspace, site = cli._site(args)
+        workspace, site = site_of(args)
         signer = site_signer(site, workspace.root)
         keyring = signer.gnupghome if signer else None
     # An artifact is a file or an OCI layout directory, named by its own name: "." or "/" names none
@@ -79,7 +72,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
             f"     gate: verification {v.get('status')}{' (' + str(v['by']) + ')' if v.get('by') else ''}"
         )
     lines.append(f"{args.artifact}: {'verified' if report.ok else 'NOT verified'}")
-    cli._emit(args, report.as_json(), "\n".join(lines))
+    emit(args, report.as_json(), "\n".join(lines))
     return ExitCode.OK if report.ok else ExitCode.FAILED
 
 
@@ -104,11 +97,10 @@ def _sbom_path(given: str, args: argparse.Namespace) -> Path:
             return path.parent / data["sbom"]
         raise InvalidInput(Problem(f"{given}: neither an SPDX document nor a build manifest"))
     if BUILD_ID.fullmatch(given):
-        from .ledger import Ledger
+        from ..ledger import Ledger
 
-        cli = _cli()
-        workspace = cli._workspace(args)
-        with Ledger(cli._ledger_path(args, workspace)) as ledger:
+        workspace = workspace_of(args)
+        with Ledger(ledger_path(args, workspace)) as ledger:
             if ledger.build(int(given)) is None:
                 raise InvalidInput(Problem(f"build {given}: no such build in the ledger"))
             found = [a for a in ledger.attestations(int(given)) if a["type"] == "sbom"]
@@ -124,7 +116,7 @@ def _sbom_path(given: str, args: argparse.Namespace) -> Path:
 
 
 def cmd_sbom_diff(args: argparse.Namespace) -> int:
-    from .sbom import diff, packages_of, read_sbom
+    from ..sbom import diff, packages_of, read_sbom
 
     documents = []
     for given in (args.old, args.new):
@@ -134,7 +126,7 @@ def cmd_sbom_diff(args: argparse.Namespace) -> int:
         except (ValueError, OSError) as exc:
             raise InvalidInput(Problem(f"{path}: not a readable SPDX SBOM ({exc})")) from None
     result = diff(*documents)
-    _cli()._emit(args, {"old": args.old, "new": args.new, **result.as_json()}, "\n".join(result.lines()))
+    emit(args, {"old": args.old, "new": args.new, **result.as_json()}, "\n".join(result.lines()))
     return ExitCode.OK
 
 
@@ -142,12 +134,11 @@ def cmd_sbom_diff(args: argparse.Namespace) -> int:
 
 
 def cmd_history(args: argparse.Namespace) -> int:
-    from .arch import Arch
-    from .ledger import Ledger
-    from .report import size_text
+    from ..arch import Arch
+    from ..ledger import Ledger
+    from ..report import size_text
 
-    cli = _cli()
-    workspace = cli._workspace(args)
+    workspace = workspace_of(args)
     arch = None
     if args.arch:
         try:
@@ -156,7 +147,7 @@ def cmd_history(args: argparse.Namespace) -> int:
             raise InvalidInput(Problem(f"--arch: {exc}")) from None
     if args.limit is not None and not 0 <= args.limit <= 10**9:
         raise InvalidInput(Problem(f"--limit {args.limit}: give a number of builds from 0 to 1000000000"))
-    with Ledger(cli._ledger_path(args, workspace)) as ledger:
+    with Ledger(ledger_path(args, workspace)) as ledger:
         builds = ledger.history(args.recipe, arch, args.limit)
     lines = [
         f"{'BUILD':>6}  {'TARGET':40} {'STATUS':9} {'STARTED (UTC)':19} {'TIME':>8} {'SIZE':>9}  PUBLISHED"
@@ -170,19 +161,18 @@ def cmd_history(args: argparse.Namespace) -> int:
         )
     if not builds:
         lines = ["no builds recorded" + (f" for {args.recipe}" if args.recipe else "")]
-    cli._emit(args, {"builds": builds}, "\n".join(lines))
+    emit(args, {"builds": builds}, "\n".join(lines))
     return ExitCode.OK
 
 
 def cmd_show(args: argparse.Namespace) -> int:
-    from .ledger import Ledger
-    from .outdir import read_below
+    from ..ledger import Ledger
+    from ..outdir import read_below
 
-    cli = _cli()
-    workspace = cli._workspace(args)
+    workspace = workspace_of(args)
     if not BUILD_ID.fullmatch(args.build):
         raise InvalidInput(Problem(f"{args.build[:80]!r}: a build id is a number (see `kiln history`)"))
-    with Ledger(cli._ledger_path(args, workspace)) as ledger:
+    with Ledger(ledger_path(args, workspace)) as ledger:
         record = ledger.build(int(args.build))
         if record is None:
             raise InvalidInput(Problem(f"build {args.build}: no such build in the ledger"))
@@ -229,7 +219,7 @@ def cmd_show(args: argparse.Namespace) -> int:
     ]
     if log_tail:
         lines += ["  log tail:", *(f"    {line}" for line in log_tail)]
-    cli._emit(args, data, "\n".join(lines))
+    emit(args, data, "\n".join(lines))
     return ExitCode.OK
 
 
@@ -237,16 +227,15 @@ def cmd_show(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from .ledger import Ledger
-    from .pipeline.graph import load_targets
-    from .report import matrix
-    from .report.html import write_report
+    from ..ledger import Ledger
+    from ..pipeline.graph import load_targets
+    from ..report import matrix
+    from ..report.html import write_report
 
-    cli = _cli()
-    workspace = cli._workspace(args)
+    workspace = workspace_of(args)
     targets, problems = load_targets([workspace.recipes_dir], workspace)
     current = {t.id: (t.recipe, t.kind, t.digest) for t in targets}
-    with Ledger(cli._ledger_path(args, workspace)) as ledger:
+    with Ledger(ledger_path(args, workspace)) as ledger:
         history = ledger.history()
         attestations = {b["id"]: ledger.attestations(b["id"]) for b in history if b["status"] == "succeeded"}
     rows = matrix(history, current, attestations)
@@ -257,7 +246,7 @@ def cmd_report(args: argparse.Namespace) -> int:
             states[cell.state] = states.get(cell.state, 0) + 1
     text = [f"{page} ({len(rows)} rows; " + ", ".join(f"{n} {s}" for s, n in sorted(states.items())) + ")"]
     text += [f"note: {p}" for p in problems[:5]]  # recipes that do not load are left out of the matrix
-    cli._emit(
+    emit(
         args,
         {"page": str(page), "rows": len(rows), "states": states, "builds": len(history)},
         "\n".join(text),
@@ -268,9 +257,9 @@ def cmd_report(args: argparse.Namespace) -> int:
 # --- parsers -----------------------------------------------------------------------------------------------
 
 
-def register(add: Add, group: Callable[..., Any]) -> None:
-    """``kiln verify``, ``sbom diff``, ``history``, ``show``, ``report`` (``add``/``group``: cli's)."""
-    p = add(
+def register(commands: Commands) -> None:
+    """``kiln verify``, ``sbom diff``, ``history``, ``show`` and ``report``."""
+    p = commands.add(
         "verify",
         cmd_verify,
         "Check an artifact's bytes against its provenance (<artifact>.intoto.json) and its signature.",
@@ -301,13 +290,13 @@ def register(add: Add, group: Callable[..., Any]) -> None:
     )
     p.add_argument("--require-signature", action="store_true", help="fail when the statement is not signed")
 
-    sbom = group(
+    sbom = commands.group(
         "sbom",
         "Software bills of materials (SPDX 2.3 JSON) of builds.",
         ["kiln sbom diff 12 15", "kiln sbom diff old.spdx.json new.spdx.json --json"],
         description="Software bills of materials (SPDX 2.3 JSON), taken during each build.",
     )
-    p = add(
+    p = commands.add(
         "diff",
         cmd_sbom_diff,
         "Packages added, removed, upgraded (and downgraded) between two builds.",
@@ -323,7 +312,7 @@ def register(add: Add, group: Callable[..., Any]) -> None:
             help="a build id, a build manifest or an SPDX JSON file",
         )
 
-    p = add(
+    p = commands.add(
         "history",
         cmd_history,
         "Builds, newest first: status, duration, size, where published.",
@@ -334,7 +323,7 @@ def register(add: Add, group: Callable[..., Any]) -> None:
     p.add_argument("--arch", metavar="ARCH", help="only this architecture (any spelling)")
     p.add_argument("--limit", type=int, metavar="N", help="at most N builds")
 
-    p = add(
+    p = commands.add(
         "show",
         cmd_show,
         "One build: its log, artifacts, publications, verification and attestations.",
@@ -346,7 +335,7 @@ def register(add: Add, group: Callable[..., Any]) -> None:
         "--log-lines", type=int, default=20, metavar="N", help="lines of the log's tail (default 20)"
     )
 
-    p = add(
+    p = commands.add(
         "report",
         cmd_report,
         "Write the build matrix (recipes x arches, latest state, trends, filter) as a static page.",

@@ -1,24 +1,20 @@
-"""``kiln rpm missing`` and ``kiln rpm rebuild``. Registered by builder/cli.py (``register``); they
-parse, call builder/rpm/ and the build pipeline, and print."""
+"""``kiln rpm missing`` and ``kiln rpm rebuild``. They parse, call builder/rpm/ and (``rpm rebuild``)
+``kiln build``'s command, and print.
+
+Commands import their heavy modules inside the function: start-up time (``kiln --help`` stays fast).
+"""
 
 from __future__ import annotations
 
 import argparse
 import contextlib
 import shutil
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
-from .arch import Arch
-from .cli_args import path_type
-from .errors import ExitCode, InvalidInput, Problem
-
-
-def _cli() -> Any:
-    from . import cli
-
-    return cli
+from ..arch import Arch
+from ..errors import ExitCode, InvalidInput, Problem
+from .build import cmd_build  # `rpm rebuild` writes a recipe, then builds it as `kiln build` does
+from .common import Commands, emit, path_type, site_of, workspace_of
 
 
 def _arch(value: str) -> Arch:
@@ -29,13 +25,13 @@ def _arch(value: str) -> Arch:
 
 
 def cmd_rpm_missing(args: argparse.Namespace) -> int:
-    from . import masking
-    from .rpm.credentials import RepoLogins, login_secrets
-    from .rpm.missing import missing_between
-    from .rpm.written import default_source_repo, write_recipes
+    from .. import masking
+    from ..rpm.credentials import RepoLogins, login_secrets
+    from ..rpm.missing import missing_between
+    from ..rpm.written import default_source_repo, write_recipes
 
     arch = _arch(args.arch)
-    _, site = _cli()._site(args)  # its logins' secrets registered with the masker there
+    _, site = site_of(args)  # its logins' secrets registered with the masker there
     for secret in login_secrets([args.from_url, args.to_url]):  # a login given on the command line
         masking.register(secret)
     found = missing_between(args.from_url, args.to_url, arch, RepoLogins(tuple(site.login_urls())))
@@ -66,7 +62,7 @@ def cmd_rpm_missing(args: argparse.Namespace) -> int:
     lines.append(f"{len(found)} source package(s) to rebuild for {arch.value}")
     if found.noarch_only:
         lines.append(f"{len(found.noarch_only)} noarch-only source package(s) missing there (no rebuild)")
-    _cli()._emit(
+    emit(
         args,
         {
             "arch": arch.value,
@@ -85,17 +81,16 @@ def cmd_rpm_rebuild(args: argparse.Namespace) -> int:
     The recipe is data written by the YAML emitter and validated before it is written
     (builder/rpm/written.py): a package name must be an rpm name, and ``--repo`` carries no
     credentials (a login for it comes from site.yaml)."""
-    from .outdir import write_below
-    from .rpm.credentials import has_userinfo
-    from .rpm.written import adhoc_recipe, is_rpm_name, recipe_name
+    from ..outdir import write_below
+    from ..rpm.credentials import has_userinfo
+    from ..rpm.written import adhoc_recipe, is_rpm_name, recipe_name
 
-    cli = _cli()
-    workspace = cli._workspace(args)
+    workspace = workspace_of(args)
     arch = _arch(args.arch)
     given = Path(args.srpm)
     copies: list[tuple[Path, str]] = []  # (file, its name beside the recipe)
     if given.is_file():
-        from .rpm.source import read_header
+        from ..rpm.source import read_header
 
         package = read_header(given).name
         if not is_rpm_name(package):
@@ -152,12 +147,12 @@ def cmd_rpm_rebuild(args: argparse.Namespace) -> int:
             shutil.copy2(file, copy)
     args.recipes = [str(recipe_path)]
     args.candidate, args.gpu = None, False  # kiln build's options that `rpm rebuild` does not offer
-    return int(cli.cmd_build(args))
+    return int(cmd_build(args))
 
 
-def register(add: Callable[..., argparse.ArgumentParser], group: Callable[..., Any]) -> None:
-    """``kiln rpm missing`` and ``kiln rpm rebuild`` (``add``/``group``: cli.build_parser's)."""
-    rpm = group(
+def register(commands: Commands) -> None:
+    """``kiln rpm missing`` and ``kiln rpm rebuild``."""
+    rpm = commands.group(
         "rpm",
         "RPM rebuilds: find what a repo lacks, rebuild one SRPM ad hoc.",
         [
@@ -166,7 +161,7 @@ def register(add: Callable[..., argparse.ArgumentParser], group: Callable[..., A
         ],
         description="RPM rebuilds: find what a repo lacks for an arch, rebuild one SRPM ad hoc.",
     )
-    p = add(
+    p = commands.add(
         "missing",
         cmd_rpm_missing,
         "Source packages with binaries in --from but none, or only older ones, in --to.",
@@ -190,7 +185,7 @@ def register(add: Callable[..., argparse.ArgumentParser], group: Callable[..., A
     p.add_argument("--distro", default="el", choices=["el", "fedora"], help="written recipes' build.distro")
     p.add_argument("--release", default="9", help="written recipes' build.release (default: 9)")
 
-    p = add(
+    p = commands.add(
         "rebuild",
         cmd_rpm_rebuild,
         "Rebuild one SRPM (a file, or a package name in --repo) for --arch.",
