@@ -21,6 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
+from pydantic import BaseModel, ValidationError
+
 from ..arch import Arch
 from ..errors import InvalidInput, Problem
 
@@ -146,10 +148,27 @@ class Route:
         """Give the publish settings (their JSON data, changed in place) the candidate's names. A
         route without candidate names refuses: a candidate is never published under production names."""
         raise InvalidInput(
-            Problem(
-                f"{identity.target}: the {self.name} route has no candidate names: no candidate published"
-            )
+            Problem(f"{_label(identity)}: the {self.name} route has no candidate names: nothing published")
         )
+
+    def settings_for(self, identity: Any, settings: BaseModel, candidate: Candidate | None) -> Any:
+        """A kind's publish settings as this route publishes them: under ``candidate``'s names
+        (:meth:`rename_for_candidate`, validated again: length limits), or as they are without one.
+        Publishing and :meth:`published_at` both name things through this, so they agree."""
+        if candidate is None:
+            return settings
+        data = settings.model_dump(mode="json")
+        self.rename_for_candidate(identity, data, candidate)
+        try:
+            return type(settings).model_validate(data)
+        except ValidationError as exc:
+            error = exc.errors()[0]
+            raise InvalidInput(
+                Problem(
+                    f"{_label(identity)}: candidate {candidate.id} name for publish."
+                    f"{'.'.join(map(str, error['loc']))}: {error['msg']}"
+                )
+            ) from None
 
     def destination_key(self, target: TargetLike) -> str | None:
         """What publishing ``target`` writes to (two jobs with the same key never run at once), or None."""
@@ -169,3 +188,8 @@ class Route:
 
     def __repr__(self) -> str:
         return f"<route {self.name}>"
+
+
+def _label(identity: Any) -> str:
+    """A manifest's target id (``manifest.target``) or a target's (``target.id``)."""
+    return str(identity.target) if isinstance(getattr(identity, "target", None), str) else str(identity.id)

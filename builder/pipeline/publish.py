@@ -27,25 +27,6 @@ class Unverified(KilnError):
     """A manifest whose verification did not pass (and was not switched off) was asked to publish."""
 
 
-def candidate_settings(manifest: BuildManifest, route: Route, settings: Any, candidate: Candidate) -> Any:
-    """A kind's publish settings renamed for a candidate by its route (the Glance image name and each
-    registry tag get the image suffix, the RPM repository name the repo suffix), validated again
-    (length limits). A route without candidate names refuses: a candidate is never published under
-    production names."""
-    data = settings.model_dump(mode="json")
-    route.rename_for_candidate(manifest, data, candidate)
-    try:
-        return type(settings).model_validate(data)
-    except ValidationError as exc:
-        error = exc.errors()[0]
-        raise InvalidInput(
-            Problem(
-                f"{manifest.target}: candidate {candidate.id} name for publish."
-                f"{'.'.join(map(str, error['loc']))}: {error['msg']}"
-            )
-        ) from None
-
-
 def publish_group(target: Any) -> tuple[str, ...] | None:
     """The group a target is published with (route, recipe, release, variant), or None: alone."""
     route = target.spec.route
@@ -96,7 +77,7 @@ def publish_manifests(
         if route is None:
             continue
         if candidate is not None:
-            settings = candidate_settings(manifest, route, settings, candidate)
+            settings = route.settings_for(manifest, settings, candidate)
         routed.setdefault(route, []).append(Routed(manifest, settings, _facts(manifest)))
     publications: list[Publication] = []
     for route, items in routed.items():

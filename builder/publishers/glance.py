@@ -429,9 +429,10 @@ class GlanceRoute(Route):
         """An active, promoted (not a candidate upload) image under the target's name whose
         ``kiln_target`` and ``kiln_digest`` are the target's, as :meth:`GlancePublisher.publish`
         leaves it; the newest, with its ``created_at``."""
-        if getattr(target.publish, "glance", None) is None:
+        settings = self.settings_for(target, target.publish, candidate)
+        if settings.glance is None:
             return None
-        name = image_name(target) + (candidate.image_suffix if candidate else "")
+        name = settings.glance.image_name or default_image_name(target)
         images = publishers.glance().published(target.id, target.digest, name=name)
         if not images:
             return None

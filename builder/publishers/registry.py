@@ -514,10 +514,10 @@ class RegistryRoute(Route):
     ) -> Found | None:
         """Every tag the target would publish under holds an image for its arch whose Kiln digest (the
         index annotation written at push) is the target's; its image, to build a child on."""
-        registry = getattr(target.publish, "registry", None)
+        registry = self.settings_for(target, target.publish, candidate).registry
         if registry is None:
             return None
-        tags = [t + (candidate.image_suffix if candidate else "") for t in registry.tags]
+        tags = registry.tags
         publisher, prefix = publishers.registry()
         repository = f"{prefix}/{registry.repository}".strip("/")
         found = None

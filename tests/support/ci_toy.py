@@ -103,7 +103,7 @@ class ShelfRoute(Route):
     def published_at(
         self, target: TargetLike, publishers: Any, candidate: Candidate | None = None
     ) -> Found | None:
-        shelf = target.publish.shelf + (candidate.repo_suffix if candidate else "")
+        shelf = self.settings_for(target, target.publish, candidate).shelf
         place = _shelf_root() / shelf / target.id.replace(":", "_")
         digest = Path(f"{place}.digest")
         if not digest.is_file() or digest.read_text() != target.digest:

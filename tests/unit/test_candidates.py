@@ -140,7 +140,7 @@ def test_every_route_gets_candidate_names_and_never_the_production_ones():
     candidate = publishing.Candidate("42", *CandidateSite().suffixes("42"))
 
     def renamed(route: str, **settings):
-        return publishing.candidate_settings(manifest, ROUTES[route], _AllRoutes(**settings), candidate)
+        return ROUTES[route].settings_for(manifest, _AllRoutes(**settings), candidate)
 
     assert (
         renamed("glance", glance=GlancePublish(image_name="Debian 12")).glance.image_name == "Debian 12-mr42"
@@ -158,14 +158,14 @@ def test_a_route_without_candidate_names_refuses_to_publish_a_candidate():
     manifest = SimpleNamespace(target="c:12:x86_64")
     candidate = publishing.Candidate("42", "-mr42", "-mr42")
     with pytest.raises(InvalidInput, match="c:12:x86_64: the shelf route has no candidate names"):
-        publishing.candidate_settings(manifest, Shelf(), _AllRoutes(), candidate)
+        Shelf().settings_for(manifest, _AllRoutes(), candidate)
 
 
 def test_a_candidate_name_over_a_routes_limit_is_invalid_input_naming_the_setting():
     manifest = SimpleNamespace(target="c:12:x86_64", recipe="c", release="12", variant=None, arch="x86_64")
     candidate = publishing.Candidate("42", "-mr42", "-" + "x" * 70)
     with pytest.raises(InvalidInput, match=r"c:12:x86_64: candidate 42 name for publish\.repo\.repo"):
-        publishing.candidate_settings(manifest, REPO_ROUTE, _AllRoutes(repo=RepoPublish()), candidate)
+        REPO_ROUTE.settings_for(manifest, _AllRoutes(repo=RepoPublish()), candidate)
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,7 @@ import pytest
 from builder.core.route import NO_FACTS, Routed
 from builder.errors import CommandFailed, EnvironmentProblem, InvalidInput
 from builder.manifest import BuildManifest, artifact_for
-from builder.pipeline.publish import Candidate, candidate_settings, publish_settings
+from builder.pipeline.publish import Candidate, publish_settings
 from builder.publishers import http_dir
 from builder.publishers.http_dir import IPA, HttpDirPublisher, bifrost_files, default_http_directory
 
@@ -208,7 +208,7 @@ def test_the_default_directory_names_release_and_arch_so_targets_never_share_one
 def test_a_candidate_publishes_to_a_suffixed_directory_and_glance_name(tmp_path):
     manifest = _build(tmp_path, publish={"glance": {}, "http": {}})
     route, settings = publish_settings(manifest)
-    renamed = candidate_settings(manifest, route, settings, Candidate("42", "-mr42", "-mr42"))
+    renamed = route.settings_for(manifest, settings, Candidate("42", "-mr42", "-mr42"))
     assert route is IPA
     assert renamed.http.directory == "ipa-bookworm-x86_64-mr42"
     assert renamed.glance.image_name == "ipa bookworm x86_64-mr42"
