@@ -22,7 +22,7 @@ Evr = tuple[str, str, str]  # (epoch, version, release)
 @cache
 def _label_compare() -> Callable[[Any, Any], int]:
     try:
-        import rpm  # the PyPI shim: loads Debian's python3-rpm from the system site-packages
+        import rpm  # on first use (start-up time); the PyPI shim loads Debian's python3-rpm
     except ImportError as exc:
         raise EnvironmentProblem(
             f"rpm's Python bindings are not importable ({exc}): install Debian's python3-rpm "

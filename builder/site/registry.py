@@ -67,7 +67,7 @@ def docker_config(host: str, user: str, password: str) -> str:
 
 
 def htpasswd_line(user: str, password: str) -> str:
-    import bcrypt  # distribution's htpasswd accepts $2b$ (golang.org/x/crypto/bcrypt reads any minor)
+    import bcrypt  # on first use (start-up time); htpasswd accepts $2b$ (golang bcrypt reads any minor)
 
     return f"{user}:{bcrypt.hashpw(password.encode(), bcrypt.gensalt()).decode()}\n"
 

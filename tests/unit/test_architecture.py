@@ -352,3 +352,31 @@ def test_no_module_imports_a_private_name_of_another():
             and _private(node.attr)
         ]
     assert private == [], private
+
+
+_SAYS_WHY = ("start-up", "first use")
+
+
+def test_an_import_inside_a_function_is_for_start_up_time_and_says_so():
+    """Imports go at the top of a module. Inside a function only a heavy one, imported on first use,
+    with a comment that says so (in builder/cli/, the module's docstring may say it once for all its
+    commands), or an optional one inside ``try``."""
+    offenders = []
+    for path in _modules():
+        text = path.read_text()
+        lines = text.splitlines()
+        tree = ast.parse(text)
+        said_for_module = path.is_relative_to(BUILDER / "cli") and any(
+            word in (ast.get_docstring(tree) or "") for word in _SAYS_WHY
+        )
+        optional = {id(n) for t in ast.walk(tree) if isinstance(t, ast.Try) for n in ast.walk(t)}
+        for function in ast.walk(tree):
+            if not isinstance(function, ast.FunctionDef | ast.AsyncFunctionDef):
+                continue
+            for node in ast.walk(function):
+                if not isinstance(node, ast.Import | ast.ImportFrom) or id(node) in optional:
+                    continue
+                said = " ".join(lines[node.lineno - 1 : node.end_lineno])
+                if not said_for_module and not any(word in said for word in _SAYS_WHY):
+                    offenders.append(f"{_rel(path)}:{node.lineno}: {said.strip()}")
+    assert offenders == [], "\n".join(offenders)
