@@ -58,6 +58,8 @@ from typing import Any
 
 import yaml
 
+from tests.support.worker_pool import run_cases
+
 REPO = Path(__file__).resolve().parent.parent.parent
 SEVERITY = ("ok", "refusal", "unlocated", "escape", "traceback", "hang")
 FAILURES = ("unlocated", "escape", "traceback", "hang")
@@ -976,7 +978,7 @@ class CommandResult:
     signature: tuple[str, str, str] | None = None  # (exception, builder file, function) of a traceback
 
 
-def _signature(exc: BaseException) -> tuple[str, str, str]:
+def traceback_signature(exc: BaseException) -> tuple[str, str, str]:
     frames = traceback.extract_tb(exc.__traceback__)
     inner = [f for f in frames if "/builder/" in f.filename] or frames
     where = inner[-1] if inner else None
@@ -1009,7 +1011,9 @@ def run_command(argv: list[str], limit: float) -> CommandResult:
     except BaseException as exc:  # a traceback is exactly what is counted
         signal.setitimer(signal.ITIMER_REAL, 0)
         detail = "".join(traceback.format_exception(exc))[-6000:]
-        return CommandResult(name, "traceback", None, time.monotonic() - started, detail, _signature(exc))
+        return CommandResult(
+            name, "traceback", None, time.monotonic() - started, detail, traceback_signature(exc)
+        )
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, old)
@@ -1129,7 +1133,7 @@ def run_case(sandbox: Sandbox, case: Case, limit: float) -> CaseResult:
 # --- workers -------------------------------------------------------------------------------------
 
 
-def _limit_process(memory_mb: int) -> None:
+def limit_process(memory_mb: int) -> None:
     """In a child: die with the parent (a killed fuzzer leaves no workers) and cap its memory."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     with contextlib.suppress(OSError, AttributeError):
@@ -1140,7 +1144,7 @@ def _limit_process(memory_mb: int) -> None:
 
 
 def _worker(conn: Connection, base: str, seed: int, limit: float, memory_mb: int) -> None:
-    _limit_process(memory_mb)
+    limit_process(memory_mb)
     sandbox = Sandbox(Path(base))
     sandbox.prepare()
     os.chdir(sandbox.ws)  # problems name files relative to the workspace, as a user would run it
@@ -1209,101 +1213,37 @@ def run(
     jobs = jobs or os.cpu_count() or 1
     totals = Totals()
     started = time.monotonic()
-    context = multiprocessing.get_context("fork")
     # tmpfs where there is one: each case rewrites a workspace, and mkdir on a disk costs ~30x more.
     shm = "/dev/shm" if os.access("/dev/shm", os.W_OK) else None
     with tempfile.TemporaryDirectory(prefix="kiln-fuzz-", dir=shm) as scratch:
-        workers: dict[int, tuple[Any, Connection, int | None, float]] = {}
 
-        def spawn(slot: int) -> None:
-            parent, child = context.Pipe()
-            proc = context.Process(
-                target=_worker, args=(child, f"{scratch}/w{slot}", seed, limit, memory_mb), daemon=True
-            )
-            proc.start()
-            child.close()
-            workers[slot] = (proc, parent, None, 0.0)
+        def record(result: CaseResult) -> None:
+            _record(totals, result, seed, out, known_open)
+            if progress is not None:
+                progress(totals)
 
-        pending = iter(range(start, start + cases))
-        for slot in range(jobs):
-            spawn(slot)
-
-        def give(slot: int) -> bool:
-            proc, conn, _, _ = workers[slot]
-            index = next(pending, None)
-            if index is None:
-                conn.send(None)
-                workers[slot] = (proc, conn, None, 0.0)
-                return False
-            conn.send(index)
-            workers[slot] = (proc, conn, index, time.monotonic())
-            return True
-
-        busy = {slot for slot in range(jobs) if give(slot)}
-        deadline_per_case = 3 * limit + 30  # a case has at most three commands, plus start-up
-        while busy:
-            conns = {workers[s][1]: s for s in busy}
-            ready = multiprocessing.connection.wait(list(conns), timeout=1.0)
-            for conn in ready:
-                slot = conns[conn]  # type: ignore[index]
-                proc, _, index, _ = workers[slot]
-                try:
-                    result: CaseResult = conn.recv()  # type: ignore[union-attr]
-                except (EOFError, OSError):  # the worker died (killed for memory, a crash in C)
-                    result = CaseResult(
-                        index or -1,
-                        "traceback",
-                        [
-                            CommandResult(
-                                "worker",
-                                "traceback",
-                                proc.exitcode,
-                                0.0,
-                                f"worker died (exit {proc.exitcode})",
-                            )
-                        ],
-                        [],
-                        0.0,
-                    )
-                    proc.join(5)
-                    spawn(slot)
-                _record(totals, result, seed, out, known_open)
-                if progress is not None:
-                    progress(totals)
-                if not give(slot):
-                    busy.discard(slot)
-            now = time.monotonic()
-            for slot in list(busy):
-                proc, conn, index, since = workers[slot]
-                if index is not None and now - since > deadline_per_case:
-                    proc.kill()
-                    proc.join(5)
-                    _record(
-                        totals,
-                        CaseResult(
-                            index,
-                            "hang",
-                            [
-                                CommandResult(
-                                    "worker", "hang", None, now - since, "the worker stopped answering"
-                                )
-                            ],
-                            [],
-                            now - since,
-                        ),
-                        seed,
-                        out,
-                        known_open,
-                    )
-                    spawn(slot)
-                    if not give(slot):
-                        busy.discard(slot)
-        for proc, conn, _, _ in workers.values():
-            with contextlib.suppress(OSError, BrokenPipeError):
-                conn.send(None)
-            proc.join(10)
-            if proc.is_alive():
-                proc.kill()
+        run_cases(
+            range(start, start + cases),
+            jobs=jobs,
+            target=_worker,
+            args_for=lambda slot: (f"{scratch}/w{slot}", seed, limit, memory_mb),
+            deadline_s=3 * limit + 30,  # a case has at most three commands, plus start-up
+            died=lambda index, code, seconds: CaseResult(
+                index,
+                "traceback",
+                [CommandResult("worker", "traceback", code, 0.0, f"worker died (exit {code})")],
+                [],
+                0.0,
+            ),
+            hung=lambda index, seconds: CaseResult(
+                index,
+                "hang",
+                [CommandResult("worker", "hang", None, seconds, "the worker stopped answering")],
+                [],
+                seconds,
+            ),
+            record=record,
+        )
     totals.seconds = time.monotonic() - started
     return totals
 
@@ -1376,7 +1316,7 @@ def _regenerate(seed: int, index: int) -> Case:
     parent, child = context.Pipe()
 
     def make() -> None:
-        _limit_process(3072)
+        limit_process(3072)
         try:
             child.send(make_case(seed, index))
         except Exception:

@@ -42,13 +42,11 @@ from __future__ import annotations
 import argparse
 import base64
 import bz2
-import contextlib
 import gc
 import gzip
 import hashlib
 import json
 import lzma
-import multiprocessing
 import os
 import random
 import resource
@@ -71,7 +69,8 @@ from xml.sax.saxutils import escape, quoteattr
 
 import zstandard
 
-from tests.support.fuzz import _limit_process, _signature
+from tests.support.fuzz import limit_process, traceback_signature
+from tests.support.worker_pool import run_cases
 
 SEVERITY = ("ok", "refusal", "unlocated", "traceback", "hang")
 FAILURES = ("unlocated", "traceback", "hang")
@@ -824,7 +823,7 @@ def run_case(server: RepoServer, case: Case) -> CaseResult:
         category = "refusal" if exc.exit_code == ExitCode.FAILED and named else "unlocated"
         detail = f"exit {int(exc.exit_code)}: {message[:500]}"
     except Exception as exc:  # a traceback is exactly what is counted
-        category, signature = "traceback", _signature(exc)
+        category, signature = "traceback", traceback_signature(exc)
         detail = "".join(traceback.format_exception(exc))[-6000:]
     finally:
         server.drop(prefix)
@@ -841,7 +840,7 @@ def run_case(server: RepoServer, case: Case) -> CaseResult:
 
 
 def _worker(conn: Connection, seed: int, memory_mb: int) -> None:
-    _limit_process(memory_mb)
+    limit_process(memory_mb)
     # Kiln's modules imported before the start RSS is read: what grows after is the cases'.
     import builder.rpm.missing
     import builder.rpm.source  # noqa: F401
@@ -904,67 +903,20 @@ def run(
     """Run cases ``start .. start+cases-1`` of ``seed`` on ``jobs`` worker processes."""
     jobs = jobs or os.cpu_count() or 1
     warm_up()
-    context = multiprocessing.get_context("fork")
     totals = Totals()
     started = time.monotonic()
-    workers: dict[int, tuple[Any, Connection, int | None, float]] = {}
-
-    def spawn(slot: int) -> None:
-        parent, child = context.Pipe()
-        proc = context.Process(target=_worker, args=(child, seed, memory_mb), daemon=True)
-        proc.start()
-        child.close()
-        workers[slot] = (proc, parent, None, 0.0)
-
-    pending = iter(range(start, start + cases))
-
-    def give(slot: int) -> bool:
-        proc, conn, _, _ = workers[slot]
-        index = next(pending, None)
-        workers[slot] = (proc, conn, index, time.monotonic())
-        conn.send(index)
-        return index is not None
-
-    for slot in range(jobs):
-        spawn(slot)
-    busy = {slot for slot in range(jobs) if give(slot)}
-    stuck_after = 2 * DEADLINE_S + 30  # a worker that does not answer by then is hung, killed
-    while busy:
-        conns = {workers[s][1]: s for s in busy}
-        for conn in multiprocessing.connection.wait(list(conns), timeout=1.0):
-            slot = conns[conn]  # type: ignore[index]
-            proc, _, index, since = workers[slot]
-            try:
-                result: CaseResult = conn.recv()  # type: ignore[union-attr]
-            except (EOFError, OSError):  # the worker died (killed for memory, a crash in C)
-                proc.join(5)
-                result = CaseResult(index or -1, "traceback", time.monotonic() - since,
-                                    f"worker died (exit {proc.exitcode})", [], 0)  # fmt: skip
-                spawn(slot)
-            _record(totals, result, seed, out)
-            if not give(slot):
-                busy.discard(slot)
-        now = time.monotonic()
-        for slot in list(busy):
-            proc, _, index, since = workers[slot]
-            if index is not None and now - since > stuck_after:
-                proc.kill()
-                proc.join(5)
-                _record(
-                    totals,
-                    CaseResult(index, "hang", now - since, "the worker stopped answering", [], 0),
-                    seed,
-                    out,
-                )
-                spawn(slot)
-                if not give(slot):
-                    busy.discard(slot)
-    for proc, conn, _, _ in workers.values():
-        with contextlib.suppress(OSError, BrokenPipeError):
-            conn.send(None)
-        proc.join(10)
-        if proc.is_alive():
-            proc.kill()
+    run_cases(
+        range(start, start + cases),
+        jobs=jobs,
+        target=_worker,
+        args_for=lambda slot: (seed, memory_mb),
+        deadline_s=2 * DEADLINE_S + 30,  # a worker that does not answer by then is hung, killed
+        died=lambda index, code, seconds: CaseResult(
+            index, "traceback", seconds, f"worker died (exit {code})", [], 0
+        ),
+        hung=lambda index, seconds: CaseResult(index, "hang", seconds, "the worker stopped answering", [], 0),
+        record=lambda result: _record(totals, result, seed, out),
+    )
     totals.seconds = time.monotonic() - started
     return totals
 

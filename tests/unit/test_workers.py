@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import time
 
 from builder.workspace import PACKAGE_ROOT
 from tests.conftest import WORKER_GROUPS
@@ -40,3 +41,24 @@ def test_a_group_spread_over_two_modules_runs_on_one_worker(tmp_path):
     assert inner.returncode == 0, inner.stdout + inner.stderr
     workers = out.read_text().split()
     assert len(workers) == 8 and len(set(workers)) == 1, workers
+
+
+def test_every_worker_collects_the_same_tests_whenever_it_collects():
+    """Each xdist worker collects on its own, at its own moment; a parameter that differs between two
+    collections (gzip's mtime, a random or time-based value) stops the whole run before any test.
+    Two collections of the suite a few seconds apart must name the same tests."""
+
+    def collect() -> list[str]:
+        listed = subprocess.run(
+            [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "--collect-only",
+             "-q", "tests"],
+            capture_output=True, text=True, timeout=300, cwd=PACKAGE_ROOT,
+        )  # fmt: skip
+        assert listed.returncode == 0, listed.stdout[-2000:] + listed.stderr[-2000:]
+        return [line for line in listed.stdout.splitlines() if "::" in line]
+
+    first = collect()
+    time.sleep(1.1)  # a second later: gzip headers and clocks differ
+    second = collect()
+    assert len(first) > 1000
+    assert sorted(set(first) ^ set(second)) == []
