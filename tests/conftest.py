@@ -75,6 +75,8 @@ WORKER_GROUPS = {
 
 @pytest.hookimpl(tryfirst=True)  # before xdist's, which reads the groups into the node ids
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if not config.pluginmanager.hasplugin("xdist"):  # `-p no:xdist`: one process, nothing to group
+        return
     for item in items:
         group = WORKER_GROUPS.get(item.nodeid.split("::", 1)[0])
         if group is not None:

@@ -29,13 +29,13 @@ def test_a_merge_request_publishes_candidates_and_the_default_branch_then_publis
     assert "kiln build toy-top:1:x86_64 --publish --candidate 7" in first
     shelves = ci_repo["shelf"]
     assert sorted(p.name for p in shelves.iterdir()) == ["main-mr7"]  # never the production shelf
-    assert len(list((shelves / "main-mr7").iterdir())) == 5
+    assert len(list((shelves / "main-mr7").glob("*.txt"))) == 5
 
     _commit_parent(ci_repo["repo"], PARENT)
     second = _run_pipeline(ci_repo)
     assert "kiln build toy-top:1:x86_64 --publish" in second and "--candidate" not in second
-    assert sorted(p.name for p in (shelves / "main").iterdir()) == sorted(
-        p.name for p in (shelves / "main-mr7").iterdir()
+    assert sorted(p.name for p in (shelves / "main").glob("*.txt")) == sorted(
+        p.name for p in (shelves / "main-mr7").glob("*.txt")
     )
     with Ledger(ci_repo["ledger"]) as ledger:
         # Each job starts from a fresh checkout (no build root to reuse): the default branch built again.
