@@ -31,9 +31,11 @@ def register(kind: Kind) -> None:
     """Add a kind (replacing one with the same name and builder)."""
     others = [k for k in _kinds.values() if k.name == kind.name and k.key != kind.key]
     for other in others:
-        shared = (other.verify_model, other.publish_model, other.route)
-        if shared != (kind.verify_model, kind.publish_model, kind.route):
-            raise ValueError(f"builders of kind {kind.name!r} must share its verify/publish models and route")
+        shared = (other.verify_model, other.publish_model, other.route, other.facts)
+        if shared != (kind.verify_model, kind.publish_model, kind.route, kind.facts):
+            raise ValueError(
+                f"builders of kind {kind.name!r} must share its verify/publish models, route and facts"
+            )
         if (other.builder is None) != (kind.builder is None):
             raise ValueError(f"kind {kind.name!r}: every builder needs a name, or there is only one")
     _kinds[kind.key] = kind
@@ -85,7 +87,7 @@ def kind_of(name: str, build: BaseModel | Mapping[str, Any] | None = None) -> Ki
 
 
 def publishing_of(name: str) -> Kind:
-    """Any builder of kind ``name``: they share the publish model and route (``register`` checks)."""
+    """Any builder of kind ``name``: they share the publish model, route and facts (``register`` checks)."""
     candidates = builders(name)
     if not candidates:
         raise KeyError(f"unknown kind {name!r} (known: {', '.join(names())})")

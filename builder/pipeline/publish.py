@@ -14,9 +14,9 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from ..core.route import Candidate, Publication, Publishers, Route, Routed, Step
+from ..core.route import Candidate, Facts, Publication, Publishers, Route, Routed, Step
 from ..errors import EnvironmentProblem, InvalidInput, KilnError, Problem
-from ..kinds import kind_of, publishing_of
+from ..kinds import publishing_of
 from ..ledger import Ledger, candidate_publisher
 from ..manifest import BuildManifest
 
@@ -89,10 +89,10 @@ def publish_manifests(
     return publications
 
 
-def _facts(manifest: BuildManifest) -> Any:
-    """The kind's facts about this build (the builder that made it: DIB and Packer guests differ)."""
+def _facts(manifest: BuildManifest) -> Facts:
+    """The kind's facts about this build (every builder of a kind states them alike: ``register``)."""
     try:
-        return kind_of(manifest.kind, manifest.build).facts(manifest.build)
+        return publishing_of(manifest.kind).facts(manifest.build)
     except KeyError as exc:
         raise InvalidInput(Problem(f"{manifest.target}: {exc.args[0]}")) from None
 

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from builder.errors import CommandFailed, EnvironmentProblem
+from builder.kinds.guest import guest_facts
 from builder.manifest import BuildManifest, artifact_for
 from builder.publishers.glance import GlancePublisher
 from tests.support.clients import openstack
@@ -54,6 +55,7 @@ def test_published_image_has_arch_properties_seen_by_openstackclient(local_site,
         name="osc-check",
         visibility="public",
         properties={"os_distro": "debian"},
+        facts=guest_facts(manifest.build),  # what publishing passes: the kind's facts about the build
     )
     listed = _openstack(local_site, "image", "list", "--property", "architecture=ppc64le", "--long")
     assert "osc-check" in {row["Name"] for row in listed}
