@@ -14,6 +14,7 @@ fails and TCG is used. Foreign architectures always use TCG.
 from __future__ import annotations
 
 import os
+import re
 import secrets
 import shutil
 import tempfile
@@ -284,7 +285,9 @@ def _boot_once(
                 break
             time.sleep(1.0)
         else:
-            result.reason = f"no boot marker on the serial console within {timeout_s}s"
+            result.reason = (
+                f"no boot marker on the serial console within {timeout_s}s; {console_tail(serial_log)}"
+            )
         result.seconds = time.monotonic() - started
         if result.passed and checks and key is not None and ssh_port is not None:
             for command in checks:
@@ -297,6 +300,34 @@ def _boot_once(
         proc.stop(grace_s=10)
         overlay.unlink(missing_ok=True)
     return result
+
+
+_CONSOLE_TAIL_BYTES = 4096
+_CONTROL = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]|[\x00-\x08\x0b-\x1f\x7f]")
+
+
+def console_tail(serial_log: Path, limit: int = 160) -> str:
+    """Where the guest stopped, in one line: its last printable console line, or that it printed nothing.
+
+    A boot that times out is otherwise a path to a log in a build root that CI throws away; the
+    last line (firmware, bootloader, kernel, cloud-init) says which stage hung. The text is the
+    guest's, so escapes and control characters are dropped and the line is cut to ``limit``.
+    """
+    try:
+        with serial_log.open("rb") as log:
+            log.seek(0, os.SEEK_END)
+            log.seek(max(0, log.tell() - _CONSOLE_TAIL_BYTES))
+            tail = log.read()
+    except FileNotFoundError:
+        return "the console log was never written"
+    lines = [_CONTROL.sub("", line).strip() for line in tail.decode("utf-8", "replace").splitlines()]
+    printable = [line for line in lines if line]
+    if not printable:
+        return "the console stayed silent"
+    last = printable[-1]
+    if len(last) > limit:
+        last = last[: limit - 1] + "…"
+    return f"the console's last line: {last!r}"
 
 
 def _ssh_check(
