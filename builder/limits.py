@@ -63,6 +63,11 @@ MAX_XML_DEPTH = 32
 REPO_METADATA_DEADLINE_S = 300.0
 # The longest wait for one read (and for the connection) inside that deadline.
 HTTP_READ_TIMEOUT_S = 30.0
+# A destination's answer to "is this target published here" (builder/publishers/publication_record.py):
+# a record is a few hundred bytes (one line per package a rebuild made); the whole answer, connection
+# included, within the deadline.
+MAX_PUBLICATION_RECORD_BYTES = 256 << 10
+DESTINATION_ANSWER_DEADLINE_S = 30.0
 # Redirects followed by one download (a mirror redirector, http -> https: one or two).
 MAX_REDIRECTS = 5
 # Fields of one package, in characters. rpm itself has no hard limit; real names are under ~100

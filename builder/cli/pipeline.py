@@ -7,6 +7,7 @@ Commands import their heavy modules inside the function: start-up time (``kiln -
 from __future__ import annotations
 
 import argparse
+import os
 import time
 from pathlib import Path
 
@@ -24,7 +25,10 @@ def cmd_pipeline(args: argparse.Namespace) -> int:
     with Ledger(ledger_path(args, workspace)) as ledger:
         published = ledger.published_digests()
     answers = None
-    if args.ask_destinations:  # build jobs on other runners publish without writing this ledger
+    # Build jobs on other runners publish without writing this ledger: in CI (GitLab sets CI=true)
+    # the destinations are asked unless --no-ask-destinations says otherwise.
+    ask = args.ask_destinations if args.ask_destinations is not None else os.environ.get("CI") == "true"
+    if ask:
         from ..pipeline import destinations
         from ..publishers.from_site import SitePublishers
 
@@ -88,7 +92,7 @@ def register(commands: Commands) -> None:
             "kiln pipeline --candidate 42 -o child.yml    # merge request 42: publish as candidates",
             "kiln pipeline --no-publish -o child.yml      # build and verify only",
             "kiln pipeline --older-than-days 30 -o child.yml --json",
-            "kiln pipeline --ask-destinations --explain -o child.yml   # ask Glance and the registry too",
+            "kiln pipeline --ask-destinations --explain -o child.yml   # ask the destinations (CI: default)",
         ],
     )
     p.add_argument("--arch", metavar="ARCH", help="only this architecture (any spelling)")
@@ -126,11 +130,13 @@ def register(commands: Commands) -> None:
     p.add_argument("--explain", action="store_true", help="print every job: tags, needs, why it runs")
     p.add_argument(
         "--ask-destinations",
-        action="store_true",
-        help="also ask Glance and the registry whether each target the ledger lists as unpublished is "
-        "published there at its digest (production names, with --candidate too), as build jobs on other "
-        "runners publish without writing this ledger; needs the build jobs' credentials. A destination "
-        "that does not answer is named on stderr and its targets get jobs",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="also ask each target's destination (Glance, the registry, the RPM repo, the Bifrost "
+        "directory) whether a target the ledger lists as unpublished is published there at its digest "
+        "(production names, with --candidate too), as build jobs on other runners publish without "
+        "writing this ledger; needs the build jobs' credentials. A destination that does not answer is "
+        "named on stderr and its targets get jobs. Default: on where $CI is 'true' (GitLab), else off",
     )
     p.add_argument(
         "--generate-job",

@@ -8,7 +8,9 @@ destination is a method here, so a new destination is one class beside its clien
 * :meth:`Route.publish`: publish manifests (with their kind's publish settings and facts);
 * :meth:`Route.rename_for_candidate`: the same settings under a candidate's names;
 * :meth:`Route.destination_key`: what a job writes to, for GitLab's ``resource_group``;
-* :meth:`Route.published_at`: is this exact input digest published there already;
+* :meth:`Route.published_at`: is this exact input digest published there already -- every route
+  answers from its destination (runners share no ledger), and ``kinds.register`` refuses a kind whose
+  route does not (:func:`answers`);
 * :attr:`Route.together`: whether one publication spans several targets (a multi-arch tag).
 
 The built-in routes: builder/publishers/routes.py.
@@ -135,11 +137,8 @@ class Route:
     """One destination. Subclasses override :meth:`publish` and what else their destination has."""
 
     name: str = ""  # the route's name: resource groups (``glance:<image>``), messages
-    destination: str = ""  # the destination, for people ("Glance"); "" where it cannot be asked
+    destination: str = ""  # the destination, for people ("Glance", "the RPM repo")
     together: bool = False  # one publication over every arch of a recipe, release and variant
-    # A target whose digest the destination already holds is not built again (the registry's image is
-    # what a build would push, pulled by a child that builds on it). Other routes leave it to the ledger.
-    reuses_published: bool = False
 
     def publish(self, items: list[Routed], publishers: Publishers, on_step: Step) -> list[Publication]:
         raise NotImplementedError
@@ -175,19 +174,28 @@ class Route:
         return None
 
     def published_at(
-        self, target: TargetLike, publishers: Publishers, candidate: Candidate | None = None
+        self,
+        target: TargetLike,
+        publishers: Publishers,
+        candidate: Candidate | None = None,
+        facts: Facts = NO_FACTS,
     ) -> Found | None:
         """Where ``target``'s exact input digest is published already (under ``candidate``'s names
-        when given), or None. Only routes with a :attr:`destination` are asked; a destination that
-        does not answer raises what its client raised."""
-        return None
-
-    @property
-    def askable(self) -> bool:
-        return bool(self.destination)
+        when given; ``facts``: its kind's, as publishing gets them), or None -- as the destination
+        itself says, never a ledger: the ledger is one runner's cache. Found only when everything a
+        publish of the target writes is there (a publish killed half-way is not published). A
+        destination that does not answer raises what its client raised: not answering is never
+        taken as "not published". Every route overrides this (:func:`answers`)."""
+        raise NotImplementedError(f"the {self.name} route cannot say what its destination holds")
 
     def __repr__(self) -> str:
         return f"<route {self.name}>"
+
+
+def answers(route: Route) -> bool:
+    """Whether ``route`` can say what its destination holds (overrides :meth:`Route.published_at`)
+    and names that destination: what ``kinds.register`` requires of a kind's route."""
+    return type(route).published_at is not Route.published_at and bool(route.destination)
 
 
 def _label(identity: Any) -> str:

@@ -17,6 +17,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, Field, TypeAdapter, create_model
 
 from ..core.kind import Kind
+from ..core.route import answers
 from ..recipe import RecipeBase
 from . import container, guest_dib, guest_packer, ipa, rpm
 
@@ -28,7 +29,13 @@ _names: tuple[str, ...] = ()
 
 
 def register(kind: Kind) -> None:
-    """Add a kind (replacing one with the same name and builder)."""
+    """Add a kind (replacing one with the same name and builder). Its route, if it publishes, must
+    say what its destination holds (``core.route.answers``): runners that share nothing ask it."""
+    if kind.route is not None and not answers(kind.route):
+        raise ValueError(
+            f"kind {kind.name!r}: route {kind.route.name!r} must name its destination and answer "
+            "published_at (what its destination holds): a route that cannot is not registered"
+        )
     others = [k for k in _kinds.values() if k.name == kind.name and k.key != kind.key]
     for other in others:
         shared = (other.verify_model, other.publish_model, other.route, other.facts)

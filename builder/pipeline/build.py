@@ -7,6 +7,9 @@ gate's verdict) and ``verify.xml`` (JUnit).
 - A target whose digest already has a successful build with its artifacts on disk is not built
   again ("reused"); when it is also verified and, if asked, published, it is "skipped" without
   contacting any service.
+- Publishing a target this ledger does not know at its digest, its destination is asked first
+  (Route.published_at): found there, it is "skipped" -- the ledger is this runner's cache, the
+  destination the authority. A destination that does not answer fails the target.
 - The gate: artifacts are published only when verification passed or was switched off on purpose
   (the recipe has no check, or ``--no-verify``); a reused build that was never verified, or whose
   verification failed, is verified (again) before it is published.
@@ -44,6 +47,7 @@ from ..verify.boot import choose_accelerator
 from ..verify.junit import write_junit
 from ..workspace import Workspace, source_commit
 from .attest import attest, site_signer
+from .destinations import published_at
 from .publish import Candidate, publish_group, publish_manifests
 
 Step = Callable[[str], None]
@@ -142,6 +146,7 @@ class Pipeline:
         self._publishers = publishers
         # target id -> its image found at its destination (a route that reuses what it holds)
         self._reused: dict[str, ReusableImage] = {}
+        self._built_on: set[str] = set()  # ids of targets that a target of this run builds on
 
     # -- the loop --------------------------------------------------------------------------------------
 
@@ -153,6 +158,7 @@ class Pipeline:
         # Routes that publish several targets as one (a multi-arch tag): published once the whole
         # group is built and verified, and not at all when one of it failed.
         together: dict[tuple[str, ...], list[tuple[Outcome, BuildManifest | None]]] = {}
+        self._built_on = {dependency for target in targets for dependency in target.depends_on}
         for target in dependencies_first(targets):
             started = time.monotonic()
             group = publish_group(target) if options.publish else None
@@ -210,23 +216,21 @@ class Pipeline:
         manifest = None
         try:
             manifest = None if options.force else self.existing_manifest(target)
-            found = None
             route = target.spec.route
-            if (
-                manifest is None
-                and options.publish
-                and not options.force
-                and route
-                and route.reuses_published
-            ):
-                found = route.published_at(target, self.publishers(), self._candidate(options))
-            if found is not None and found.image is not None:
-                # Built, verified and pushed before (by another runner, or before this ledger).
-                self._reused[target.id] = found.image
-                outcome.status, outcome.note = Status.SKIPPED, f"in {route.destination}: {found.where}"
-                outcome.verification = "passed before it was pushed"
-                self.on_step(f"{target.id}: {outcome.note} (same digest): not built, not pushed")
-                return outcome, None
+            if manifest is None and options.publish and not options.force and route is not None:
+                # This runner's ledger does not know the digest: the destination is the authority
+                # (another runner, or this one before its ledger, may have published it). A
+                # destination that does not answer fails the target: never a silent rebuild.
+                found = published_at(target, self.publishers(), self._candidate(options))
+                # A target another one of this run builds on is built anyway, unless its destination
+                # hands back what a build would make (the registry's image).
+                if found is not None and (found.image is not None or target.id not in self._built_on):
+                    if found.image is not None:
+                        self._reused[target.id] = found.image
+                    outcome.status, outcome.note = Status.SKIPPED, f"in {route.destination}: {found.where}"
+                    outcome.verification = "passed before it was published"
+                    self.on_step(f"{target.id}: {outcome.note} (same digest): not built, not published again")
+                    return outcome, None
             if manifest is None:
                 manifest = self.build(target)
             elif not self._needs_verification(target, manifest, options) and (

@@ -1,8 +1,9 @@
 """``kiln pipeline --ask-destinations``: what the destinations already hold, for the generator.
 
 Build jobs run on other runners (ppc64le, GPU) with their own ledgers, so the generate job's ledger
-never learns what they published. Asked, Glance and the registry say it themselves
-(:func:`published_at`); a target found there counts as published and gets no job. A
+never learns what they published. Asked, every destination says it itself (:func:`published_at`:
+Glance, the registry, the RPM repo, the Bifrost directory); a target found there counts as published
+and gets no job. A
 destination that does not answer costs jobs, never the pipeline: it is named once on stderr and its
 targets are taken as not published (a job that finds its digest there already publishes nothing).
 """
@@ -20,15 +21,14 @@ __all__ = ["Answer", "Answers", "Found", "ask", "published_at"]
 
 
 def published_at(target: Target, publishers: Publishers, candidate: Candidate | None = None) -> Found | None:
-    """Ask ``target``'s destination whether its exact input digest is published there already
-    (``kiln pipeline --ask-destinations``: build jobs on other runners never write the generator's
-    ledger): its route's answer (Route.published_at), under the candidate's names with ``candidate``.
-    Routes that cannot be asked (no ``destination``) are not: None, the ledger decides. A destination
-    that does not answer raises what its client raised."""
+    """Ask ``target``'s destination whether its exact input digest is published there already: its
+    route's answer (Route.published_at), with the kind's facts as publishing gets them, under the
+    candidate's names with ``candidate``. None for a kind that publishes nowhere. A destination that
+    does not answer raises what its client raised."""
     route = target.spec.route
-    if route is None or not route.askable:
+    if route is None:
         return None
-    return route.published_at(target, publishers, candidate)
+    return route.published_at(target, publishers, candidate, target.spec.facts(target.build_json))
 
 
 @dataclass(frozen=True)
@@ -90,7 +90,7 @@ def ask(
     out = Answers()
     for target in targets:
         route = target.spec.route
-        if route is None or not route.askable or target.digest in ledger.get(target.id, {}):
+        if route is None or target.digest in ledger.get(target.id, {}):
             continue
         destination = route.destination
         if destination in out.unanswered:

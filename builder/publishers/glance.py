@@ -55,6 +55,14 @@ _OS_VERSIONS = {("debian", "bookworm"): "12", ("debian", "trixie"): "13", ("ubun
 BOOT_ARTIFACTS = ("kernel", "ramdisk", "iso")
 
 
+@dataclass(frozen=True)
+class GlanceImage:
+    id: str
+    name: str
+    created_at: str
+    properties: dict[str, str]
+
+
 def image_properties(
     manifest: BuildManifest,
     extra: dict[str, str],
@@ -76,6 +84,9 @@ def image_properties(
     }
     if boot:
         props.update(_boot_properties(facts, artifact_name))
+        # Every boot image names the whole set its build publishes: a publish killed between the
+        # kernel and the ramdisk is told apart from a complete one (GlanceRoute.boot_images_at).
+        props["kiln_boot_set"] = ",".join(a.name for a in manifest.artifacts if a.type in BOOT_ARTIFACTS)
     else:
         props.update(_guest_properties(manifest, facts))
     if manifest.build_id is not None:
@@ -216,18 +227,25 @@ class GlancePublisher:
         except Exception as exc:  # keystoneauth/requests errors: one clear message
             raise EnvironmentProblem(f"Glance is not answering: {exc}") from exc
 
+    def published_images(self, target_id: str, digest: str, name: str | None = None) -> list[GlanceImage]:
+        """Each active, promoted image of ``target_id`` at ``digest`` (``kiln_target``,
+        ``kiln_digest``); only those named ``name`` when given (Glance filters). A candidate upload
+        (:data:`CANDIDATE_MARK`) is not published yet: left out."""
+        out = []
+        for image in self._images(**({"name": name} if name is not None else {})):
+            properties = dict(image.properties or {})
+            if (
+                properties.get("kiln_target") == target_id
+                and properties.get("kiln_digest") == digest
+                and image.status == "active"
+                and not _is_candidate(image)
+            ):
+                out.append(GlanceImage(image.id, image.name, image.created_at or "", properties))
+        return out
+
     def published(self, target_id: str, digest: str, name: str | None = None) -> list[tuple[str, str, str]]:
-        """(image id, name, created_at) of each active, promoted image of ``target_id`` at ``digest``
-        (``kiln_target``, ``kiln_digest``); only those named ``name`` when given (Glance filters).
-        A candidate upload (:data:`CANDIDATE_MARK`) is not published yet: left out."""
-        return [
-            (image.id, image.name, image.created_at or "")
-            for image in self._images(**({"name": name} if name is not None else {}))
-            if (image.properties or {}).get("kiln_target") == target_id
-            and (image.properties or {}).get("kiln_digest") == digest
-            and image.status == "active"
-            and not _is_candidate(image)
-        ]
+        """(image id, name, created_at) of each of :meth:`published_images`."""
+        return [(i.id, i.name, i.created_at) for i in self.published_images(target_id, digest, name)]
 
     def publish(
         self,
@@ -424,7 +442,11 @@ class GlanceRoute(Route):
         return image_name(target) if getattr(target.publish, "glance", None) is not None else None
 
     def published_at(
-        self, target: TargetLike, publishers: Publishers, candidate: Candidate | None = None
+        self,
+        target: TargetLike,
+        publishers: Publishers,
+        candidate: Candidate | None = None,
+        facts: Facts = NO_FACTS,
     ) -> Found | None:
         """An active, promoted (not a candidate upload) image under the target's name whose
         ``kiln_target`` and ``kiln_digest`` are the target's, as :meth:`GlancePublisher.publish`
@@ -438,6 +460,24 @@ class GlanceRoute(Route):
             return None
         image_id, _, created_at = max(images, key=lambda image: image[2])
         return Found(f"glance image {image_id} ({name})", _timestamp(created_at))
+
+    def boot_images_at(self, target: TargetLike, settings: Any, publishers: Publishers) -> Found | None:
+        """A boot build's images (``<name> kernel``, ``<name> initramfs``...): found when every
+        artifact of the set they name (``kiln_boot_set``) is there at the target's digest."""
+        name = settings.glance.image_name or default_image_name(target)
+        images = [
+            image
+            for image in publishers.glance().published_images(target.id, target.digest)
+            if image.name.startswith(f"{name} ") and image.properties.get("kiln_artifact")
+        ]
+        if not images:
+            return None
+        newest = max(images, key=lambda image: image.created_at)
+        wanted = {a for a in newest.properties.get("kiln_boot_set", "").split(",") if a}
+        held = {image.properties["kiln_artifact"] for image in images}
+        if not wanted or not wanted <= held:
+            return None
+        return Found(f"glance images {', '.join(sorted(wanted))} ({name})", _timestamp(newest.created_at))
 
 
 def _timestamp(iso: str) -> float | None:

@@ -37,14 +37,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..core.route import Candidate, Publication, Publishers, Routed, Step
+from ..core.route import NO_FACTS, Candidate, Facts, Found, Publication, Publishers, Routed, Step, TargetLike
 from ..errors import CommandFailed, EnvironmentProblem, InvalidInput, Problem
 from ..manifest import BuildManifest
 from ..outdir import prepare_root
 from .glance import GlanceRoute, default_image_name
+from .publication_record import PublicationRecord, fetch_record
 
 # Bifrost's file names, by the manifest's artifact type.
 BIFROST_NAMES = {"kernel": "ipa.kernel", "ramdisk": "ipa.initramfs", "iso": "ipa.iso"}
+RECORD_NAME = "kiln-published.json"  # the publication record (publishers/publication_record.py)
 DIRECTORY = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")  # one name, never '.' or '..'
 
 CHUNK = 4 << 20
@@ -93,9 +95,12 @@ def check_directory(directory: str) -> str:
     return directory
 
 
-def version_key(files: Sequence[HttpFile]) -> str:
-    """The version's name part: a digest over the files' names and sha256s."""
+def version_key(files: Sequence[HttpFile], record: PublicationRecord | None = None) -> str:
+    """The version's name part: a digest over the files' names and sha256s (and the target and input
+    digest the record names: the same bytes built from other inputs are published as such)."""
     listing = "".join(f"{f.name} {f.sha256}\n" for f in sorted(files, key=lambda f: f.name))
+    if record is not None:
+        listing += f"{RECORD_NAME} {record.target} {record.digest}\n"
     return hashlib.sha256(listing.encode()).hexdigest()[:16]
 
 
@@ -108,13 +113,19 @@ class HttpDirPublisher:
         return f"{self.base_url}/{directory}/{name}"
 
     def publish(
-        self, directory: str, files: Sequence[HttpFile], on_step: Callable[[str], None] = lambda _: None
+        self,
+        directory: str,
+        files: Sequence[HttpFile],
+        on_step: Callable[[str], None] = lambda _: None,
+        record: PublicationRecord | None = None,
     ) -> HttpDirResult:
+        """``files`` (and ``record``, as ``kiln-published.json``: what :meth:`published` reads) as
+        ``directory``'s new version, switched in at once."""
         check_directory(directory)
         if not files:
             raise InvalidInput(Problem(f"HTTP directory {directory}: nothing to publish"))
         root = prepare_root(self.root, what="HTTP directory root")
-        version = f".{directory}.{version_key(files)}"
+        version = f".{directory}.{version_key(files, record)}"
         served = tuple(n for f in files for n in (f.name, f"{f.name}.sha256"))
         root_fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
         try:
@@ -125,7 +136,7 @@ class HttpDirPublisher:
                 _clean_leftovers(root_fd, directory)
                 if _entry_kind(root_fd, version) != "dir":
                     on_step(f"http: writing {root / version}")
-                    self._write_version(root_fd, root, version, files)
+                    self._write_version(root_fd, root, version, files, record)
                 previous = current
                 if legacy:  # a directory laid out by hand: kept one round as the previous version
                     previous = f".{directory}.legacy-{uuid.uuid4().hex[:8]}"
@@ -139,8 +150,16 @@ class HttpDirPublisher:
             os.close(root_fd)
         return HttpDirResult(root / directory, version, self.url_of(directory), served, False, removed)
 
-    def _write_version(self, root_fd: int, root: Path, version: str, files: Sequence[HttpFile]) -> None:
-        """Every file and its checksum into a temporary directory, renamed to ``version`` once complete."""
+    def _write_version(
+        self,
+        root_fd: int,
+        root: Path,
+        version: str,
+        files: Sequence[HttpFile],
+        record: PublicationRecord | None = None,
+    ) -> None:
+        """Every file and its checksum (and the record) into a temporary directory, renamed to
+        ``version`` once complete."""
         tmp = f"{version.rsplit('.', 1)[0]}.tmp-{uuid.uuid4().hex[:12]}"
         os.mkdir(tmp, 0o755, dir_fd=root_fd)
         try:
@@ -154,6 +173,8 @@ class HttpDirPublisher:
                             "the artifact changed after it was built; nothing published"
                         )
                     _write(tmp_fd, f"{item.name}.sha256", f"{digest}  {item.name}\n".encode())
+                if record is not None:
+                    _write(tmp_fd, RECORD_NAME, record.to_bytes())
                 os.fsync(tmp_fd)
             finally:
                 os.close(tmp_fd)
@@ -161,6 +182,11 @@ class HttpDirPublisher:
         except BaseException:
             _remove(root_fd, tmp)
             raise
+
+    def published(self, directory: str) -> tuple[str, PublicationRecord | None]:
+        """(URL, the publication record served in ``directory``, None when there is none)."""
+        url = self.url_of(check_directory(directory), RECORD_NAME)
+        return url, fetch_record(url)
 
 
 # --- helpers: every path below is one name relative to the root's descriptor ------------------------
@@ -280,7 +306,7 @@ class IpaRoute(GlanceRoute):
     """IPA ramdisks: Glance (kernel ``aki``, ramdisk ``ari``, ISO) and the Bifrost HTTP directory."""
 
     name = "ipa"
-    destination = ""  # not asked: the ledger decides (an agent's images are named per artifact)
+    destination = "Glance and the Bifrost directory"
 
     def publish(self, items: list[Routed], publishers: Publishers, on_step: Step) -> list[Publication]:
         out = super().publish(items, publishers, on_step)
@@ -292,7 +318,8 @@ class IpaRoute(GlanceRoute):
             directory = http.directory or default_http_directory(manifest)
             publisher = publishers.http_dir()
             on_step(f"http: {manifest.target} -> {publisher.url_of(directory)}")
-            result = publisher.publish(directory, files, on_step)
+            record = PublicationRecord.now(manifest.target, manifest.digest, [f.name for f in files])
+            result = publisher.publish(directory, files, on_step, record)
             out += [
                 Publication(
                     manifest.target, f.artifact, "http", publisher.url_of(directory, f.name), result.noop
@@ -306,6 +333,34 @@ class IpaRoute(GlanceRoute):
         if data.get("http") is not None:
             directory = data["http"].get("directory") or default_http_directory(identity)
             data["http"]["directory"] = directory + candidate.image_suffix
+
+    def published_at(
+        self,
+        target: TargetLike,
+        publishers: Publishers,
+        candidate: Candidate | None = None,
+        facts: Facts = NO_FACTS,
+    ) -> Found | None:
+        """Found only where each destination the target publishes to holds all of it: in Glance every
+        boot image of the build (:meth:`GlanceRoute.boot_images_at`), in the Bifrost directory the
+        publication record naming the target's digest (written with the files, in one switch)."""
+        settings = self.settings_for(target, target.publish, candidate)
+        found: list[Found] = []
+        if settings.glance is not None:
+            in_glance = self.boot_images_at(target, settings, publishers)
+            if in_glance is None:
+                return None
+            found.append(in_glance)
+        http = getattr(settings, "http", None)
+        if http is not None:
+            url, record = publishers.http_dir().published(http.directory or default_http_directory(target))
+            if record is None or not record.names(target.id, target.digest):
+                return None
+            found.append(Found(url, record.published_at))
+        if not found:
+            return None
+        times = [f.at for f in found if f.at is not None]
+        return Found("; ".join(f.where for f in found), max(times) if times else None)
 
 
 def default_http_directory(identity: Any) -> str:

@@ -30,7 +30,9 @@ import requests
 
 from ..arch import Arch
 from ..core.route import (
+    NO_FACTS,
     Candidate,
+    Facts,
     Found,
     Publication,
     Publishers,
@@ -457,7 +459,6 @@ class RegistryRoute(Route):
     name = "registry"
     destination = "the registry"
     together = True
-    reuses_published = True
 
     def publish(self, items: list[Routed], publishers: Publishers, on_step: Step) -> list[Publication]:
         groups: dict[tuple[str, str, str | None], list[Routed]] = {}
@@ -510,7 +511,11 @@ class RegistryRoute(Route):
         return registry.repository if registry is not None else None
 
     def published_at(
-        self, target: TargetLike, publishers: Publishers, candidate: Candidate | None = None
+        self,
+        target: TargetLike,
+        publishers: Publishers,
+        candidate: Candidate | None = None,
+        facts: Facts = NO_FACTS,
     ) -> Found | None:
         """Every tag the target would publish under holds an image for its arch whose Kiln digest (the
         index annotation written at push) is the target's; its image, to build a child on."""

@@ -25,12 +25,25 @@ from pathlib import Path
 from typing import Any
 
 from ..arch import Arch
-from ..core.route import Candidate, Publication, Publishers, Route, Routed, Step, TargetLike
+from ..core.kind import slug_of
+from ..core.route import (
+    NO_FACTS,
+    Candidate,
+    Facts,
+    Found,
+    Publication,
+    Publishers,
+    Route,
+    Routed,
+    Step,
+    TargetLike,
+)
 from ..errors import CommandFailed, InvalidInput, Problem
 from ..host.run import Runner
 from ..provenance import copy_beside
 from ..rpm import header as rpmheader
 from . import repodata
+from .publication_record import PublicationRecord, fetch_record, write_record
 
 KEEP_OLD_METADATA = 1  # previous metadata dirs kept for readers still fetching them
 
@@ -288,6 +301,26 @@ class RepoPublisher:
         for old in olds[KEEP_OLD_METADATA:]:
             shutil.rmtree(old, ignore_errors=True)
 
+    # -- publication records (publishers/publication_record.py) --------------------------------------
+
+    RECORDS = "kiln-published"  # beside Packages/ and repodata/ in an arch directory
+
+    def record(self, repo: str, distro: str, release: str, arch: str, record: PublicationRecord) -> Path:
+        """Write ``record`` for its target into ``arch``'s directory (under the publish lock)."""
+        repo_dir = self.repo_dir(repo, distro, release, arch)
+        path = repo_dir / self.RECORDS / f"{slug_of(record.target)}.json"
+        with self._locked(repo_dir):
+            write_record(path, record)
+        return path
+
+    def published(
+        self, repo: str, distro: str, release: str, arch: str, target_id: str
+    ) -> tuple[str, PublicationRecord | None]:
+        """(URL, the publication record the repo serves for ``target_id`` in ``arch``'s directory,
+        None when there is none), read over HTTP as any runner would."""
+        url = f"{self.base_url}/{repo}/{distro}/{release}/{arch}/{self.RECORDS}/{slug_of(target_id)}.json"
+        return url, fetch_record(url)
+
     # -- client configuration -----------------------------------------------------------------------
 
     def repo_file_text(self, repo: str, distro: str, release: str) -> str:
@@ -314,9 +347,14 @@ class RepoPublisher:
 
 
 class RepoRoute(Route):
-    """Rebuilt RPMs (and their SRPMs) to a signed yum repository, then its mirror (S3, rsync)."""
+    """Rebuilt RPMs (and their SRPMs) to a signed yum repository, then its mirror (S3, rsync).
+
+    Once a target's packages and metadata are served (its arch directory, then ``source``), a
+    publication record (publishers/publication_record.py) goes into the arch directory's
+    ``kiln-published/<target slug>.json``: what :meth:`published_at` reads back over HTTP."""
 
     name = "repo"
+    destination = "the RPM repo"
 
     def publish(self, items: list[Routed], publishers: Publishers, on_step: Step) -> list[Publication]:
         out = []
@@ -324,37 +362,42 @@ class RepoRoute(Route):
             manifest, repo = item.manifest, item.settings.repo
             if repo is None:
                 continue
-            distro = repo.layout_distro or item.facts.distro or "el"
-            release = item.facts.os_release or manifest.release
+            place = _place_of(repo, item.facts, manifest.release)
+            arch = Arch.parse(manifest.arch).rpm
             groups = {
-                Arch.parse(manifest.arch).rpm: [a for a in manifest.artifacts if a.type == "rpm"],
+                arch: [a for a in manifest.artifacts if a.type == "rpm"],
                 "source": [a for a in manifest.artifacts if a.type == "srpm"],
             }
             publisher = publishers.repo()
+            results: list[RepoResult] = []
+            files: list[str] = []
             for arch_dir, artifacts in groups.items():
                 if not artifacts:
                     continue
-                on_step(f"repo: {manifest.target} -> {repo.repo}/{distro}/{release}/{arch_dir}")
+                on_step(f"repo: {manifest.target} -> {'/'.join(place)}/{arch_dir}")
                 result = publisher.publish(
                     [manifest.path_of(a) for a in artifacts],
-                    repo=repo.repo,
-                    distro=distro,
-                    release=release,
+                    repo=place[0],
+                    distro=place[1],
+                    release=place[2],
                     arch=arch_dir,
                 )
                 on_step(f"repo: metadata {result.metadata_update} ({result.metadata_dir})")
-                for artifact, placed in zip(
-                    artifacts, result.packages, strict=False
-                ):  # provenance beside each
+                # the provenance beside each package
+                for artifact, placed in zip(artifacts, result.packages, strict=False):
                     copy_beside(manifest.path_of(artifact), result.repo_dir / placed)
-                mirror = publishers.mirror()
-                if mirror is not None:
-                    on_step(f"mirror: {result.repo_dir}")
-                    mirror.sync(result.repo_dir, result.repo_dir.relative_to(publisher.root).as_posix())
-                    # a client pointed at the mirror needs the .repo file and the key from there too
-                    mirror.sync_client_files(_client_files(publisher, result))
+                results.append(result)
+                files += [f"{arch_dir}/{placed}" for placed in result.packages]
                 url = f"{publisher.base_url}/{result.repo_dir.relative_to(publisher.root).as_posix()}/"
                 out += [Publication(manifest.target, a.name, "repo", url) for a in artifacts]
+            # Last: the record says the whole publish is served (a publish killed before it is redone).
+            publisher.record(*place, arch, PublicationRecord.now(manifest.target, manifest.digest, files))
+            mirror = publishers.mirror()
+            for result in results if mirror is not None else ():
+                on_step(f"mirror: {result.repo_dir}")
+                mirror.sync(result.repo_dir, result.repo_dir.relative_to(publisher.root).as_posix())
+                # a client pointed at the mirror needs the .repo file and the key from there too
+                mirror.sync_client_files(_client_files(publisher, result))
         return out
 
     def rename_for_candidate(self, identity: Any, data: dict[str, Any], candidate: Candidate) -> None:
@@ -364,6 +407,29 @@ class RepoRoute(Route):
     def destination_key(self, target: TargetLike) -> str | None:
         repo = getattr(target.publish, "repo", None)
         return repo.repo if repo is not None else None
+
+    def published_at(
+        self,
+        target: TargetLike,
+        publishers: Publishers,
+        candidate: Candidate | None = None,
+        facts: Facts = NO_FACTS,
+    ) -> Found | None:
+        """The target's publication record, served from its arch directory, names its id and input
+        digest (the record is written after the packages and metadata of every directory)."""
+        repo = self.settings_for(target, target.publish, candidate).repo
+        if repo is None:
+            return None
+        place = _place_of(repo, facts, target.release)
+        url, record = publishers.repo().published(*place, target.arch.rpm, target.id)
+        if record is None or not record.names(target.id, target.digest):
+            return None
+        return Found(url, record.published_at)
+
+
+def _place_of(repo: Any, facts: Facts, release: str) -> tuple[str, str, str]:
+    """(repo, distro, release) of a target's packages: the layout's distro, else the kind's."""
+    return (repo.repo, repo.layout_distro or facts.distro or "el", facts.os_release or release)
 
 
 def _client_files(publisher: RepoPublisher, result: RepoResult) -> list[tuple[Path, str]]:

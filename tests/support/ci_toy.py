@@ -20,7 +20,7 @@ from typing import Any
 from builder import kinds
 from builder.backends.base import collect_outputs
 from builder.core.kind import Backend, BuildJob, BuildRun, CaseResult, ExpectedOutput, Kind, Output, VerifyJob
-from builder.core.route import Candidate, Found, Publication, Route, Routed, TargetLike
+from builder.core.route import NO_FACTS, Candidate, Facts, Found, Publication, Route, Routed, TargetLike
 from builder.host.command import Command
 from builder.recipe import StrictModel
 
@@ -101,7 +101,11 @@ class ShelfRoute(Route):
         return target.publish.shelf
 
     def published_at(
-        self, target: TargetLike, publishers: Any, candidate: Candidate | None = None
+        self,
+        target: TargetLike,
+        publishers: Any,
+        candidate: Candidate | None = None,
+        facts: Facts = NO_FACTS,
     ) -> Found | None:
         shelf = self.settings_for(target, target.publish, candidate).shelf
         place = _shelf_root() / shelf / target.id.replace(":", "_")

@@ -17,6 +17,7 @@ import pytest
 from builder.arch import Arch
 from builder.backends.dib import parse_env_file, plan_command
 from builder.cli import main
+from builder.core.route import Found
 from builder.core.targets import dependencies_first
 from builder.errors import EnvironmentProblem
 from builder.kinds import guest_dib
@@ -51,19 +52,26 @@ def fake_backend():
 
 @pytest.fixture
 def glance_calls(monkeypatch):
-    """Publishing to Glance recorded instead of done: (target, visibility) per call."""
+    """Publishing to Glance recorded instead of done: (target, visibility) per call; asked, the
+    stand-in answers from what was published to it (a fresh ledger finds it there)."""
     calls: list[tuple[str, str]] = []
+    held: set[tuple[str, str]] = set()
 
     def route(items, publishers, on_step):
         out = []
         for manifest, settings, _facts in ((i.manifest, i.settings, i.facts) for i in items):
             calls.append((manifest.target, settings.glance.visibility))
+            held.add((manifest.target, manifest.digest))
             out.append(
                 publishing.Publication(manifest.target, manifest.artifacts[0].name, "glance", "image-id")
             )
         return out
 
+    def published_at(target, publishers, candidate=None, facts=None):
+        return Found("image-id") if (target.id, target.digest) in held and candidate is None else None
+
     monkeypatch.setattr(GLANCE, "publish", route)
+    monkeypatch.setattr(GLANCE, "published_at", published_at)
     return calls
 
 

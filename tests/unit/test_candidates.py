@@ -12,7 +12,7 @@ from types import SimpleNamespace
 import pytest
 
 from builder.cli import main
-from builder.core.route import Route
+from builder.core.route import Found, Route
 from builder.errors import InvalidInput
 from builder.kinds import guest_dib
 from builder.ledger import Ledger
@@ -40,17 +40,26 @@ def fake_backend():
 
 @pytest.fixture
 def glance_names(monkeypatch):
-    """Publishing to Glance recorded instead of done: the image name each call publishes under."""
+    """Publishing to Glance recorded instead of done: the image name each call publishes under;
+    asked, the stand-in answers from what was published to it, by name."""
     names: list[str] = []
+    held: set[tuple[str, str, str]] = set()
 
     def route(items, publishers, on_step):
         out = []
         for manifest, settings in ((i.manifest, i.settings) for i in items):
             names.append(settings.glance.image_name or default_image_name(manifest))
+            held.add((manifest.target, manifest.digest, names[-1]))
             out.append(publishing.Publication(manifest.target, manifest.artifacts[0].name, "glance", "id"))
         return out
 
+    def published_at(target, publishers, candidate=None, facts=None):
+        glance = GLANCE.settings_for(target, target.publish, candidate).glance
+        name = glance.image_name or default_image_name(target)
+        return Found(name) if (target.id, target.digest, name) in held else None
+
     monkeypatch.setattr(GLANCE, "publish", route)
+    monkeypatch.setattr(GLANCE, "published_at", published_at)
     return names
 
 

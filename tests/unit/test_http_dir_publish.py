@@ -10,11 +10,12 @@ from pathlib import Path
 import pytest
 
 from builder.core.route import NO_FACTS, Routed
-from builder.errors import CommandFailed, EnvironmentProblem, InvalidInput
+from builder.errors import CommandFailed, EnvironmentProblem, InvalidInput, RemoteDataError
 from builder.manifest import BuildManifest, artifact_for
 from builder.pipeline.publish import Candidate, publish_settings
 from builder.publishers import http_dir
 from builder.publishers.http_dir import IPA, HttpDirPublisher, bifrost_files, default_http_directory
+from builder.publishers.publication_record import PublicationRecord
 
 
 def _build(tmp_path: Path, content: bytes = b"k", iso: bool = False, **fields) -> BuildManifest:
@@ -274,3 +275,31 @@ def test_site_yaml_names_the_root_and_url_and_the_local_site_serves_its_repo_tre
     site = SiteConfig.model_validate({"ipa_http": {"root": str(tmp_path / "boot"), "url": "http://b:8080/"}})
     chosen = SitePublishers(site, tmp_path).http_dir()
     assert chosen.root == tmp_path / "boot" and chosen.url_of("d") == "http://b:8080/d/"
+
+
+def test_the_record_is_switched_in_with_the_files_and_other_inputs_make_a_new_version(tmp_path):
+    manifest = _build(tmp_path)
+    publisher = HttpDirPublisher(tmp_path / "www", "http://h/ipa")
+    files = bifrost_files(manifest)
+    record = PublicationRecord(manifest.target, manifest.digest, 1000.0, ("ipa.kernel", "ipa.initramfs"))
+    first = publisher.publish("bifrost", files, record=record)
+    served = tmp_path / "www" / "bifrost" / http_dir.RECORD_NAME
+    assert PublicationRecord.parse(served.read_bytes(), "x") == record
+    again = PublicationRecord(manifest.target, manifest.digest, 2000.0, record.files)  # a retried job
+    assert publisher.publish("bifrost", files, record=again).noop  # the record keeps the first time
+    assert PublicationRecord.parse(served.read_bytes(), "x").published_at == 1000.0
+    other = PublicationRecord(manifest.target, "9" * 64, 3000.0, record.files)  # same bytes, other inputs
+    second = publisher.publish("bifrost", files, record=other)
+    assert not second.noop and second.version != first.version
+    assert PublicationRecord.parse(served.read_bytes(), "x").digest == "9" * 64
+
+
+@pytest.mark.parametrize(
+    "body",
+    [b"not json", b"[]", b'{"format": 2, "target": "t", "digest": "d", "published_at": 1}',
+     b'{"format": 1, "target": "t", "digest": 5, "published_at": 1}',
+     b'{"format": 1, "target": "t", "digest": "d", "published_at": true}'],
+)  # fmt: skip
+def test_a_record_that_is_not_one_is_refused_naming_the_url(body):
+    with pytest.raises(RemoteDataError, match=r"^http://h/r\.json: "):
+        PublicationRecord.parse(body, "http://h/r.json")

@@ -18,7 +18,8 @@ from builder.errors import EnvironmentProblem
 from builder.pipeline import destinations, gitlab
 from builder.pipeline.destinations import published_at
 from builder.pipeline.publish import Candidate
-from builder.publishers.glance import image_name
+from builder.publishers.glance import GlanceImage, image_name
+from builder.publishers.publication_record import PublicationRecord
 from builder.publishers.registry import PublishedImage
 from builder.publishers.routes import GLANCE
 from tests.unit.test_gitlab_pipeline import _examples
@@ -27,25 +28,57 @@ REPO = Path(__file__).resolve().parents[2]
 GUEST = "debian-12:bookworm:x86_64"
 PACKER = "debian-12-packer:bookworm:x86_64"
 CUDA_BASE = "cuda-base:bookworm:x86_64"
+HELLO = "kiln-hello:9:ppc64le"
+IPA = "ipa-bookworm:bookworm:x86_64"
 
 
 class FakeGlance:
-    """GlancePublisher.published over a list of images: (id, name, created_at, target, digest)."""
+    """GlancePublisher.published_images over a list of images:
+    (id, name, created_at, target, digest[, properties])."""
 
     def __init__(self, images=(), down: bool = False):
         self.images = list(images)
         self.down = down
         self.asked: list[tuple[str, str, str | None]] = []
 
-    def published(self, target_id, digest, name=None):
+    def published_images(self, target_id, digest, name=None):
         self.asked.append((target_id, digest, name))
         if self.down:
             raise EnvironmentProblem("Glance is not answering: connection refused")
         return [
-            (i, n, at)
-            for i, n, at, t, d in self.images
+            GlanceImage(i, n, at, {"kiln_target": t, "kiln_digest": d, **(rest[0] if rest else {})})
+            for i, n, at, t, d, *rest in self.images
             if (t, d) == (target_id, digest) and name in (None, n)
         ]
+
+    def published(self, target_id, digest, name=None):
+        return [(i.id, i.name, i.created_at) for i in self.published_images(target_id, digest, name)]
+
+
+class FakeRepo:
+    """RepoPublisher.published over {(repo, distro, release, arch, target): (target, digest)}."""
+
+    def __init__(self, records=None):
+        self.records = records or {}
+        self.asked: list[tuple[str, ...]] = []
+
+    def published(self, repo, distro, release, arch, target_id):
+        self.asked.append((repo, distro, release, arch, target_id))
+        url = f"http://repo.example/{repo}/{distro}/{release}/{arch}/kiln-published/x.json"
+        named = self.records.get((repo, distro, release, arch, target_id))
+        return url, PublicationRecord(*named, published_at=1000.0) if named else None
+
+
+class FakeHttpDir:
+    """HttpDirPublisher.published over {directory: (target, digest)}."""
+
+    def __init__(self, records=None):
+        self.records = records or {}
+
+    def published(self, directory):
+        named = self.records.get(directory)
+        url = f"http://ipa.example/{directory}/kiln-published.json"
+        return url, PublicationRecord(*named, published_at=2000.0) if named else None
 
 
 class FakeRegistry:
@@ -65,15 +98,23 @@ class FakeRegistry:
 
 
 class FakePublishers:
-    def __init__(self, glance=None, registry=None):
+    def __init__(self, glance=None, registry=None, repo=None, http_dir=None):
         self._glance = glance or FakeGlance()
         self._registry = registry or FakeRegistry()
+        self._repo = repo or FakeRepo()
+        self._http_dir = http_dir or FakeHttpDir()
 
     def glance(self):
         return self._glance
 
     def registry(self):
         return self._registry, "team"
+
+    def repo(self):
+        return self._repo
+
+    def http_dir(self):
+        return self._http_dir
 
 
 @pytest.fixture(scope="module")
@@ -131,12 +172,13 @@ def test_glance_down_warns_once_and_every_glance_target_gets_its_job(examples):
     )
     answers, jobs, warnings = _ask(examples, FakePublishers(FakeGlance(down=True), registry))
     assert warnings == [
-        "could not ask Glance: Glance is not answering: connection refused; "
+        f"could not ask {destination}: Glance is not answering: connection refused; "
         "its targets are taken as not published"
+        for destination in ("Glance", "Glance and the Bifrost directory")  # guests, agent ramdisks
     ]
     glance_targets = [t.id for t in examples if t.spec.route is GLANCE]
     assert len(glance_targets) == 4 and all(t in jobs for t in glance_targets)
-    assert answers.unanswered == {"Glance": "Glance is not answering: connection refused"}
+    assert answers.unanswered["Glance"] == "Glance is not answering: connection refused"
     assert CUDA_BASE not in jobs  # the registry answered all the same
 
 
@@ -154,17 +196,63 @@ def test_the_registry_holding_every_tag_at_the_digest_means_no_job(examples):
     assert answers.published({}, now=5000.0)[CUDA_BASE] == {by_id[CUDA_BASE].digest: 5000.0}
 
 
-def test_targets_the_ledger_lists_and_routes_without_a_question_are_not_asked(examples):
+def test_targets_the_ledger_lists_are_not_asked_and_every_route_answers(examples):
     by_id = _by_id(examples)
     publishers = FakePublishers()
     ledger = {GUEST: {by_id[GUEST].digest: 1000.0}, CUDA_BASE: {by_id[CUDA_BASE].digest: 1000.0}}
-    answers, jobs, _ = _ask(examples, publishers, ledger)
-    asked = {a.target for a in answers.answers}
-    assert GUEST not in asked and CUDA_BASE not in asked
-    # ipa and repo routes are never asked: the ledger decides
-    assert not any(t.startswith(("ipa-bookworm", "kiln-hello")) for t in asked)
-    assert "kiln-hello:9:ppc64le" in jobs
+    answers, jobs, warnings = _ask(examples, publishers, ledger)
+    asked = {a.target: a.destination for a in answers.answers}
+    assert GUEST not in asked and CUDA_BASE not in asked and warnings == []
+    # the repo and the agent's destinations are asked too: runners share no ledger
+    assert asked[HELLO] == "the RPM repo" and asked[IPA] == "Glance and the Bifrost directory"
+    assert publishers._repo.asked == [("kiln", "el", "9", "ppc64le", HELLO)]  # the kind's distro, release
+    assert HELLO in jobs and IPA in jobs
     assert ("team/kiln/cuda", "11.8-base-bookworm") in publishers._registry.asked  # the ppc64le one
+
+
+def test_the_repos_publication_record_at_the_targets_digest_means_no_job(examples):
+    hello = _by_id(examples)[HELLO]
+    repo = FakeRepo({("kiln", "el", "9", "ppc64le", HELLO): (HELLO, hello.digest)})
+    answers, jobs, _ = _ask(examples, FakePublishers(repo=repo))
+    assert HELLO not in jobs
+    [found] = [a for a in answers.found() if a.target == HELLO]
+    assert found.where.startswith("http://repo.example/kiln/el/9/ppc64le/") and found.at == 1000.0
+    stale = FakeRepo({("kiln", "el", "9", "ppc64le", HELLO): (HELLO, "0" * 64)})  # an older build's
+    assert HELLO in _ask(examples, FakePublishers(repo=stale))[1]
+
+
+def _ipa_images(target, artifacts, boot_set=("kernel", "initramfs", "iso")):
+    name = image_name(target)
+    return [
+        (
+            f"img-{artifact}",
+            f"{name} {artifact}",
+            "2026-11-20T10:00:00Z",
+            target.id,
+            target.digest,
+            {"kiln_artifact": artifact, "kiln_boot_set": ",".join(boot_set)},
+        )
+        for artifact in artifacts
+    ]
+
+
+def test_an_agent_ramdisk_counts_as_published_only_with_every_image_and_the_bifrost_record(examples):
+    ipa = _by_id(examples)[IPA]
+    directory = image_name(ipa).replace(" ", "-")
+    http = FakeHttpDir({directory: (IPA, ipa.digest)})
+    complete = FakeGlance(_ipa_images(ipa, ("kernel", "initramfs", "iso")))
+    answers, jobs, _ = _ask(examples, FakePublishers(complete, http_dir=http))
+    assert IPA not in jobs
+    [found] = [a for a in answers.found() if a.target == IPA]
+    assert "glance images initramfs, iso, kernel" in found.where and directory in found.where
+    # a publish killed after the kernel and the ramdisk (no ISO yet) is not published
+    half = FakeGlance(_ipa_images(ipa, ("kernel", "initramfs")))
+    assert IPA in _ask(examples, FakePublishers(half, http_dir=http))[1]
+    # every image in Glance, but the Bifrost directory not switched yet
+    assert IPA in _ask(examples, FakePublishers(complete))[1]
+    # a build without an ISO names a set without it
+    no_iso = FakeGlance(_ipa_images(ipa, ("kernel", "initramfs"), boot_set=("kernel", "initramfs")))
+    assert IPA not in _ask(examples, FakePublishers(no_iso, http_dir=http))[1]
 
 
 def test_kiln_pipeline_ask_destinations_reports_what_it_asked_and_explains_it(tmp_path, capsys, monkeypatch):

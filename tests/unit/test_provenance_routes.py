@@ -34,6 +34,7 @@ def _manifest(
 class StandInRepo:
     def __init__(self, root: Path):
         self.root, self.base_url = root, "http://repo"
+        self.records: list = []
 
     def publish(self, rpms, *, repo, distro, release, arch):
         repo_dir = self.root / repo / distro / release / arch
@@ -46,6 +47,9 @@ class StandInRepo:
         return SimpleNamespace(
             repo_dir=repo_dir, packages=tuple(placed), metadata_update="rebuilt", metadata_dir="m"
         )
+
+    def record(self, repo, distro, release, arch, record):
+        self.records.append((repo, distro, release, arch, record))
 
 
 def test_the_repo_gets_each_packages_provenance_statement_beside_it(tmp_path):
@@ -61,6 +65,11 @@ def test_the_repo_gets_each_packages_provenance_statement_beside_it(tmp_path):
     beside = tmp_path / "repo/kiln/el/9/ppc64le/Packages/h/hello-1.0-1.ppc64le.rpm.intoto.json"
     assert beside.read_bytes() == (tmp_path / "out/hello-1.0-1.ppc64le.rpm.intoto.json").read_bytes()
     assert publication.location == "http://repo/kiln/el/9/ppc64le/"
+    # last, the publication record: what the repo answers a runner with no ledger from
+    [(*place, record)] = repo.records
+    assert place == ["kiln", "el", "9", "ppc64le"]
+    assert (record.target, record.digest) == (manifest.target, manifest.digest)
+    assert record.files == ("ppc64le/Packages/h/hello-1.0-1.ppc64le.rpm",)
 
 
 def test_the_registry_index_is_annotated_with_each_archs_provenance_digest(tmp_path):

@@ -21,7 +21,7 @@ from builder.backends.base import collect_outputs
 from builder.capabilities import Rule
 from builder.cli import main
 from builder.core.kind import Backend, BuildJob, BuildRun, CaseResult, ExpectedOutput, Kind, Output, VerifyJob
-from builder.core.route import Publication, Route, Routed
+from builder.core.route import Found, Publication, Route, Routed
 from builder.host.command import Command
 from builder.recipe import StrictModel
 
@@ -76,13 +76,22 @@ class ListRoute(Route):
     """A toy route: what it publishes goes on a list (``shelved``), (target, shelf) each."""
 
     name = "shelf"
+    destination = "the list"
 
     def __init__(self) -> None:
         self.shelved: list[tuple[str, str]] = []
+        self.held: dict[tuple[str, str], str] = {}  # (target, input digest) -> shelf
 
     def publish(self, items: list[Routed], publishers: Any, on_step: Any) -> list[Publication]:
         self.shelved += [(item.manifest.target, item.settings.shelf) for item in items]
+        self.held.update({(i.manifest.target, i.manifest.digest): i.settings.shelf for i in items})
         return [Publication(item.manifest.target, "greeting", "shelf", item.settings.shelf) for item in items]
+
+    def published_at(
+        self, target: Any, publishers: Any, candidate: Any = None, facts: Any = None
+    ) -> Found | None:
+        shelf = self.held.get((target.id, target.digest))
+        return Found(shelf) if shelf is not None and candidate is None else None
 
 
 SHELF = ListRoute()
@@ -130,6 +139,7 @@ publish:
 def toy(workspace):
     kinds.register(TOY)
     SHELF.shelved.clear()
+    SHELF.held.clear()  # a fresh destination per test
     template = workspace.root / "templates" / "toy" / "greeting.txt.j2"
     template.parent.mkdir()
     template.write_text(TEMPLATE)

@@ -5,6 +5,7 @@ candidate's names and gives generated jobs their ``resource_group``: nothing in 
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -12,7 +13,8 @@ import yaml
 
 from builder import kinds
 from builder.cli import main
-from builder.core.route import Candidate
+from builder.core.route import Candidate, Route
+from builder.errors import EnvironmentProblem
 from builder.ledger import Ledger
 from builder.pipeline.destinations import published_at
 from builder.pipeline.graph import load_targets
@@ -27,6 +29,13 @@ build: {release: "1"}
 publish: {shelf: main}
 """
 X86 = "toy-solo:1:x86_64"
+CHILD = """\
+name: toy-child
+kind: ci-toy
+arches: [x86_64]
+build: {release: "1", base: toy-solo}
+publish: {shelf: main}
+"""
 
 
 @pytest.fixture
@@ -106,3 +115,69 @@ def test_generated_jobs_take_the_toy_routes_resource_group(shelf, workspace, tmp
     jobs = yaml.safe_load(out.read_text())
     groups = {name: job.get("resource_group") for name, job in jobs.items() if name.startswith("toy-solo")}
     assert groups == {"toy-solo_1_x86_64": "shelf:main", "toy-solo_1_ppc64le": "shelf:main"}
+
+
+def test_a_route_that_cannot_say_what_its_destination_holds_is_refused_at_registration():
+    class Mute(ci_toy.ShelfRoute):
+        published_at = Route.published_at  # inherits the interface's: cannot answer
+
+    class Nameless(ci_toy.ShelfRoute):
+        destination = ""
+
+    for route in (Mute(), Nameless()):
+        with pytest.raises(ValueError, match="must name its destination and answer published_at"):
+            kinds.register(replace(ci_toy.KIND, name="ci-mute", route=route))
+        assert "ci-mute" not in kinds.names()
+
+
+def test_a_fresh_ledger_asks_the_destination_and_builds_nothing_it_holds(
+    shelf, workspace, tmp_path, capsys, monkeypatch
+):
+    first = _kiln(workspace, tmp_path, "build", "toy-solo", "--arch", "x86_64", "--publish", "-q")
+    assert main(first) == 0
+    capsys.readouterr()
+    placed = shelf / "main" / "toy-solo_1_x86_64.txt"
+    placed.write_text("as published\n")  # a rebuild would overwrite it
+    # Another runner: its own ledger and build root, the same destination.
+    other = ["--root", str(workspace.root), "--ledger", str(tmp_path / "runner2.sqlite")]
+    monkeypatch.setenv("KILN_BUILD_ROOT", str(tmp_path / "runner2"))
+    argv = [*other, "build", "toy-solo", "--arch", "x86_64"]
+    assert main([*argv, "--publish", "--json"]) == 0
+    [outcome] = json.loads(capsys.readouterr().out)["targets"]
+    assert outcome["status"] == "skipped" and outcome["note"] == f"in the shelf: {placed}"
+    assert (
+        placed.read_text() == "as published\n" and not (tmp_path / "runner2" / "toy-solo_1_x86_64").exists()
+    )
+    # --force builds (and publishes) all the same
+    assert main([*argv, "--publish", "--force", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["targets"][0]["status"] == "built"
+    assert placed.read_text() == "hello from toy-solo:1:x86_64\n"
+
+
+def test_a_published_target_that_another_of_the_run_builds_on_is_built_for_it(
+    shelf, workspace, write, tmp_path, capsys, monkeypatch
+):
+    write("recipes/toy-child.yaml", CHILD)
+    assert main(_kiln(workspace, tmp_path, "build", "toy-solo", "--arch", "x86_64", "--publish", "-q")) == 0
+    capsys.readouterr()
+    other = ["--root", str(workspace.root), "--ledger", str(tmp_path / "runner2.sqlite")]
+    monkeypatch.setenv("KILN_BUILD_ROOT", str(tmp_path / "runner2"))
+    argv = [*other, "build", "toy-child", "--arch", "x86_64"]
+    assert main([*argv, "--publish", "--json"]) == 0
+    statuses = {o["target"]: o["status"] for o in json.loads(capsys.readouterr().out)["targets"]}
+    # the shelf holds toy-solo's digest, but the shelf cannot hand its artifact back to the child
+    assert statuses == {X86: "built", "toy-child:1:x86_64": "built"}
+
+
+def test_a_destination_that_does_not_answer_fails_the_target_and_nothing_is_built(
+    shelf, workspace, tmp_path, capsys, monkeypatch
+):
+    def down(*_args, **_kwargs):
+        raise EnvironmentProblem("the shelf is not answering: connection refused")
+
+    monkeypatch.setattr(ci_toy.ShelfRoute, "published_at", down)
+    argv = _kiln(workspace, tmp_path, "build", "toy-solo", "--arch", "x86_64", "--publish", "--json")
+    assert main(argv) != 0
+    [outcome] = json.loads(capsys.readouterr().out)["targets"]
+    assert outcome["status"] == "failed" and "the shelf is not answering" in outcome["error"]
+    assert not (tmp_path / "shelf").exists()
