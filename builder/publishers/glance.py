@@ -461,23 +461,31 @@ class GlanceRoute(Route):
         image_id, _, created_at = max(images, key=lambda image: image[2])
         return Found(f"glance image {image_id} ({name})", _timestamp(created_at))
 
-    def boot_images_at(self, target: TargetLike, settings: Any, publishers: Publishers) -> Found | None:
+    def boot_images_at(
+        self, target: TargetLike, settings: Any, publishers: Publishers, first: str = "kernel"
+    ) -> Found | None:
         """A boot build's images (``<name> kernel``, ``<name> initramfs``...): found when every
-        artifact of the set they name (``kiln_boot_set``) is there at the target's digest."""
+        artifact of the set they name (``kiln_boot_set``) is there at the target's digest. Asked by
+        name, one image at a time (Glance filters; nothing else is listed), starting with ``first``,
+        the artifact :meth:`publish` uploads first."""
         name = settings.glance.image_name or default_image_name(target)
-        images = [
-            image
-            for image in publishers.glance().published_images(target.id, target.digest)
-            if image.name.startswith(f"{name} ") and image.properties.get("kiln_artifact")
-        ]
-        if not images:
+        glance = publishers.glance()
+
+        def newest(artifact: str) -> Any:
+            images = glance.published_images(target.id, target.digest, name=f"{name} {artifact}")
+            return max(images, key=lambda image: image.created_at) if images else None
+
+        found = newest(first)
+        if found is None:
             return None
-        newest = max(images, key=lambda image: image.created_at)
-        wanted = {a for a in newest.properties.get("kiln_boot_set", "").split(",") if a}
-        held = {image.properties["kiln_artifact"] for image in images}
-        if not wanted or not wanted <= held:
-            return None
-        return Found(f"glance images {', '.join(sorted(wanted))} ({name})", _timestamp(newest.created_at))
+        wanted = [a for a in found.properties.get("kiln_boot_set", "").split(",") if a and a != first]
+        times = [found.created_at]
+        for artifact in wanted:
+            image = newest(artifact)
+            if image is None:
+                return None
+            times.append(image.created_at)
+        return Found(f"glance images {', '.join(sorted([first, *wanted]))} ({name})", _timestamp(max(times)))
 
 
 def _timestamp(iso: str) -> float | None:
