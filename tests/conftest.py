@@ -6,6 +6,7 @@ At the end of the run, after every fixture's teardown, no process the tests star
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 import shutil
@@ -102,6 +103,7 @@ def _hermetic_session(config: pytest.Config) -> None:
     unstarted = _site_settings(session_dir / "no-site")
     site_file = session_dir / "no-site.yaml"
     site_file.write_text(yaml.safe_dump(unstarted.model_dump(mode="json", exclude_none=True)))
+    _RUN["no_site"] = site_file
     os.environ.update(
         KILN_LEDGER=str(session_dir / "ledger.sqlite"),
         KILN_BUILD_ROOT=str(session_dir / "build"),
@@ -200,15 +202,31 @@ def workspace(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Workspace:
 
 @pytest.fixture
 def write(workspace: Workspace) -> Callable[[str, str], Path]:
-    """write("recipes/x.yaml", text) -> the path; text is dedented."""
+    """write("recipes/x.yaml", text) -> the path; text is dedented. A ``site.yaml`` that says nothing
+    of the local site gets the session's (its ports: where nothing runs), appended as one line, so
+    that its defaults are never the demo's ports and the lines a test wrote keep their numbers."""
 
     def _write(relative: str, text: str) -> Path:
         path = workspace.root / relative
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(textwrap.dedent(text).lstrip("\n"))
+        text = textwrap.dedent(text).lstrip("\n")
+        if relative == "site.yaml":
+            text = _with_session_ports(text)
+        path.write_text(text)
         return path
 
     return _write
+
+
+def _with_session_ports(text: str) -> str:
+    try:
+        written = yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text  # a test of a broken site.yaml: as written
+    if not isinstance(written, dict) or "local" in written:
+        return text
+    session = yaml.safe_load(Path(_RUN["no_site"]).read_text())["local"]
+    return text.rstrip("\n") + "\n" + "local: " + json.dumps(session) + "\n"
 
 
 # --- the real local site, once per test run ------------------------------------------------------------

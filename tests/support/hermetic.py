@@ -4,7 +4,9 @@ nothing opens the workspace's `.kiln/` (what `make demo` leaves there: its ledge
 Two guards, because the tests run Kiln both in-process and as subprocesses:
 
 - an audit hook (PEP 578) in the test process records every open, listing, rename, removal and
-  sqlite connection of a path under the forbidden directory, reads included;
+  sqlite connection of a path under the forbidden directory, reads included, and every connection
+  to the local site's default ports on loopback (the services `make demo` leaves running: a
+  site.yaml that names no ports means those);
 - a snapshot of the forbidden tree (names, sizes, mtimes) before and after the session catches
   what any subprocess wrote there.
 
@@ -17,6 +19,8 @@ import contextlib
 import os
 from collections.abc import Iterator
 from pathlib import Path
+
+from builder.siteconfig import LocalPorts
 
 # The variables through which the session points Kiln away from the workspace's .kiln/.
 SESSION_ENV = ("KILN_LEDGER", "KILN_BUILD_ROOT", "KILN_SITE")
@@ -42,8 +46,14 @@ RELATIVE_TO_A_DIR_FD = frozenset({
 })  # fmt: skip
 
 
+# The local site's default ports (builder.siteconfig.LocalPorts): where `make demo`'s services listen.
+DEMO_PORTS = {port: name for name, port in LocalPorts().model_dump().items()}
+LOOPBACK = frozenset({"127.0.0.1", "localhost", "::1"})
+
+
 class Guard:
-    """Records the paths under ``forbidden`` that this process touches."""
+    """Records the paths under ``forbidden`` that this process touches, and its connections to the
+    demo site's ports."""
 
     def __init__(self, forbidden: Path):
         self.forbidden = str(forbidden.absolute())
@@ -69,8 +79,20 @@ class Guard:
                 return path
         return None
 
+    @staticmethod
+    def demo_port_of(event: str, args: tuple[object, ...]) -> str | None:
+        """``127.0.0.1:19292 (glance)`` when this event connects to a demo site port, else None. Pure."""
+        if event != "socket.connect" or len(args) < 2:
+            return None
+        address = args[1]
+        if isinstance(address, tuple) and len(address) >= 2 and address[0] in LOOPBACK:
+            name = DEMO_PORTS.get(address[1])  # type: ignore[call-overload]
+            if name is not None:
+                return f"{address[0]}:{address[1]} (the demo site's {name} port)"
+        return None
+
     def hook(self, event: str, args: tuple[object, ...]) -> None:
-        path = self.path_of(event, args)
+        path = self.path_of(event, args) or self.demo_port_of(event, args)
         if path is not None:
             if self._expecting is not None:
                 self._expecting.append(f"{event} {path}")

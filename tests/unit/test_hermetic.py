@@ -90,3 +90,26 @@ def test_a_run_whose_test_opens_the_workspaces_ledger_fails_and_names_the_test(t
     assert inner.returncode == 1, inner.stdout + inner.stderr
     assert "NOT HERMETIC" in inner.stdout and "1 passed" in inner.stdout
     assert f"test_peeks_at_the_workspace_ledger: open {KILN_DIR / 'ledger.sqlite'}" in inner.stdout
+
+
+def test_connecting_to_the_demo_sites_ports_is_caught_and_other_ports_are_not():
+    with GUARD.expecting() as caught:
+        # the event socket.connect raises before connecting (no packet sent: the demo may be up)
+        for port in (19292, 18080):  # make demo's Glance and repo
+            sys.audit("socket.connect", None, ("127.0.0.1", port))
+    assert caught == [
+        "socket.connect 127.0.0.1:19292 (the demo site's glance port)",
+        "socket.connect 127.0.0.1:18080 (the demo site's repo port)",
+    ]
+    assert hermetic.Guard.demo_port_of("socket.connect", (None, ("127.0.0.1", 40123))) is None
+    assert hermetic.Guard.demo_port_of("socket.connect", (None, ("10.0.0.1", 19292))) is None
+    assert GUARD.touched == []
+
+
+def test_a_site_yaml_a_test_writes_without_ports_gets_the_sessions(workspace, write):
+    path = write("site.yaml", "candidates: {image_suffix: '.c-{id}'}\n")
+    site = load_site(path, workspace.root)
+    assert site.candidates.image_suffix == ".c-{id}" and path.read_text().startswith("candidates:")
+    assert all(port not in hermetic.DEMO_PORTS for port in site.local.ports.model_dump().values())
+    kept = write("site.yaml", "local: {ports: {glance: 19999}}\n")  # a test that names its ports
+    assert load_site(kept, workspace.root).local.ports.glance == 19999
