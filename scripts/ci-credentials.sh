@@ -25,6 +25,14 @@ if [ -n "${KILN_SIGNING_KEY:-}" ]; then
     [ -r "$KILN_SIGNING_KEY" ] || { say "KILN_SIGNING_KEY must be a CI variable of type file"; exit 3; }
     home=${KILN_GNUPGHOME:-$HOME/.kiln/gnupg}
     install -d -m 700 "$home"
-    gpg --homedir "$home" --batch --quiet --import "$KILN_SIGNING_KEY" 2>/dev/null
+    # Jobs of one shell runner share $HOME: two importing at once race to start the keyring's
+    # gpg-agent (one then fails with exit 2). The lock makes them take turns.
+    status=0
+    flock "$home/.kiln-import.lock" \
+        gpg --homedir "$home" --batch --quiet --import "$KILN_SIGNING_KEY" 2>/dev/null || status=$?
+    if [ "$status" -ne 0 ]; then
+        say "repo: importing KILN_SIGNING_KEY into $home failed (gpg exit $status)"
+        exit 3
+    fi
     say "repo: signing key imported into $home"
 fi
