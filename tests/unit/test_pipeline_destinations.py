@@ -273,6 +273,26 @@ def test_kiln_pipeline_ask_destinations_reports_what_it_asked_and_explains_it(tm
     assert f"{GUEST}: published at glance image img-9 (debian-12 bookworm x86_64) (asked): no job" in out
 
 
+@pytest.mark.parametrize(
+    ("ci", "flag", "asks"),
+    [("true", None, True), ("true", "--no-ask-destinations", False), (None, None, False),
+     (None, "--ask-destinations", True)],
+)  # fmt: skip
+def test_kiln_pipeline_asks_by_default_under_ci_only(tmp_path, capsys, monkeypatch, ci, flag, asks):
+    guest = _by_id(_examples())[GUEST]
+    glance = FakeGlance([("img-9", image_name(guest), "2026-11-20T10:00:00Z", GUEST, guest.digest)])
+    monkeypatch.setattr(from_site, "SitePublishers", lambda *a, **k: FakePublishers(glance))
+    if ci is None:
+        monkeypatch.delenv("CI", raising=False)
+    else:
+        monkeypatch.setenv("CI", ci)  # what GitLab sets in every job
+    argv = ["--root", str(REPO), "--ledger", str(tmp_path / "l.sqlite"), "pipeline", "--json"]
+    assert main([*argv, *([flag] if flag else []), "-o", str(tmp_path / "c.yml"), "--arch", "x86_64"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert bool(glance.asked) is asks
+    assert (GUEST in [j["target"] for j in report["jobs"]]) is not asks
+
+
 def test_the_repositorys_generate_job_asks_the_destinations_with_the_build_jobs_credentials():
     ci = (REPO / ".gitlab-ci.yml").read_text()
     generate = ci.split("kiln-generate:", 1)[1].split("kiln-build:", 1)[0]
