@@ -7,7 +7,10 @@ name and repo of their own, so that other tests on the session's site are not di
 templates/, elements/, files/ and scripts/ci-credentials.sh, and a parent .gitlab-ci.yml with the
 generate and trigger jobs. gitlab-ci-local (shell executor, --shell-isolation) runs the parent and
 the child pipeline; each child job's before_script is scripts/ci-credentials.sh (site.yaml
-gitlab.before_script) and its script ``kiln build TARGET --publish`` with the real ``kiln``.
+gitlab.before_script) and its script ``kiln build TARGET --publish`` with the real ``kiln``. Every job
+of every pipeline runs as on a runner that shares nothing: its own fresh ledger and build root (no
+KILN_LEDGER), so the second pipeline is a no-op only because the destinations say what they hold,
+and a third, after one recipe changed, builds only that target.
 
 The credentials come only from CI variables, as GitLab gives them: OS_CLOUD plus
 OS_CLIENT_CONFIG_FILE (type file: a clouds.yaml with a token, pointing at the local Glance; the
@@ -159,7 +162,6 @@ def ci(local_site, site_settings, dib_ready, tmp_path_factory) -> Any:
         "work": work,
         "repo": repo,
         "bin": bin_dir,
-        "ledger": work / "ledger.sqlite",
         "site": work / "site.yaml",
         "key": key,
         "secrets": [token, *_armor_lines(armor)],
@@ -178,14 +180,18 @@ def _armor_lines(armor: str) -> list[str]:
 
 
 def _run_pipeline(ci: dict[str, Any]) -> tuple[str, float]:
+    """One pipeline, every job on a runner that shares nothing with the others or with the last
+    pipeline: no KILN_LEDGER, and gitlab-ci-local's job directories removed first, so each job has a
+    fresh ledger and build root (its own ``.kiln/``); what a job gets from another comes through
+    ``needs:`` artifacts, and what is published, from the destinations."""
     env = {
         **os.environ,
         "PATH": f"{ci['bin']}:{os.environ['PATH']}",
-        "KILN_LEDGER": str(ci["ledger"]),
         "KILN_SITE": str(ci["site"]),
     }
-    for name in ("KILN_ROOT", "KILN_BUILD_ROOT", *CREDENTIAL_ENV):
+    for name in ("KILN_ROOT", "KILN_BUILD_ROOT", "KILN_LEDGER", *CREDENTIAL_ENV):
         env.pop(name, None)
+    shutil.rmtree(ci["repo"] / ".gitlab-ci-local" / "builds", ignore_errors=True)
     started = time.monotonic()
     result = subprocess.run(
         [str(HELPER), "--shell-isolation", "--no-color", "--variables-file", "../ci-variables.yml"],
@@ -254,6 +260,10 @@ def _checksig(rpm: Path, public_key: Path, db: Path) -> str:
     return said.stdout + said.stderr
 
 
+def _rpm_published(ci: dict[str, Any]) -> list[tuple[str, int]]:
+    return sorted((p.name, p.stat().st_mtime_ns) for p in ci["repo_root"].rglob("*") if p.is_file())
+
+
 def test_the_child_jobs_build_real_kinds_publish_with_ci_credentials_and_a_rerun_is_a_noop(ci, tmp_path):
     first, first_s = _run_pipeline(ci)
     for target in (GUEST, RPM):
@@ -271,13 +281,28 @@ def test_the_child_jobs_build_real_kinds_publish_with_ci_credentials_and_a_rerun
     [rpm] = (ci["repo_root"] / "el" / "9" / "x86_64").rglob("kiln-hello-1.0-*.x86_64.rpm")
     said = _checksig(rpm, ci["key"].public, tmp_path / "rpmdb")
     assert "signatures ok" in said.lower(), said
-    published = sorted((p.name, p.stat().st_mtime_ns) for p in ci["repo_root"].rglob("*") if p.is_file())
+    published = _rpm_published(ci)
+    assert any(name == "kiln-hello_9_x86_64.json" for name, _ in published)  # the repo's record
 
+    # A runner with an empty ledger generates the next pipeline: the destinations say both targets
+    # are published (Glance by its properties, the repo by the record it serves), so it is the no-op.
     second, second_s = _run_pipeline(ci)
     assert NOOP_JOB in second and not _leaked(ci, second)
+    assert "asked the destinations about 2 target(s): 2 published there" in second
     assert f"kiln build {GUEST}" not in second and f"kiln build {RPM}" not in second
     assert [i["id"] for i in _glance_images(ci)] == [image["id"]]
-    assert (
-        sorted((p.name, p.stat().st_mtime_ns) for p in ci["repo_root"].rglob("*") if p.is_file()) == published
+    assert _rpm_published(ci) == published
+
+    # One recipe changed: only its target gets a job (fresh ledgers again).
+    recipe = ci["repo"] / "recipes" / "rpm" / "kiln-hello.yaml"
+    recipe.write_text(recipe.read_text().replace("release_suffix: .kiln1", "release_suffix: .kiln2"))
+    git = ["git", "-C", str(ci["repo"]), "-c", "user.name=t", "-c", "user.email=t@kiln.invalid"]
+    subprocess.run([*git, "commit", "-qam", "kiln-hello: .kiln2"], check=True)
+    third, third_s = _run_pipeline(ci)
+    assert f"kiln build {RPM} --publish" in third and f"kiln build {GUEST}" not in third
+    assert list((ci["repo_root"] / "el" / "9" / "x86_64").rglob("kiln-hello-1.0-1*.kiln2.x86_64.rpm"))
+    assert [i["id"] for i in _glance_images(ci)] == [image["id"]]
+    print(
+        f"\ngitlab pipeline with real kinds, a fresh ledger per job: first run {first_s:.0f} s, "
+        f"no-op rerun {second_s:.0f} s, one recipe changed {third_s:.0f} s"
     )
-    print(f"\ngitlab pipeline with real kinds: first run {first_s:.0f} s, no-op rerun {second_s:.0f} s")
