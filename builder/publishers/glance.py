@@ -243,10 +243,6 @@ class GlancePublisher:
                 out.append(GlanceImage(image.id, image.name, image.created_at or "", properties))
         return out
 
-    def published(self, target_id: str, digest: str, name: str | None = None) -> list[tuple[str, str, str]]:
-        """(image id, name, created_at) of each of :meth:`published_images`."""
-        return [(i.id, i.name, i.created_at) for i in self.published_images(target_id, digest, name)]
-
     def publish(
         self,
         manifest: BuildManifest,
@@ -455,11 +451,11 @@ class GlanceRoute(Route):
         if settings.glance is None:
             return None
         name = settings.glance.image_name or default_image_name(target)
-        images = publishers.glance().published(target.id, target.digest, name=name)
+        images = publishers.glance().published_images(target.id, target.digest, name=name)
         if not images:
             return None
-        image_id, _, created_at = max(images, key=lambda image: image[2])
-        return Found(f"glance image {image_id} ({name})", _timestamp(created_at))
+        newest = max(images, key=lambda image: image.created_at)
+        return Found(f"glance image {newest.id} ({name})", _timestamp(newest.created_at))
 
     def boot_images_at(
         self, target: TargetLike, settings: Any, publishers: Publishers, first: str = "kernel"

@@ -1,4 +1,4 @@
-"""`kiln pipeline --ask-destinations`: what Glance and the registry hold decides staleness too (issue 14).
+"""`kiln pipeline --ask-destinations`: what every destination holds decides staleness too (issues 14, 25).
 
 Build jobs on other runners publish without writing the generate job's ledger. The example recipes
 give real targets (DIB and Packer guests publish to Glance, CUDA containers to the registry, an RPM to
@@ -50,9 +50,6 @@ class FakeGlance:
             for i, n, at, t, d, *rest in self.images
             if (t, d) == (target_id, digest) and name in (None, n)
         ]
-
-    def published(self, target_id, digest, name=None):
-        return [(i.id, i.name, i.created_at) for i in self.published_images(target_id, digest, name)]
 
 
 class FakeRepo:
