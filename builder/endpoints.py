@@ -79,3 +79,14 @@ def urls_for(ports: LocalPorts) -> SiteURLs:
 
 def local_endpoints(site: SiteConfig, root: Path) -> LocalEndpoints:
     return LocalEndpoints(site.state_dir(root), urls_for(site.local.ports))
+
+
+def repo_base_url(site: SiteConfig, root: Path) -> str:
+    """Where runners and clients read the RPM repo: site.yaml's ``repo.base_url``, else the S3
+    mirror's public URL, else the embedded site's repo server."""
+    settings = site.repo
+    if settings.base_url:
+        return str(settings.base_url).rstrip("/")
+    if settings.s3 and settings.s3.public_url:
+        return str(settings.s3.public_url).rstrip("/")
+    return local_endpoints(site, root).urls.repo

@@ -89,6 +89,9 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 GUARD = hermetic.Guard(REPO / ".kiln")
 
 
+CI_ENV = ("CI", "GITLAB_CI")  # set by GitLab (and most CI systems) in every job
+
+
 def _hermetic_session(config: pytest.Config) -> None:
     """Kiln's defaults point at the workspace (``.kiln/ledger.sqlite``, ``.kiln/build``, the local
     site's ``.kiln/site`` on its default ports: what ``make demo`` leaves running). Every Kiln the
@@ -104,6 +107,10 @@ def _hermetic_session(config: pytest.Config) -> None:
     site_file = session_dir / "no-site.yaml"
     site_file.write_text(yaml.safe_dump(unstarted.model_dump(mode="json", exclude_none=True)))
     _RUN["no_site"] = site_file
+    # A CI runner's environment changes Kiln's defaults (in CI, `kiln pipeline` asks the destinations):
+    # the suite gets a developer's defaults everywhere, and a test of CI behaviour sets CI itself.
+    for name in CI_ENV:
+        os.environ.pop(name, None)
     os.environ.update(
         KILN_LEDGER=str(session_dir / "ledger.sqlite"),
         KILN_BUILD_ROOT=str(session_dir / "build"),

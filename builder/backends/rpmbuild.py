@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..core.kind import Backend, BuildJob, BuildRun
-from ..endpoints import local_endpoints
+from ..endpoints import local_endpoints, repo_base_url
 from ..errors import CommandFailed, EnvironmentProblem, InvalidInput, Problem, RemoteDataError
 from ..host.command import Command
 from ..host.compat import NO_BINFMT, binfmt_adaptation
@@ -145,14 +145,7 @@ def _repo_path(job: BuildJob) -> str:
 
 def repo_url(job: BuildJob) -> str:
     """Where this target's rebuilt packages are published (earlier builds' results are read there)."""
-
-    site = job.site.repo
-    base = site.base_url or (
-        site.s3.public_url
-        if site.s3 and site.s3.public_url
-        else local_endpoints(job.site, job.workspace_root).urls.repo
-    )
-    return f"{str(base).rstrip('/')}/{_repo_path(job)}"
+    return f"{repo_base_url(job.site, job.workspace_root)}/{_repo_path(job)}"
 
 
 def embedded_repo_dir(job: BuildJob) -> Path | None:

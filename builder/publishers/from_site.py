@@ -12,7 +12,13 @@ from pathlib import Path
 from typing import Any
 
 from .. import masking
-from ..endpoints import LOCAL_S3_ACCESS_KEY, LOCAL_S3_SECRET_KEY, REPO_KEY_FILE, local_endpoints
+from ..endpoints import (
+    LOCAL_S3_ACCESS_KEY,
+    LOCAL_S3_SECRET_KEY,
+    REPO_KEY_FILE,
+    local_endpoints,
+    repo_base_url,
+)
 from ..siteconfig import SiteConfig
 
 Step = Callable[[str], None]
@@ -80,9 +86,7 @@ class SitePublishers:
                 root = self.local.repo_root
             else:  # s3, rsync: a local working tree, then mirrored
                 root = self.local.mirror_work
-            base_url = settings.base_url or (
-                settings.s3.public_url if settings.s3 and settings.s3.public_url else self.local.urls.repo
-            )
+            base_url = repo_base_url(self.site, self.root)
             if settings.signing_key:
                 gnupghome = Path(os.path.expanduser(settings.signing_key.gnupghome))
                 key = RepoKey(gnupghome, settings.signing_key.fingerprint, f"{base_url}/{REPO_KEY_FILE}")
@@ -91,6 +95,12 @@ class SitePublishers:
                 key = RepoKey(site_key.gnupghome, site_key.fingerprint, f"{base_url}/{REPO_KEY_FILE}")
             self._repo = RepoPublisher(root, key, base_url)
         return self._repo
+
+    def served_repo(self) -> Any:
+        """The repo as a runner reads it (asking what is published there makes no key, writes nothing)."""
+        from .repo import ServedRepo  # on first use: start-up time
+
+        return ServedRepo(repo_base_url(self.site, self.root))
 
     def http_dir(self) -> Any:
         """The Bifrost HTTP directory publisher: site.yaml ``ipa_http``, else the local repo tree's ipa/."""

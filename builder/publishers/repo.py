@@ -78,6 +78,25 @@ def _keep_served_files(served: Path, new: Path) -> None:
             os.link(served / name, new / name)
 
 
+RECORDS_DIR = "kiln-published"  # beside Packages/ and repodata/ in an arch directory
+
+
+@dataclass(frozen=True)
+class ServedRepo:
+    """The repo as any runner reads it, over HTTP from its base URL: no key, no local tree."""
+
+    base_url: str
+
+    def published(
+        self, repo: str, distro: str, release: str, arch: str, target_id: str
+    ) -> tuple[str, PublicationRecord | None]:
+        """(URL, the publication record the repo serves for ``target_id`` in ``arch``'s directory,
+        None when there is none)."""
+        arch_dir = f"{self.base_url.rstrip('/')}/{repo}/{distro}/{release}/{arch}"
+        url = f"{arch_dir}/{RECORDS_DIR}/{slug_of(target_id)}.json"
+        return url, fetch_record(url)
+
+
 class RepoPublisher:
     def __init__(self, root: Path, key: RepoKey, base_url: str, runner: Runner | None = None):
         self.root = root
@@ -303,23 +322,13 @@ class RepoPublisher:
 
     # -- publication records (publishers/publication_record.py) --------------------------------------
 
-    RECORDS = "kiln-published"  # beside Packages/ and repodata/ in an arch directory
-
     def record(self, repo: str, distro: str, release: str, arch: str, record: PublicationRecord) -> Path:
         """Write ``record`` for its target into ``arch``'s directory (under the publish lock)."""
         repo_dir = self.repo_dir(repo, distro, release, arch)
-        path = repo_dir / self.RECORDS / f"{slug_of(record.target)}.json"
+        path = repo_dir / RECORDS_DIR / f"{slug_of(record.target)}.json"
         with self._locked(repo_dir):
             write_record(path, record)
         return path
-
-    def published(
-        self, repo: str, distro: str, release: str, arch: str, target_id: str
-    ) -> tuple[str, PublicationRecord | None]:
-        """(URL, the publication record the repo serves for ``target_id`` in ``arch``'s directory,
-        None when there is none), read over HTTP as any runner would."""
-        url = f"{self.base_url}/{repo}/{distro}/{release}/{arch}/{self.RECORDS}/{slug_of(target_id)}.json"
-        return url, fetch_record(url)
 
     # -- client configuration -----------------------------------------------------------------------
 
@@ -421,7 +430,7 @@ class RepoRoute(Route):
         if repo is None:
             return None
         place = _place_of(repo, facts, target.release)
-        url, record = publishers.repo().published(*place, target.arch.rpm, target.id)
+        url, record = publishers.served_repo().published(*place, target.arch.rpm, target.id)
         if record is None or not record.names(target.id, target.digest):
             return None
         return Found(url, record.published_at)

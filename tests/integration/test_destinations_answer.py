@@ -99,6 +99,14 @@ def test_the_repo_answers_from_the_record_it_serves_and_a_half_publish_is_not_pu
     record = requests.get(found.where, timeout=30).json()  # what any runner reads over HTTP
     assert (record["target"], record["digest"]) == (manifest.target, "b" * 64)
     assert record["files"] == [f"x86_64/Packages/k/{manifest.artifacts[0].name}"]
+    # A runner with no state of its own (no signing key, no repo tree) gets the same answer and makes
+    # nothing: asking never creates the key that publishing would.
+    runner_state = tmp_path / "runner-state"
+    bare = site_settings.model_copy(
+        update={"local": site_settings.local.model_copy(update={"state_dir": str(runner_state)})}
+    )
+    assert REPO.published_at(asked, SitePublishers(bare, tmp_path), None, _facts(manifest)) == found
+    assert not runner_state.exists()
     # another input digest (an older build, a changed recipe) is not published
     assert REPO.published_at(_asked(manifest, "c" * 64), publishers, None, _facts(manifest)) is None
 

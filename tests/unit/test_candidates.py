@@ -232,9 +232,8 @@ def test_a_split_pipeline_triggers_the_downstream_project_once_from_the_file_abo
     assert _schema_errors(*paths) == ""
 
 
-def test_kiln_pipeline_split_writes_the_downstream_trigger_into_the_top_file_only(tmp_path):
-    site = tmp_path / "site.yaml"
-    site.write_text("gitlab: {downstream: {project: ops/deploy-test}}\n")
+def test_kiln_pipeline_split_writes_the_downstream_trigger_into_the_top_file_only(tmp_path, write):
+    site = write("site.yaml", "gitlab: {downstream: {project: ops/deploy-test}}\n")  # the session's ports
     out = tmp_path / "child.yml"
     argv = ["--root", str(REPO), "--site", str(site), "--ledger", str(tmp_path / "l.sqlite"), "pipeline"]
     assert main([*argv, "-o", str(out), "--max-bytes", "4000", "--json"]) == 0

@@ -53,7 +53,7 @@ class FakeGlance:
 
 
 class FakeRepo:
-    """RepoPublisher.published over {(repo, distro, release, arch, target): (target, digest)}."""
+    """ServedRepo.published over {(repo, distro, release, arch, target): (target, digest)}."""
 
     def __init__(self, records=None):
         self.records = records or {}
@@ -107,7 +107,7 @@ class FakePublishers:
     def registry(self):
         return self._registry, "team"
 
-    def repo(self):
+    def served_repo(self):
         return self._repo
 
     def http_dir(self):
