@@ -68,8 +68,8 @@ ifeq ($(CONTAINERS),1)
 	@echo "kiln/cuda:11.8-runtime-bookworm (amd64 + ppc64le) is in the local registry (see README: credentials)"
 endif
 	$(KILN) site status
-	@echo "the Debian 12 image is in the local Glance: openstack --os-auth-type none \\"
-	@echo "  --os-endpoint http://127.0.0.1:19292 image list --long"
+	@echo "the Debian 12 image is in the local Glance, behind the local Keystone:"
+	@echo "  OS_CLIENT_CONFIG_FILE=.kiln/site/keystone/clouds.yaml openstack --os-cloud kiln-local image list --long"
 	@echo "the local site keeps running (make site-down stops it)"
 
 site-down: bootstrap

@@ -7,11 +7,13 @@ services there, and nothing under ``builder/publishers/`` or ``builder/verify/``
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
 from .siteconfig import LocalPorts, SiteConfig
 
+LOCAL_CLOUD = "kiln-local"  # the local site's cloud in the clouds.yaml kiln site up writes (Keystone)
 REPO_KEY_FILE = "RPM-GPG-KEY-kiln"  # the repo signing key's public half, at the repo tree's root
 
 # The local Swift's tempauth account (S3 access key "account:user"): a fixed loopback-only
@@ -26,9 +28,16 @@ class SiteURLs:
     registry: str  # host:port, as docker and skopeo spell it
     repo: str
     s3: str
+    keystone: str  # the identity API (v3): clients authenticate here when the site runs Keystone
 
     def as_json(self) -> dict[str, str]:
-        return {"glance": self.glance, "registry": self.registry, "repo": self.repo, "s3": self.s3}
+        return {
+            "glance": self.glance,
+            "registry": self.registry,
+            "repo": self.repo,
+            "s3": self.s3,
+            "keystone": self.keystone,
+        }
 
 
 @dataclass(frozen=True)
@@ -63,6 +72,20 @@ class LocalEndpoints:
         return f"{self.urls.repo}/ipa"
 
     @property
+    def keystone_clouds_yaml(self) -> Path:
+        """The local site's cloud (``kiln-local``, password auth), written by ``kiln site up``."""
+        return self.state / "keystone" / "clouds.yaml"
+
+    def glance_behind_keystone(self) -> bool:
+        """Whether the running site put Glance behind Keystone: what ``kiln site up`` recorded in
+        ``site.json`` (``--no-auth`` may differ from site.yaml); False when the site never came up."""
+        try:
+            info = json.loads((self.state / "site.json").read_text())
+        except (OSError, ValueError):
+            return False
+        return isinstance(info, dict) and info.get("auth") == "keystone"
+
+    @property
     def mirror_work(self) -> Path:
         """A local working tree for repos that are then mirrored (S3, rsync)."""
         return self.state / "mirror-work"
@@ -74,6 +97,7 @@ def urls_for(ports: LocalPorts) -> SiteURLs:
         registry=f"127.0.0.1:{ports.registry}",
         repo=f"http://127.0.0.1:{ports.repo}",
         s3=f"http://127.0.0.1:{ports.s3}",
+        keystone=f"http://127.0.0.1:{ports.keystone}/v3",
     )
 
 

@@ -62,15 +62,20 @@ class LocalPorts(StrictModel):
     swift_container: Port = 16011
     swift_object: Port = 16010
     memcached: Port = 11311
+    keystone: Port = 15357
 
 
-Component = Literal["glance", "registry", "repo", "s3"]
+Component = Literal["keystone", "glance", "registry", "repo", "s3"]
 
 
 class LocalSiteSettings(StrictModel):
     state_dir: str = Field(".kiln/site", description="Relative paths are relative to the workspace root.")
     ports: LocalPorts = Field(default_factory=LocalPorts)
-    components: list[Component] = Field(default_factory=lambda: ["glance", "registry", "repo", "s3"])
+    components: list[Component] = Field(
+        default_factory=lambda: ["keystone", "glance", "registry", "repo", "s3"],
+        description="What `kiln site up` starts. Without keystone, Glance runs without authentication "
+        "(kiln site up --no-auth does the same for one site).",
+    )
 
 
 class GlanceSite(StrictModel):

@@ -11,12 +11,13 @@ cd "$(dirname "$0")/.."
 # communicator; rpm: rpmbuild/rpmsign; python3-venv: Debian's python3 needs it.
 # python3-rpm: rpm's own Python bindings (labelCompare: builder/rpm/versions.py), which PyPI's `rpm`
 # shim in the lock loads into the venv; named here, not left to arrive with dnf.
-# The local site: glance-api, docker-registry, createrepo-c, gnupg, the swift S3 stack + memcached.
+# The local site: keystone (python3-keystone, its WSGI script), glance-api, docker-registry, createrepo-c,
+# gnupg, the swift S3 stack + memcached.
 # Clients that check Kiln's work from outside: python3-openstackclient, skopeo, dnf, docker.io.
 # IPA ISOs: grub-mkrescue (grub-common, the BIOS and EFI modules, xorriso, mtools: no loop mount).
 APT_PACKAGES=(
     packer openssh-client rpm python3-rpm python3-venv rsync curl
-    glance-api docker-registry createrepo-c gnupg
+    python3-keystone glance-api docker-registry createrepo-c gnupg
     swift swift-proxy swift-object swift-container swift-account memcached
     python3-openstackclient skopeo dnf docker.io
     qemu-system-x86 qemu-system-ppc qemu-utils qemu-user-static cloud-image-utils ovmf

@@ -63,6 +63,7 @@ WORKER_GROUPS = {
     "tests/e2e/test_sbom_dib.py": "dib",
     "tests/e2e/test_guest_ppc64le.py": "dib",
     "tests/e2e/test_gitlab_pipeline_site.py": "gitlab",
+    "tests/integration/test_keystone_site.py": "gitlab",  # the session's keystone_site, started once
     "tests/integration/test_gitlab_ci_local.py": "gitlab",
     "tests/integration/test_gitlab_split.py": "gitlab",
     "tests/integration/test_gitlab_candidates.py": "gitlab",
@@ -120,9 +121,17 @@ def _hermetic_session(config: pytest.Config) -> None:
     sys.addaudithook(GUARD.hook)
 
 
+# The session's site runs Glance without Keystone (kiln site up --no-auth): the suite's Glance tests
+# read Glance as its publisher does, and Keystone's part (tokens, application credentials, refusals)
+# is proven by tests/integration/test_keystone_site.py on a site of its own, as `make demo` runs it.
+SESSION_COMPONENTS = ["glance", "registry", "repo", "s3"]
+
+
 def _site_settings(state: Path) -> SiteConfig:
     ports = LocalPorts(**{name: free_port() for name in LocalPorts.model_fields})
-    return SiteConfig(local=LocalSiteSettings(state_dir=str(state), ports=ports))
+    return SiteConfig(
+        local=LocalSiteSettings(state_dir=str(state), ports=ports, components=SESSION_COMPONENTS)
+    )
 
 
 @pytest.hookimpl(hookwrapper=True)
@@ -272,6 +281,28 @@ def local_site(site_settings: SiteConfig) -> Iterator[LocalSite]:
     site.startup_seconds = time.monotonic() - started  # type: ignore[attr-defined]
     yield site
     site.down()
+
+
+@pytest.fixture(scope="session")
+def keystone_site(
+    local_site: LocalSite, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[dict[str, object]]:
+    """A site with Keystone in front of Glance (Keystone and Glance only), as ``make demo`` runs it:
+    the Keystone tests and the GitLab pipeline's jobs authenticate there (one worker: xdist group
+    "gitlab"). ``local_site`` first: its tools are checked there."""
+    work = tmp_path_factory.mktemp("keystone-site")
+    ports = LocalPorts(**{name: free_port() for name in LocalPorts.model_fields})
+    settings = SiteConfig(
+        local=LocalSiteSettings(state_dir=str(work / "state"), ports=ports, components=["keystone", "glance"])
+    )
+    site_file = work / "site.yaml"
+    site_file.write_text(yaml.safe_dump(settings.model_dump(mode="json", exclude_none=True)))
+    site = LocalSite(work / "state", settings.local)
+    site.up()
+    try:
+        yield {"site": site, "site_file": site_file, "work": work}
+    finally:
+        site.down()
 
 
 @pytest.fixture(scope="session")

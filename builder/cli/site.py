@@ -19,7 +19,7 @@ def _local_site(args: argparse.Namespace) -> Any:
     from ..site.local import LocalSite
 
     workspace, site = site_of(args)
-    return LocalSite(site.state_dir(workspace.root), site.local)
+    return LocalSite(site.state_dir(workspace.root), site.local, no_auth=getattr(args, "no_auth", False))
 
 
 def cmd_site_up(args: argparse.Namespace) -> int:
@@ -30,12 +30,22 @@ def cmd_site_up(args: argparse.Namespace) -> int:
         on_step=(lambda _: None) if quiet else (lambda step: print(f"site: {step}", file=sys.stderr))
     )
     elapsed = time.monotonic() - started
-    lines = [f"{name:9} {url}" for name, url in urls.as_json().items()]
-    emit(
-        args,
-        {"urls": urls.as_json(), "state_dir": str(local.state), "seconds": round(elapsed, 1)},
-        "\n".join([*lines, f"local site up in {elapsed:.1f}s (state: {local.state})"]),
-    )
+    behind = "keystone" in local.components
+    lines = [f"{name:9} {url}" for name, url in urls.as_json().items() if behind or name != "keystone"]
+    if behind:
+        clouds = local.endpoints.keystone_clouds_yaml
+        lines.append(f"Glance is behind Keystone: OS_CLIENT_CONFIG_FILE={clouds} OS_CLOUD=kiln-local")
+    else:
+        lines.append("Glance runs without authentication (no Keystone in this site)")
+    report = {
+        "urls": urls.as_json(),
+        "state_dir": str(local.state),
+        "seconds": round(elapsed, 1),
+        "auth": "keystone" if behind else "none",
+    }
+    if behind:
+        report["clouds_yaml"] = str(local.endpoints.keystone_clouds_yaml)
+    emit(args, report, "\n".join([*lines, f"local site up in {elapsed:.1f}s (state: {local.state})"]))
     return ExitCode.OK
 
 
@@ -60,8 +70,8 @@ def register(commands: Commands) -> None:
     """``kiln site up``, ``site down`` and ``site status``."""
     site = commands.group(
         "site",
-        "Start, stop or check the embedded local site (Glance, registry, repo, S3).",
-        ["kiln site up", "kiln site status --json", "kiln site down"],
+        "Start, stop or check the embedded local site (Keystone, Glance, registry, repo, S3).",
+        ["kiln site up", "kiln site up --no-auth", "kiln site status --json", "kiln site down"],
         description="The embedded local site: real services on 127.0.0.1, state under local.state_dir.",
     )
     for action, func, text in (
@@ -70,4 +80,11 @@ def register(commands: Commands) -> None:
         ("status", cmd_site_status, "Probe each service; exit 3 when one is down."),
     ):
         examples = [f"kiln site {action}", f"kiln site {action} --json"]
-        commands.add(action, func, text, examples, recipes=False, under=site)
+        parser = commands.add(action, func, text, examples, recipes=False, under=site)
+        if action == "up":
+            parser.add_argument(
+                "--no-auth",
+                action="store_true",
+                help="Glance without Keystone (a fixed identity, any token or none): faster to start, "
+                "but it accepts any credential, so it proves nothing about authentication",
+            )

@@ -13,6 +13,7 @@ from typing import Any
 
 from .. import masking
 from ..endpoints import (
+    LOCAL_CLOUD,
     LOCAL_S3_ACCESS_KEY,
     LOCAL_S3_SECRET_KEY,
     REPO_KEY_FILE,
@@ -38,11 +39,20 @@ class SitePublishers:
             from .glance import GlancePublisher  # on first use: start-up time
 
             cloud = self.site.glance.cloud or os.environ.get("OS_CLOUD")
-            self._glance = GlancePublisher.connect(
-                cloud=cloud,
-                endpoint=None if cloud else self.local.urls.glance,
-                method=self.site.glance.method,
-            )
+            method = self.site.glance.method
+            if cloud:  # a real cloud: clouds.yaml where openstacksdk finds it (OS_CLIENT_CONFIG_FILE)
+                self._glance = GlancePublisher.connect(cloud=cloud, endpoint=None, method=method)
+            elif self.local.glance_behind_keystone():  # the local site's own cloud, as kiln site up wrote it
+                self._glance = GlancePublisher.connect(
+                    cloud=LOCAL_CLOUD,
+                    endpoint=None,
+                    method=method,
+                    clouds_file=self.local.keystone_clouds_yaml,
+                )
+            else:  # the local Glance without Keystone (kiln site up --no-auth)
+                self._glance = GlancePublisher.connect(
+                    cloud=None, endpoint=self.local.urls.glance, method=method
+                )
         return self._glance
 
     def registry(self) -> tuple[Any, str]:

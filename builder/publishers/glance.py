@@ -204,27 +204,69 @@ class GlanceResult:
     deleted: tuple[str, ...]  # ids removed by rotation
 
 
+def _credential_problem(cloud: str, exc: BaseException) -> EnvironmentProblem:
+    """What authenticating as ``cloud`` failed with, without Keystone's text: it may quote the
+    credential's id (a revoked application credential is "Could not find ... <id>")."""
+    from keystoneauth1 import exceptions as ksa  # on first use (start-up time); openstack loaded it
+
+    status = getattr(exc, "http_status", None) or getattr(exc, "status_code", None)
+    if isinstance(exc, ksa.http.HttpError) or status:
+        return EnvironmentProblem(
+            f"Glance: cloud {cloud!r}: Keystone refused the credential (HTTP {status}: wrong, expired or "
+            "revoked; check the clouds.yaml that OS_CLIENT_CONFIG_FILE names)"
+        )
+    if isinstance(exc, ksa.connection.ConnectFailure | ksa.connection.ConnectTimeout):
+        return EnvironmentProblem(
+            f"Glance: cloud {cloud!r}: Keystone is not answering ({type(exc).__name__})"
+        )
+    return EnvironmentProblem(f"Glance: cloud {cloud!r}: could not authenticate ({type(exc).__name__})")
+
+
 class GlancePublisher:
-    def __init__(self, connection: Any, method: str = "upload", wait_timeout_s: int = 600):
+    def __init__(
+        self, connection: Any, method: str = "upload", wait_timeout_s: int = 600, cloud: str | None = None
+    ):
         self.conn = connection
         self.method = method
         self.wait_timeout_s = wait_timeout_s
+        self.cloud = cloud  # the clouds.yaml cloud it authenticates as, for messages
 
     @classmethod
-    def connect(cls, *, cloud: str | None, endpoint: str | None, method: str = "upload") -> GlancePublisher:
+    def connect(
+        cls,
+        *,
+        cloud: str | None,
+        endpoint: str | None,
+        method: str = "upload",
+        clouds_file: Path | None = None,
+    ) -> GlancePublisher:
+        """Through ``cloud`` (clouds.yaml: ``clouds_file``, else where openstacksdk looks), else the
+        unauthenticated ``endpoint`` (a Glance without Keystone)."""
         import openstack  # on first use, not at start-up: a heavy import
+        from openstack.config.loader import OpenStackConfig  # on first use, as openstack above
 
         warnings.filterwarnings("ignore", module="openstack")
-        if cloud:
-            conn = openstack.connect(cloud=cloud)
-        else:
+        if not cloud:
             conn = openstack.connection.Connection(auth_type="none", image_endpoint_override=endpoint)
-        return cls(conn, method=method)
+            return cls(conn, method=method)
+        try:
+            files = [str(clouds_file)] if clouds_file is not None else None
+            region = OpenStackConfig(config_files=files).get_one(cloud=cloud)
+        except openstack.exceptions.ConfigException as exc:  # names the cloud and the files searched
+            raise EnvironmentProblem(f"Glance: cloud {cloud!r}: {exc}") from exc
+        conn = openstack.connection.Connection(config=region)
+        try:
+            conn.session.get_token()  # checked now; keystoneauth's error (Connection.authorize hides it)
+        except Exception as exc:
+            raise _credential_problem(cloud, exc) from exc
+        return cls(conn, method=method, cloud=cloud)
 
     def _images(self, **query: Any) -> list[Any]:
         try:
             return [*self.conn.image.images(**query), *self.conn.image.images(is_hidden=True, **query)]
         except Exception as exc:  # keystoneauth/requests errors: one clear message
+            if self.cloud and getattr(exc, "status_code", None) == 401:  # a token revoked since connect
+                raise _credential_problem(self.cloud, exc) from exc
             raise EnvironmentProblem(f"Glance is not answering: {exc}") from exc
 
     def published_images(self, target_id: str, digest: str, name: str | None = None) -> list[GlanceImage]:

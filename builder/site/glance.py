@@ -5,20 +5,32 @@ eventlet server with its own config, installs with apt like the other site servi
 ~150 MB of OpenStack server libraries out of Kiln's own virtual environment. PyPI's glance 33.x only
 runs as a WSGI app (gunicorn + OS_GLANCE_CONFIG_DIR); the publisher code is the same either way.
 
-No Keystone: a 10-line paste filter (``kiln_glance_auth``) sets the headers Keystone's middleware
-would (identity confirmed, project, user, roles), so that Glance's own ``context`` middleware builds
-a real request context and import tasks get an owner.
+Behind the local Keystone (site/keystone.py) by default: keystonemiddleware's ``authtoken`` validates
+each token with the ``glance`` service user, as on a real cloud. Without Keystone (``kiln site up
+--no-auth``, or site.yaml's components without it): a 10-line paste filter (``kiln_glance_auth``) sets
+the headers Keystone's middleware would (identity confirmed, project, user, roles), so that Glance's
+own ``context`` middleware builds a real request context and import tasks get an owner.
 """
 
 from __future__ import annotations
 
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 
 from ..host.net import http_ok
-from .process import ServiceSpec, run_once
+from .process import ServiceSpec, installed_version, run_once, write_private
 
 PROJECT_ID = "kiln"
+
+
+@dataclass(frozen=True)
+class KeystoneAuth:
+    """What keystonemiddleware needs: where Keystone is, and the service user's password."""
+
+    url: str
+    glance_password: str
+
 
 AUTH_FILTER = '''\
 """Paste filter for Kiln's local Glance: what Keystone's auth_token would set, fixed."""
@@ -42,11 +54,12 @@ def filter_factory(global_conf, **local_conf):
 '''
 
 
-def paste_ini(state: Path) -> str:
+def paste_ini(state: Path, keystone: bool = True) -> str:
+    auth = "authtoken" if keystone else "kilnauth"
     return f"""\
-# Written by kiln site up. The stock pipelines minus Keystone, plus Kiln's fixed-identity filter.
+# Written by kiln site up. The stock pipelines: Keystone's authtoken, or Kiln's fixed-identity filter.
 [pipeline:glance-api-kiln]
-pipeline = healthcheck versionnegotiation kilnauth context rootapp
+pipeline = healthcheck versionnegotiation {auth} context rootapp
 
 [composite:rootapp]
 paste.composite_factory = glance.api:root_app_factory
@@ -73,10 +86,32 @@ paste.filter_factory = glance.api.middleware.context:ContextMiddleware.factory
 [filter:kilnauth]
 paste.filter_factory = kiln_glance_auth:filter_factory
 project_id = {PROJECT_ID}
+
+[filter:authtoken]
+paste.filter_factory = keystonemiddleware.auth_token:filter_factory
+delay_auth_decision = false
 """
 
 
-def api_conf(state: Path, port: int, repo_port: int) -> str:
+def api_conf(state: Path, port: int, repo_port: int, keystone: KeystoneAuth | None = None) -> str:
+    return _api_conf(state, port, repo_port) + (_authtoken_conf(keystone) if keystone else "")
+
+
+def _authtoken_conf(keystone: KeystoneAuth) -> str:
+    return f"""
+[keystone_authtoken]
+www_authenticate_uri = {keystone.url}
+auth_url = {keystone.url}
+auth_type = password
+user_domain_name = Default
+project_domain_name = Default
+project_name = service
+username = glance
+password = {keystone.glance_password}
+"""
+
+
+def _api_conf(state: Path, port: int, repo_port: int) -> str:
     return f"""\
 # Written by kiln site up.
 [DEFAULT]
@@ -118,17 +153,19 @@ allowed_ports = [{repo_port}]
 """
 
 
-def prepare(state: Path, port: int, repo_port: int, cache_dir: Path) -> None:
+def prepare(
+    state: Path, port: int, repo_port: int, cache_dir: Path, keystone: KeystoneAuth | None = None
+) -> None:
     """Write the config and create the database (db_sync once; a cached copy after that)."""
     for sub in ("images", "staging", "tasks"):
         (state / sub).mkdir(parents=True, exist_ok=True)
     (state / "kiln_glance_auth.py").write_text(AUTH_FILTER)
-    (state / "glance-api-paste.ini").write_text(paste_ini(state))
-    (state / "glance-api.conf").write_text(api_conf(state, port, repo_port))
+    (state / "glance-api-paste.ini").write_text(paste_ini(state, keystone is not None))
+    write_private(state / "glance-api.conf", api_conf(state, port, repo_port, keystone))  # a password
     database = state / "glance.sqlite"
     if database.exists():
         return
-    cached = cache_dir / f"glance-{_glance_version()}.sqlite"
+    cached = cache_dir / f"glance-{installed_version('glance')}.sqlite"
     if not cached.exists():
         run_once(["glance-manage", "--config-file", str(state / "glance-api.conf"), "db_sync"])
         cache_dir.mkdir(parents=True, exist_ok=True)
@@ -136,14 +173,6 @@ def prepare(state: Path, port: int, repo_port: int, cache_dir: Path) -> None:
         cached.with_suffix(".tmp").replace(cached)
     else:
         shutil.copyfile(cached, database)
-
-
-def _glance_version() -> str:
-    """The installed glance package version, so that a cached schema is never reused across versions."""
-    for pattern, suffix in (("glance-*.egg-info", ".egg-info"), ("glance-*.dist-info", ".dist-info")):
-        for dist in Path("/usr/lib/python3/dist-packages").glob(pattern):
-            return dist.name.removesuffix(suffix).removeprefix("glance-")
-    return "unknown"
 
 
 def service(state: Path, port: int) -> ServiceSpec:

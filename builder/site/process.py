@@ -8,6 +8,7 @@ still matches, so ``kiln site down`` never kills a stranger.
 from __future__ import annotations
 
 import json
+import os
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -105,3 +106,20 @@ class ServiceProcess:
 def run_once(argv: Sequence[str], env: Mapping[str, str] | None = None, cwd: Path | None = None) -> str:
     """A short set-up command (db_sync, ring builder); raises with its output on failure."""
     return Runner().run(list(argv), env=dict(env or {}), cwd=cwd, timeout=300).output
+
+
+def installed_version(distribution: str) -> str:
+    """The version of a Debian-packaged Python distribution (glance, keystone), so that a cached
+    database schema is never reused across versions; "unknown" when it is not installed so."""
+    for suffix in (".egg-info", ".dist-info"):
+        for dist in Path("/usr/lib/python3/dist-packages").glob(f"{distribution}-*{suffix}"):
+            return dist.name.removesuffix(suffix).removeprefix(f"{distribution}-")
+    return "unknown"
+
+
+def write_private(path: Path, text: str) -> None:
+    """``text`` into ``path``, readable by its owner only (a file holding a password), atomically."""
+    tmp = path.with_name(path.name + ".tmp")
+    with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w") as out:
+        out.write(text)
+    tmp.replace(path)

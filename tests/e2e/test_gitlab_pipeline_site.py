@@ -13,10 +13,12 @@ KILN_LEDGER), so the second pipeline is a no-op only because the destinations sa
 and a third, after one recipe changed, builds only that target.
 
 The credentials come only from CI variables, as GitLab gives them: OS_CLOUD plus
-OS_CLIENT_CONFIG_FILE (type file: a clouds.yaml with a token, pointing at the local Glance; the
-jobs' site.yaml names no cloud and its own local Glance port is closed, so Glance is reachable
-through clouds.yaml alone) and KILN_SIGNING_KEY (type file: an armored secret key that
-ci-credentials.sh imports into the gnupghome site.yaml names). Neither appears in any output.
+OS_CLIENT_CONFIG_FILE (type file: a clouds.yaml holding an application credential of the session's
+Keystone site, tests/conftest.py ``keystone_site``, whose Glance validates every token; the jobs'
+site.yaml names no cloud and its own local Glance port is closed, so Glance is reachable through
+clouds.yaml alone) and KILN_SIGNING_KEY (type file: an armored secret key that ci-credentials.sh
+imports into the gnupghome site.yaml names). Neither appears in any output. A fourth pipeline, after
+the credential is revoked, fails the job that needs Glance with exit 3 naming the cloud.
 
 Slow, part of `make test`: ~1-2 min with warm caches (the DIB build from the cached base tree, its
 boot switched off here as test_guest_dib.py boots the same recipe; the RPM rebuild in a cached root
@@ -27,7 +29,6 @@ from __future__ import annotations
 
 import json
 import os
-import secrets
 import shutil
 import subprocess
 import time
@@ -38,10 +39,12 @@ from typing import Any
 import pytest
 import yaml
 
+from builder.endpoints import LOCAL_CLOUD
 from builder.host.net import free_port
 from builder.pipeline.gitlab import NOOP_JOB
 from builder.workspace import PACKAGE_ROOT as REPO
 from tests.integration.test_gitlab_ci_local import PARENT
+from tests.support.keystone import application_credential
 from tests.support.processes import stop_gpg_daemons_under
 from tests.support.srpms import make_key, stop_agent
 
@@ -106,7 +109,7 @@ def _throwaway_repo(repo: Path) -> None:
 
 
 @pytest.fixture(scope="module")
-def ci(local_site, site_settings, dib_ready, tmp_path_factory) -> Any:
+def ci(local_site, keystone_site, site_settings, dib_ready, tmp_path_factory) -> Any:
     if _missing():
         pytest.skip(
             f"gitlab-ci-local needs {', '.join(_missing())} (apt-get install nodejs npm rsync git rpm)"
@@ -127,19 +130,9 @@ def ci(local_site, site_settings, dib_ready, tmp_path_factory) -> Any:
     finally:
         stop_agent(key)
     assert _armor_lines(armor), "gpg exported no secret key"  # else the leak check checks nothing
-    token = secrets.token_urlsafe(24)
-    glance = local_site.urls.glance
-    clouds = {
-        "clouds": {
-            CLOUD: {
-                "auth_type": "admin_token",
-                "auth": {"endpoint": glance, "token": token},
-                "image_endpoint_override": glance,
-            }
-        }
-    }
-    clouds_text = yaml.safe_dump(clouds)
-    (work / "clouds.yaml").write_text(clouds_text)  # the test's own copy, to read Glance back
+    cloud_site = keystone_site["site"]
+    credential = application_credential(cloud_site, "kiln-gitlab-e2e")  # made for this "runner"
+    clouds_text = yaml.safe_dump(credential.clouds(CLOUD, cloud_site.urls.keystone))
     job_gnupghome = work / "job-gnupg"  # made by ci-credentials.sh in the first job
     # A site's CI/CD variables: the file-type ones become paths to files holding the content.
     variables = {
@@ -164,7 +157,9 @@ def ci(local_site, site_settings, dib_ready, tmp_path_factory) -> Any:
         "bin": bin_dir,
         "site": work / "site.yaml",
         "key": key,
-        "secrets": [token, *_armor_lines(armor)],
+        "secrets": [credential.secret, *_armor_lines(armor)],
+        "credential": credential,
+        "reader_clouds": cloud_site.endpoints.keystone_clouds_yaml,  # the test reads Glance as kiln-local
         "repo_root": local_site.state / "repo" / RPM_REPO,
     }
     stop_gpg_daemons_under(work)
@@ -179,7 +174,7 @@ def _armor_lines(armor: str) -> list[str]:
     return [line for line in armor.splitlines() if len(line) >= 40 and not line.startswith("-----")]
 
 
-def _run_pipeline(ci: dict[str, Any]) -> tuple[str, float]:
+def _run_pipeline(ci: dict[str, Any], expect_failure: bool = False) -> tuple[str, float]:
     """One pipeline, every job on a runner that shares nothing with the others or with the last
     pipeline: no KILN_LEDGER, and gitlab-ci-local's job directories removed first, so each job has a
     fresh ledger and build root (its own ``.kiln/``); what a job gets from another comes through
@@ -204,10 +199,13 @@ def _run_pipeline(ci: dict[str, Any]) -> tuple[str, float]:
     seconds = time.monotonic() - started
     output = result.stdout + result.stderr
     (ci["work"] / f"pipeline-{started:.0f}.log").write_text(output)  # kept for a failure's reader
-    assert result.returncode == 0, output[-8000:]
     # gitlab-ci-local 4.65 exits 0 when a triggered child job fails (strategy: depend notwithstanding)
     failed = [line for line in output.splitlines() if "finished in" in line and "FAIL" in line]
-    assert not failed, output[-8000:]
+    if not expect_failure:
+        assert result.returncode == 0, output[-8000:]
+        assert not failed, output[-8000:]
+    else:
+        assert failed, output[-8000:]
     return output, seconds
 
 
@@ -231,11 +229,11 @@ def _leaked(ci: dict[str, Any], output: str) -> list[str]:
 
 def _glance_images(ci: dict[str, Any]) -> list[dict[str, Any]]:
     """The test's images as python-openstackclient shows them, with the clouds.yaml the jobs got."""
-    env = {**os.environ, "OS_CLIENT_CONFIG_FILE": str(ci["work"] / "clouds.yaml")}
+    env = {**os.environ, "OS_CLIENT_CONFIG_FILE": str(ci["reader_clouds"])}
 
     def openstack(*args: str) -> Any:
         said = subprocess.run(
-            ["openstack", "--os-cloud", CLOUD, "image", *args, "-f", "json"],
+            ["openstack", "--os-cloud", LOCAL_CLOUD, "image", *args, "-f", "json"],
             env=env, capture_output=True, text=True, check=True,
         )  # fmt: skip
         return json.loads(said.stdout)
@@ -302,7 +300,17 @@ def test_the_child_jobs_build_real_kinds_publish_with_ci_credentials_and_a_rerun
     assert f"kiln build {RPM} --publish" in third and f"kiln build {GUEST}" not in third
     assert list((ci["repo_root"] / "el" / "9" / "x86_64").rglob("kiln-hello-1.0-1*.kiln2.x86_64.rpm"))
     assert [i["id"] for i in _glance_images(ci)] == [image["id"]]
+
+    # The runner's application credential revoked: the generate job cannot ask Glance (so the guest
+    # gets a job), and that job, asking Glance before it builds, fails with exit 3 naming the cloud.
+    ci["credential"].revoke()
+    fourth, fourth_s = _run_pipeline(ci, expect_failure=True)
+    assert f"kiln build {GUEST} --publish" in fourth and f"kiln build {RPM}" not in fourth
+    assert f"Glance: cloud '{CLOUD}': Keystone refused the credential" in fourth + _logs(ci["repo"])
+    assert not _leaked(ci, fourth), "a credential appeared in the failed pipeline's output or job logs"
+    assert [i["id"] for i in _glance_images(ci)] == [image["id"]]
     print(
         f"\ngitlab pipeline with real kinds, a fresh ledger per job: first run {first_s:.0f} s, "
-        f"no-op rerun {second_s:.0f} s, one recipe changed {third_s:.0f} s"
+        f"no-op rerun {second_s:.0f} s, one recipe changed {third_s:.0f} s, "
+        f"credential revoked {fourth_s:.0f} s"
     )

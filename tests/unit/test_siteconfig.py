@@ -40,7 +40,8 @@ def test_defaults_when_no_site_file_exists(site_dir):
     assert site == SiteConfig()
     assert site.repo.backend == "local"
     assert site.local.ports.glance == 19292
-    assert site.local.components == ["glance", "registry", "repo", "s3"]
+    assert site.local.components == ["keystone", "glance", "registry", "repo", "s3"]
+    assert site.local.ports.keystone == 15357
     assert site.glance.method == "upload"
     assert site.build_hosts == {}
     assert site.state_dir(site_dir) == site_dir / ".kiln/site"
