@@ -10,7 +10,9 @@ the child pipeline; each child job's before_script is scripts/ci-credentials.sh 
 gitlab.before_script) and its script ``kiln build TARGET --publish`` with the real ``kiln``. Every job
 of every pipeline runs as on a runner that shares nothing: its own fresh ledger and build root (no
 KILN_LEDGER), so the second pipeline is a no-op only because the destinations say what they hold,
-and a third, after one recipe changed, builds only that target.
+and a third, after one recipe changed, builds only that target. After the first, the child
+pipeline's trigger job for the site's downstream project has run, and that project's own pipeline
+(a deployment test) pulls the guest image from Glance by its kiln_digest: its sha256 is the build's.
 
 The credentials come only from CI variables, as GitLab gives them: OS_CLOUD plus
 OS_CLIENT_CONFIG_FILE (type file: a clouds.yaml holding an application credential of the session's
@@ -148,7 +150,10 @@ def ci(local_site, keystone_site, site_settings, dib_ready, tmp_path_factory) ->
     assert "cloud" not in site.get("glance", {})  # Glance only through OS_CLOUD
     site["local"]["ports"]["glance"] = free_port()  # nothing listens: the local default is no way in
     site["repo"] = {"signing_key": {"gnupghome": str(job_gnupghome), "fingerprint": key.fingerprint}}
-    site["gitlab"] = {"before_script": ["scripts/ci-credentials.sh"]}
+    site["gitlab"] = {
+        "before_script": ["scripts/ci-credentials.sh"],
+        "downstream": {"project": "ops/deploy-test"},  # the trigger job's target: DOWNSTREAM below
+    }
     (work / "site.yaml").write_text(yaml.safe_dump(site))
     file_variables_before = set(FILE_VARIABLES.parent.glob(FILE_VARIABLES.name))
     yield {
@@ -242,9 +247,47 @@ def _glance_images(ci: dict[str, Any]) -> list[dict[str, Any]]:
     return [openstack("show", row["ID"]) for row in listed]
 
 
-def _manifest_digest(repo: Path, job: str) -> str:
+def _build_manifest(repo: Path, job: str) -> dict[str, Any]:
     [manifest] = (repo / ".gitlab-ci-local" / "artifacts").glob(f"**/.kiln/build/{job}/manifest.json")
-    return str(json.loads(manifest.read_text())["digest"])
+    return json.loads(manifest.read_text())
+
+
+def _manifest_digest(repo: Path, job: str) -> str:
+    return str(_build_manifest(repo, job)["digest"])
+
+
+# The downstream project a site names (site.yaml gitlab.downstream): a deployment test that pulls the
+# guest image from Glance by its kiln_digest, with the CI credential, and hashes what it got.
+DOWNSTREAM = """\
+deploy-test:
+  script:
+    - id=$(openstack image list --property kiln_digest="$KILN_DIGEST" --status active -f value -c ID)
+    - test -n "$id"
+    - openstack image save --file image.bin "$id"
+    - echo "deploy-test image $id sha256 $(sha256sum image.bin | cut -d' ' -f1)"
+"""
+
+
+def _run_downstream(ci: dict[str, Any], digest: str) -> str:
+    """The downstream project's pipeline, as GitLab starts it on the trigger: gitlab-ci-local 4.65 runs
+    a multi-project trigger as an empty pipeline (job.js fetchTriggerInclude: a project is a no-op),
+    so the test runs that project's own .gitlab-ci.yml, with the site's CI variables."""
+    project = ci["work"] / "deploy-test"
+    project.mkdir(exist_ok=True)
+    (project / ".gitlab-ci.yml").write_text(DOWNSTREAM)
+    git = ["git", "-C", str(project), "-c", "user.name=kiln", "-c", "user.email=kiln@example.com"]
+    subprocess.run([*git, "init", "-q", "-b", "main"], check=True)
+    subprocess.run([*git, "add", "-A"], check=True)
+    subprocess.run([*git, "commit", "-qm", "deploy test"], check=True)
+    env = {k: v for k, v in os.environ.items() if k not in CREDENTIAL_ENV}
+    result = subprocess.run(
+        [str(HELPER), "--shell-isolation", "--no-color", "--variables-file", "../ci-variables.yml",
+         "--variable", f"KILN_DIGEST={digest}"],
+        cwd=project, env=env, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    output = result.stdout + result.stderr
+    assert result.returncode == 0 and "FAIL" not in output, output[-6000:]
+    return output
 
 
 def _checksig(rpm: Path, public_key: Path, db: Path) -> str:
@@ -275,6 +318,15 @@ def test_the_child_jobs_build_real_kinds_publish_with_ci_credentials_and_a_rerun
     assert image["status"] == "active" and image["visibility"] == "public"
     assert props["kiln_digest"] == _manifest_digest(ci["repo"], "debian-12_bookworm_x86_64")
     assert props["kiln_provenance"].startswith("sha256:") and props["architecture"] == "x86_64"
+
+    # Every build job passed: the trigger job ran; the downstream project gets the image by its digest
+    # and what Glance serves is the build's image, byte for byte.
+    assert "kiln-downstream" in first
+    built = _build_manifest(ci["repo"], "debian-12_bookworm_x86_64")
+    [image_artifact] = [a for a in built["artifacts"] if a["type"] == "disk-image"]
+    downstream = _run_downstream(ci, built["digest"])
+    assert f"deploy-test image {image['id']} sha256 {image_artifact['sha256']}" in downstream
+    assert not _leaked(ci, downstream)
 
     [rpm] = (ci["repo_root"] / "el" / "9" / "x86_64").rglob("kiln-hello-1.0-*.x86_64.rpm")
     said = _checksig(rpm, ci["key"].public, tmp_path / "rpmdb")
