@@ -45,7 +45,6 @@ from builder.endpoints import LOCAL_CLOUD
 from builder.host.net import free_port
 from builder.pipeline.gitlab import NOOP_JOB
 from builder.workspace import PACKAGE_ROOT as REPO
-from tests.integration.test_gitlab_ci_local import PARENT
 from tests.support.keystone import application_credential
 from tests.support.processes import stop_gpg_daemons_under
 from tests.support.srpms import make_key, stop_agent
@@ -57,6 +56,9 @@ GUEST, RPM = "debian-12:bookworm:x86_64", "kiln-hello:9:x86_64"
 IMAGE_NAME = "debian-12 bookworm x86_64 gitlab-e2e"
 RPM_REPO = "kiln-gitlab-e2e"
 CLOUD = "kiln-ci"
+# The repository's .gitlab-ci.yml, all of it but the lint-and-unit-tests job: ruff and the unit tests
+# are what `make test` runs anyway (validate-recipes runs, on the test's recipes).
+PIPELINE_VARIABLES = ("--variable", "KILN_CHECKS=off")
 FILE_VARIABLES = Path("/tmp/gitlab-ci-local-file-variables-*")  # where gitlab-ci-local writes them
 
 # What each job inherits from the test's environment would hide a missing CI variable.
@@ -96,13 +98,18 @@ def _throwaway_repo(repo: Path) -> None:
     for tree in ("templates", "elements", "files"):
         shutil.copytree(REPO / tree, repo / tree)
     (repo / "scripts").mkdir()
-    shutil.copy2(REPO / "scripts" / "ci-credentials.sh", repo / "scripts")
+    for script in ("ci-credentials.sh", "bootstrap.sh"):
+        shutil.copy2(REPO / "scripts" / script, repo / "scripts")
+    # The repository's own .gitlab-ci.yml, whose jobs run scripts/bootstrap.sh first: it finds the
+    # checkout's .venv (Kiln's own, linked) made from this lock and pyproject, and does nothing more.
+    for name in (".gitlab-ci.yml", "pyproject.toml", "requirements.lock"):
+        shutil.copy2(REPO / name, repo / name)
+    (repo / ".venv").symlink_to(REPO / ".venv")
     (repo / "recipes" / "guest").mkdir(parents=True)
     (repo / "recipes" / "rpm").mkdir()
     shutil.copy(REPO / "recipes" / "defaults.yaml", repo / "recipes")
     (repo / "recipes" / "guest" / "debian-12.yaml").write_text(_recipe("guest/debian-12.yaml", _guest))
     (repo / "recipes" / "rpm" / "kiln-hello.yaml").write_text(_recipe("rpm/kiln-hello.yaml", _rpm))
-    (repo / ".gitlab-ci.yml").write_text(PARENT)
     (repo / ".gitignore").write_text(".kiln/\n.gitlab-ci-local/\n")
     git = ["git", "-C", str(repo), "-c", "user.name=kiln", "-c", "user.email=kiln@example.com"]
     subprocess.run([*git, "init", "-q", "-b", "main"], check=True)
@@ -194,7 +201,14 @@ def _run_pipeline(ci: dict[str, Any], expect_failure: bool = False) -> tuple[str
     shutil.rmtree(ci["repo"] / ".gitlab-ci-local" / "builds", ignore_errors=True)
     started = time.monotonic()
     result = subprocess.run(
-        [str(HELPER), "--shell-isolation", "--no-color", "--variables-file", "../ci-variables.yml"],
+        [
+            str(HELPER),
+            "--shell-isolation",
+            "--no-color",
+            "--variables-file",
+            "../ci-variables.yml",
+            *PIPELINE_VARIABLES,
+        ],
         cwd=ci["repo"],
         env=env,
         capture_output=True,
