@@ -68,6 +68,10 @@ HTTP_READ_TIMEOUT_S = 30.0
 # included, within the deadline.
 MAX_PUBLICATION_RECORD_BYTES = 256 << 10
 DESTINATION_ANSWER_DEADLINE_S = 30.0
+# A Glance candidate (a private upload not yet promoted) older than this is a killed publish's leftover,
+# deleted by the next publish of its target; a younger one may be another job's upload in flight (two
+# pipelines racing on one target), left alone.
+STALE_CANDIDATE_S = 3600.0
 # Redirects followed by one download (a mirror redirector, http -> https: one or two).
 MAX_REDIRECTS = 5
 # Fields of one package, in characters. rpm itself has no hard limit; real names are under ~100

@@ -40,6 +40,7 @@ from ..core.route import (
     TargetLike,
 )
 from ..errors import CommandFailed, EnvironmentProblem
+from ..limits import STALE_CANDIDATE_S
 from ..manifest import Artifact, BuildManifest
 from ..recipe import GlancePublish
 
@@ -306,7 +307,7 @@ class GlancePublisher:
                 and not _is_candidate(image)
             ):
                 return GlanceResult(image.id, name, True, (), ())
-        for stale in (i for i in mine if _is_candidate(i)):
+        for stale in (i for i in mine if _is_candidate(i) and _stale(i)):
             self.conn.image.delete_image(stale.id, ignore_missing=True)
 
         path = manifest.path_of(artifact)
@@ -324,8 +325,29 @@ class GlancePublisher:
             self._delete_quietly(candidate.id)
             raise
         hidden = self._promote(candidate.id, name, visibility, mine)
+        published = self._one_of_racers(manifest.target, manifest.digest, name, props.get("kiln_artifact"))
+        published = published or candidate.id
         deleted = self._rotate(manifest.target, keep, props.get("kiln_artifact"))
-        return GlanceResult(candidate.id, name, False, hidden, deleted)
+        return GlanceResult(published, name, published != candidate.id, hidden, deleted)
+
+    def _one_of_racers(self, target: str, digest: str, name: str, artifact: str | None) -> str:
+        """The one image published under ``name`` at ``digest`` once this publish is promoted. Two
+        jobs racing on one target (two pipelines, no resource_group between them) may each promote
+        one: each keeps the first created (the same for both) and deletes the others."""
+        same = [
+            i
+            for i in self._images(name=name)
+            if (i.properties or {}).get("kiln_target") == target
+            and (i.properties or {}).get("kiln_digest") == digest
+            and (i.properties or {}).get("kiln_artifact") == artifact
+            and i.status == "active"
+            and not i.is_hidden
+            and not _is_candidate(i)
+        ]
+        same.sort(key=lambda i: (i.created_at or "", i.id))
+        for duplicate in same[1:]:
+            self.conn.image.delete_image(duplicate.id, ignore_missing=True)
+        return same[0].id if same else ""
 
     def _create_candidate(self, name: str, artifact: Artifact, props: dict[str, str]) -> Any:
         from openstack.image.v2.image import Image  # on first use, not at start-up: a heavy import
@@ -524,6 +546,15 @@ class GlanceRoute(Route):
                 return None
             times.append(image.created_at)
         return Found(f"glance images {', '.join(sorted([first, *wanted]))} ({name})", _timestamp(max(times)))
+
+
+def _stale(candidate: Any) -> bool:
+    """A candidate no publish will finish: Glance gave up on it, or it is older than
+    :data:`STALE_CANDIDATE_S` (a younger one may be another job's upload in flight)."""
+    if candidate.status in ("killed", "deleted", "pending_delete"):
+        return True
+    when = _timestamp(candidate.created_at or "")
+    return when is None or time.time() - when > STALE_CANDIDATE_S
 
 
 def _timestamp(iso: str) -> float | None:

@@ -11,6 +11,9 @@ publish, then run again with a fresh ledger:
   parent there: packages placed, metadata staged, no switch, no record); the retry leaves one copy
   of the package, listed once in the served metadata, and the record.
 - the registry: killed while a layer uploads (no manifest, no tag); the retry pushes the tag once.
+
+And two jobs racing on one target (two pipelines with no resource_group between them), each with a
+fresh ledger, publish it once: Glance keeps one image at the digest, the repo one copy and one record.
 """
 
 from __future__ import annotations
@@ -94,10 +97,10 @@ def _written(manifest: BuildManifest, **publish) -> Path:
 
 
 def test_glance_a_job_killed_mid_upload_and_retried_publishes_one_image(local_site, site_file, tmp_path):
-    target, digest = "killed-job:bookworm:x86_64", "7" * 64
+    target, digest = "retried-job:bookworm:x86_64", "7" * 64
     manifest = _written(
         _manifest(tmp_path, target, digest, size=192 << 20, arch="x86_64"),
-        glance={"image_name": "killed-job", "visibility": "public"},
+        glance={"image_name": "retried-job", "visibility": "public"},
     )
     store = local_site.state / "glance" / "images"
     before = set(store.iterdir())
@@ -112,15 +115,17 @@ def test_glance_a_job_killed_mid_upload_and_retried_publishes_one_image(local_si
 
     _retried(site_file, manifest, tmp_path)
     mine = [i for i in glance._images() if (i.properties or {}).get("kiln_target") == target]
-    assert [(i.name, i.status, i.properties["kiln_digest"]) for i in mine] == [
-        ("killed-job", "active", digest)
-    ]
+    published = [(i.name, i.status, i.properties["kiln_digest"]) for i in mine if "candidate" not in i.name]
+    assert published == [("retried-job", "active", digest)]
+    # The killed job's upload stays a private candidate until it is stale (an hour: a younger one may
+    # be another job's upload in flight); it is never published.
+    assert all(i.visibility == "private" and i.status != "active" for i in mine if "candidate" in i.name)
 
 
 def test_the_repo_a_job_killed_while_signing_its_metadata_and_retried_serves_the_package_once(
     local_site, site_file, tmp_path
 ):
-    manifest = _written(_rpm_manifest(tmp_path, "kiln-killed", "8" * 64), repo={"repo": "killed-job"})
+    manifest = _written(_rpm_manifest(tmp_path, "kiln-killed", "8" * 64), repo={"repo": "retried-job"})
     wrappers = tmp_path / "bin"
     wrappers.mkdir()
     gpg = wrappers / "gpg"  # the repo's own signature comes last: killed there, mid-publish
@@ -128,7 +133,7 @@ def test_the_repo_a_job_killed_while_signing_its_metadata_and_retried_serves_the
                    'exec /usr/bin/gpg "$@"\n')  # fmt: skip
     gpg.chmod(0o755)
     env = {**os.environ, "PATH": f"{wrappers}:{os.environ['PATH']}"}
-    arch_dir = local_site.repo_root / "killed-job" / "el" / "9" / "x86_64"
+    arch_dir = local_site.repo_root / "retried-job" / "el" / "9" / "x86_64"
     record = arch_dir / "kiln-published" / "kiln-killed_9_x86_64.json"
     _killed_when(_argv(site_file, tmp_path / "killed.sqlite", manifest), lambda: False, env=env)
     assert list(arch_dir.rglob("*.rpm")) and not record.exists()  # placed, not published: published again
@@ -137,9 +142,9 @@ def test_the_repo_a_job_killed_while_signing_its_metadata_and_retried_serves_the
     assert json.loads(record.read_text())["digest"] == "8" * 64
     rpms = [p.name for p in arch_dir.rglob("*.rpm")]
     assert len(rpms) == 1, rpms
-    repomd = requests.get(f"{local_site.urls.repo}/killed-job/el/9/x86_64/repodata/repomd.xml", timeout=30)
+    repomd = requests.get(f"{local_site.urls.repo}/retried-job/el/9/x86_64/repodata/repomd.xml", timeout=30)
     [primary] = re.findall(r'href="(repodata/[^"]*primary\.xml\.gz)"', repomd.text)
-    served = requests.get(f"{local_site.urls.repo}/killed-job/el/9/x86_64/{primary}", timeout=30)
+    served = requests.get(f"{local_site.urls.repo}/retried-job/el/9/x86_64/{primary}", timeout=30)
     listed = re.findall(r"<name>kiln-killed</name>", gzip.decompress(served.content).decode())
     assert len(listed) == 1
 
@@ -148,8 +153,8 @@ def test_the_registry_a_job_killed_mid_layer_and_retried_pushes_the_tag_once(loc
     out = tmp_path / "out"
     layout = make_layout(out / "oci", Arch.X86_64, [{"big": os.urandom(96 << 20)}])
     built = BuildManifest(
-        target="killed-job:bookworm:x86_64",
-        recipe="killed-job",
+        target="retried-job:bookworm:x86_64",
+        recipe="retried-job",
         kind="container",
         arch="x86_64",
         release="bookworm",
@@ -159,9 +164,9 @@ def test_the_registry_a_job_killed_mid_layer_and_retried_pushes_the_tag_once(loc
         build={"distro": "debian", "release": "bookworm"},
         base_dir=out,
     )
-    manifest = _written(built, registry={"repository": "kiln/killed-job", "tags": ["t1"]})
+    manifest = _written(built, registry={"repository": "kiln/retried-job", "tags": ["t1"]})
     uploads = local_site.state / "registry" / "data" / "docker" / "registry" / "v2" / "repositories"
-    uploads = uploads / "kiln" / "killed-job" / "_uploads"
+    uploads = uploads / "kiln" / "retried-job" / "_uploads"
 
     def uploading() -> bool:  # a layer is arriving in the registry's upload area
         return uploads.is_dir() and any(
@@ -169,7 +174,7 @@ def test_the_registry_a_job_killed_mid_layer_and_retried_pushes_the_tag_once(loc
         )
 
     _killed_when(_argv(site_file, tmp_path / "killed.sqlite", manifest), uploading)
-    tag = f"http://{local_site.urls.registry}/v2/kiln/killed-job/manifests/t1"
+    tag = f"http://{local_site.urls.registry}/v2/kiln/retried-job/manifests/t1"
     accept = {"Accept": "application/vnd.oci.image.index.v1+json"}
     auth = credentials(local_site)
     assert requests.get(tag, headers=accept, auth=auth, timeout=30).status_code == 404  # no tag yet
@@ -178,3 +183,37 @@ def test_the_registry_a_job_killed_mid_layer_and_retried_pushes_the_tag_once(loc
     index = requests.get(tag, headers=accept, auth=auth, timeout=30).json()
     assert [m["platform"]["architecture"] for m in index["manifests"]] == ["amd64"]
     assert "x86_64=" + "9" * 64 in index["annotations"]["io.kiln.digests"]
+
+
+def _race(site_file: Path, manifest: Path, tmp_path: Path) -> list[subprocess.CompletedProcess]:
+    """Two jobs of two pipelines publishing one target at once, each with its own fresh ledger."""
+    out = {"stdout": subprocess.PIPE, "stderr": subprocess.STDOUT, "text": True}
+    procs = [
+        subprocess.Popen(_argv(site_file, tmp_path / f"race-{n}.sqlite", manifest), **out) for n in range(2)
+    ]
+    return [subprocess.CompletedProcess(p.args, p.wait(timeout=600), p.stdout.read()) for p in procs]
+
+
+def test_glance_two_jobs_racing_on_one_target_publish_one_image(local_site, site_file, tmp_path):
+    target, digest = "retried-race:bookworm:x86_64", "a1" * 32
+    manifest = _written(
+        _manifest(tmp_path, target, digest, size=64 << 20, arch="x86_64"),
+        glance={"image_name": "retried-race", "visibility": "public"},
+    )
+    results = _race(site_file, manifest, tmp_path)
+    assert [r.returncode for r in results] == [0, 0], [r.stdout for r in results]
+    glance = GlancePublisher.connect(cloud=None, endpoint=local_site.urls.glance)
+    mine = [i for i in glance._images() if (i.properties or {}).get("kiln_target") == target]
+    assert [(i.name, i.status) for i in mine if not i.is_hidden] == [("retried-race", "active")]
+
+
+def test_the_repo_two_jobs_racing_on_one_target_serve_the_package_once(local_site, site_file, tmp_path):
+    manifest = _written(_rpm_manifest(tmp_path, "kiln-raced", "b2" * 32), repo={"repo": "retried-race"})
+    results = _race(site_file, manifest, tmp_path)
+    assert [r.returncode for r in results] == [0, 0], [r.stdout for r in results]
+    arch_dir = local_site.repo_root / "retried-race" / "el" / "9" / "x86_64"
+    assert len(list(arch_dir.rglob("*.rpm"))) == 1
+    assert (
+        json.loads((arch_dir / "kiln-published" / "kiln-raced_9_x86_64.json").read_text())["digest"]
+        == "b2" * 32
+    )
