@@ -2,7 +2,7 @@
 
 * The RPM repo and the Bifrost directory are what Kiln asks them through: real HTTP (a threaded
   ``http.server`` on 127.0.0.1 serving the publication records Kiln's own publishers write), read by
-  ``RepoPublisher.published`` / ``HttpDirPublisher.published`` (``publication_record.fetch_record``).
+  ``ServedRepo.published`` / ``HttpDirPublisher.published`` (``publication_record.fetch_record``).
   Every request the server answers is counted.
 * Glance and the registry are **stand-ins** at the client interface the routes call
   (``published_images``), counting calls: a real local Glance and registry holding 1,000 targets'
@@ -26,7 +26,7 @@ from builder.publishers.glance import GlanceImage
 from builder.publishers.http_dir import RECORD_NAME, HttpDirPublisher
 from builder.publishers.publication_record import PublicationRecord, write_record
 from builder.publishers.registry import PublishedImage
-from builder.publishers.repo import RepoKey, RepoPublisher
+from builder.publishers.repo import RepoKey, RepoPublisher, ServedRepo
 
 
 class RecordServer:
@@ -84,6 +84,7 @@ class BenchPublishers:
         self._glance = StandInGlance()
         self._registry = StandInRegistry()
         self._repo = RepoPublisher(root / "repo", RepoKey(root, "0" * 40, f"{url}/repo/KEY"), f"{url}/repo")
+        self._served_repo = ServedRepo(f"{url}/repo")  # what the route asks: the repo over HTTP
         self._http_dir = HttpDirPublisher(root / "ipa", f"{url}/ipa")
 
     def glance(self) -> StandInGlance:
@@ -94,6 +95,9 @@ class BenchPublishers:
 
     def repo(self) -> RepoPublisher:
         return self._repo
+
+    def served_repo(self) -> ServedRepo:
+        return self._served_repo
 
     def http_dir(self) -> HttpDirPublisher:
         return self._http_dir
@@ -126,6 +130,9 @@ class _Recorder:
         return self, "bench"
 
     def repo(self) -> _Recorder:
+        return self
+
+    def served_repo(self) -> _Recorder:
         return self
 
     def http_dir(self) -> _Recorder:
