@@ -76,14 +76,19 @@ class LocalEndpoints:
         """The local site's cloud (``kiln-local``, password auth), written by ``kiln site up``."""
         return self.state / "keystone" / "clouds.yaml"
 
-    def glance_behind_keystone(self) -> bool:
-        """Whether the running site put Glance behind Keystone: what ``kiln site up`` recorded in
-        ``site.json`` (``--no-auth`` may differ from site.yaml); False when the site never came up."""
+    def recorded(self) -> dict:
+        """What the last ``kiln site up`` recorded in ``site.json`` (its URLs, the components it
+        started, whether Glance is behind Keystone); empty when the site never came up."""
         try:
             info = json.loads((self.state / "site.json").read_text())
         except (OSError, ValueError):
-            return False
-        return isinstance(info, dict) and info.get("auth") == "keystone"
+            return {}
+        return info if isinstance(info, dict) else {}
+
+    def glance_behind_keystone(self) -> bool:
+        """Whether the running site put Glance behind Keystone (``--no-auth`` may differ from
+        site.yaml); False when the site never came up."""
+        return self.recorded().get("auth") == "keystone"
 
     @property
     def mirror_work(self) -> Path:

@@ -58,14 +58,6 @@ class Accounts:
         return accounts
 
 
-def url_of(port: int) -> str:
-    return f"http://127.0.0.1:{port}/v3"
-
-
-def clouds_yaml(state: Path) -> Path:
-    return state / "clouds.yaml"
-
-
 def keystone_conf(state: Path) -> str:
     return f"""\
 # Written by kiln site up.
@@ -89,8 +81,9 @@ key_repository = {state}/credential-keys
 """
 
 
-def prepare(state: Path, port: int, cache_dir: Path) -> Accounts:
-    """Config, database, keys and accounts; the clouds.yaml naming the ``kiln-local`` cloud."""
+def prepare(state: Path, url: str, clouds: Path, cache_dir: Path) -> Accounts:
+    """Config, database, keys and accounts for Keystone at ``url`` (its identity API); ``clouds``, the
+    clouds.yaml naming the ``kiln-local`` cloud."""
     state.mkdir(parents=True, exist_ok=True)
     conf = state / "keystone.conf"
     conf.write_text(keystone_conf(state))
@@ -116,8 +109,7 @@ def prepare(state: Path, port: int, cache_dir: Path) -> Accounts:
     if not (state / "credential-keys").is_dir():
         run_once([*manage, "credential_setup", *owner])
     bootstrapped = state / "bootstrapped"
-    if not bootstrapped.exists() or bootstrapped.read_text() != url_of(port):
-        url = url_of(port)
+    if not bootstrapped.exists() or bootstrapped.read_text() != url:
         endpoints = [f"--bootstrap-{i}-url={url}" for i in ("admin", "internal", "public")]
         run_once([*manage, "bootstrap", f"--bootstrap-password={accounts.admin}", *endpoints,
                   f"--bootstrap-region-id={REGION}"])  # fmt: skip
@@ -131,7 +123,7 @@ def prepare(state: Path, port: int, cache_dir: Path) -> Accounts:
                       "--bootstrap-role-name=admin"])  # fmt: skip
         bootstrapped.write_text(url)
     cloud = {
-        "auth_url": url_of(port),
+        "auth_url": url,
         "username": USER,
         "password": accounts.kiln,
         "project_name": PROJECT,
@@ -139,7 +131,7 @@ def prepare(state: Path, port: int, cache_dir: Path) -> Accounts:
         "project_domain_name": "Default",
     }
     write_private(
-        clouds_yaml(state),
+        clouds,
         "# Written by kiln site up: the local site's cloud (password auth, for people).\n"
         + yaml.safe_dump(
             {"clouds": {CLOUD: {"auth": cloud, "region_name": REGION, "identity_api_version": 3}}}
@@ -148,7 +140,7 @@ def prepare(state: Path, port: int, cache_dir: Path) -> Accounts:
     return accounts
 
 
-def service(state: Path, port: int) -> ServiceSpec:
+def service(state: Path, port: int, url: str) -> ServiceSpec:
     # Keystone's own WSGI script, whose server is one thread (Python's wsgiref): enough for one site's
     # clients, and sqlite takes one writer. Under uWSGI its worker aborted now and then (greenlet:
     # "Accessing state after destruction"), and threads writing at once hit "database is locked".
@@ -157,16 +149,16 @@ def service(state: Path, port: int) -> ServiceSpec:
         name="keystone",
         argv=argv,
         env={"OS_KEYSTONE_CONFIG_DIR": str(state), "OS_KEYSTONE_CONFIG_FILES": "keystone.conf"},
-        healthy=lambda: http_ok(url_of(port)),
+        healthy=lambda: http_ok(url),
     )
 
 
-def register_image_service(port: int, accounts: Accounts, glance_url: str) -> None:
+def register_image_service(url: str, accounts: Accounts, glance_url: str) -> None:
     """Glance in the catalog (public and internal endpoints at ``glance_url``), once; an endpoint
     at another URL (the site's ports changed) is moved."""
     import requests  # on first use: start-up time
 
-    base = url_of(port)
+    base = url
     auth = {
         "auth": {
             "identity": {

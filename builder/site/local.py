@@ -70,7 +70,7 @@ class LocalSite:
         """The services of one component (site.yaml ``local_site.components``)."""
         p = self.ports
         specs: dict[str, Callable[[], list[ServiceSpec]]] = {
-            "keystone": lambda: [keystone.service(self.state / "keystone", p.keystone)],
+            "keystone": lambda: [keystone.service(self.state / "keystone", p.keystone, self.urls.keystone)],
             "glance": lambda: [glance.service(self.state / "glance", p.glance)],
             "registry": lambda: [registry.service(self.state / "registry", p.registry)],
             "repo": lambda: [self._repo_http_spec()],
@@ -123,7 +123,9 @@ class LocalSite:
         prepare[component]()
 
     def _prepare_keystone(self) -> None:
-        self._accounts = keystone.prepare(self.state / "keystone", self.ports.keystone, cache_dir())
+        self._accounts = keystone.prepare(
+            self.state / "keystone", self.urls.keystone, self.endpoints.keystone_clouds_yaml, cache_dir()
+        )
 
     def _glance_auth(self) -> glance.KeystoneAuth | None:
         if self._accounts is None:
@@ -137,7 +139,7 @@ class LocalSite:
             return
         registrations: dict[str, Callable[[], None]] = {
             "glance": lambda: keystone.register_image_service(
-                self.ports.keystone, self._accounts, self.urls.glance
+                self.urls.keystone, self._accounts, self.urls.glance
             )
         }
         if component in registrations:
@@ -206,10 +208,7 @@ class LocalSite:
     def _started_components(self) -> list[str]:
         """What the last ``up`` started (site.json; ``--no-auth`` leaves Keystone out), else what
         this site would start."""
-        try:
-            recorded = json.loads((self.state / "site.json").read_text())["components"]
-        except (OSError, ValueError, TypeError, KeyError):
-            return self.components
+        recorded = self.endpoints.recorded().get("components")
         return [c for c in START_ORDER if c in recorded] if isinstance(recorded, list) else self.components
 
     def status(self) -> dict[str, dict[str, Any]]:
